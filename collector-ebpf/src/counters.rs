@@ -1,0 +1,15 @@
+//! Per-CPU event counters (drops and read failures) that user space sums and reports.
+
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+use collector_common::counter;
+
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
+
+#[inline(always)]
+pub fn bump(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot; tracing programs run with preemption disabled on this CPU.
+        unsafe { *slot += 1 };
+    }
+}

@@ -1,0 +1,56 @@
+//! Builds the eBPF object (collector-ebpf, with nightly + bpf-linker via aya-build) and compiles
+//! the protobuf API without a system protoc (protox).
+
+use std::{env, fs, path::PathBuf};
+
+use anyhow::{Context as _, anyhow};
+use prost::Message as _;
+
+fn main() -> anyhow::Result<()> {
+    build_proto()?;
+    build_ebpf()
+}
+
+fn build_proto() -> anyhow::Result<()> {
+    let proto_root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../proto");
+    let file = proto_root.join("collector/v1/collector.proto");
+    println!("cargo:rerun-if-changed={}", proto_root.display());
+    let fds = protox::compile([&file], [&proto_root]).context("compiling collector.proto")?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(
+        out_dir.join("collector_v1_descriptor.bin"),
+        fds.encode_to_vec(),
+    )?;
+    tonic_prost_build::configure()
+        .compile_fds(fds)
+        .context("generating Rust code for collector.proto")?;
+    Ok(())
+}
+
+fn build_ebpf() -> anyhow::Result<()> {
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .no_deps()
+        .exec()
+        .context("cargo metadata")?;
+    let package = metadata
+        .packages
+        .into_iter()
+        .find(|p| p.name.as_str() == "collector-ebpf")
+        .ok_or_else(|| anyhow!("collector-ebpf package not found in the workspace"))?;
+    let root_dir = package
+        .manifest_path
+        .parent()
+        .ok_or_else(|| anyhow!("no parent for {}", package.manifest_path))?;
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: package.name.as_str(),
+            root_dir: root_dir.as_str(),
+            ..Default::default()
+        }],
+        aya_build::Toolchain::default(),
+    )
+    .context(
+        "building the eBPF programs failed; run `cargo xtask prereqs` (nightly + rust-src + \
+         bpf-linker), or set AYA_BUILD_SKIP=1 to build user space only",
+    )
+}

@@ -1,0 +1,144 @@
+//! Assembling a running collector: mounts, probes, sampler, store, gRPC server.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use tokio::{sync::oneshot, task::JoinHandle};
+
+use crate::{
+    cgroupfs::CgroupMounts,
+    node::NodeInfo,
+    probes::{ProbeConfig, Probes},
+    sampler::Sampler,
+    server,
+    store::{self, StoreHandle},
+};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub probes: ProbeConfig,
+    /// Overrides discovery from /proc/self/mountinfo.
+    pub cgroup2_mount: Option<PathBuf>,
+    /// Sampling pace when no subscriber asks for faster updates.
+    pub base_period: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            probes: ProbeConfig::default(),
+            cgroup2_mount: None,
+            base_period: server::DEFAULT_INTERVAL,
+        }
+    }
+}
+
+/// A collector serving in the background.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub store: StoreHandle,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Running {
+    /// Stops serving and waits for the server to finish.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.server).await??;
+        Ok(())
+    }
+
+    /// Waits until the server ends on its own (an error) or `signal` completes.
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::select! {
+            result = &mut self.server => { result??; Ok(()) }
+            _ = signal => self.stop().await,
+        }
+    }
+}
+
+pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
+    let mounts = CgroupMounts::discover().context("reading /proc/self/mountinfo")?;
+    let mount = config
+        .cgroup2_mount
+        .clone()
+        .or_else(|| mounts.v2.clone())
+        .context(
+            "no cgroup2 mount in /proc/self/mountinfo (cgroup v1-only hosts are not supported \
+             yet); mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) or pass \
+             --cgroup2-mount",
+        )?;
+    let node = NodeInfo::discover(mounts);
+
+    let probe_config = config.probes.clone();
+    let mut probes = tokio::task::spawn_blocking(move || Probes::load(&probe_config)).await?;
+    report_probes(&probes);
+    if let Some(logger) = probes.logger.take() {
+        tokio::spawn(pump_ebpf_logs(logger));
+    }
+
+    let sampler = Sampler::new(mount.clone(), probes);
+    let store = store::spawn(sampler, node, config.base_period);
+    let listener = server::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = oneshot::channel();
+    let server = tokio::spawn(server::serve(listener, store.clone(), async {
+        let _ = rx.await;
+    }));
+    tracing::info!(%addr, cgroup2 = %mount.display(), "serving collector.v1.Collector");
+    Ok(Running {
+        addr,
+        store,
+        shutdown: Some(tx),
+        server,
+    })
+}
+
+/// One line per probe, and one clear warning when eBPF is off altogether.
+fn report_probes(probes: &Probes) {
+    let active = probes.statuses.iter().filter(|s| s.is_active()).count();
+    if active == 0 {
+        let why: Vec<String> = probes.statuses.iter().map(ToString::to_string).collect();
+        tracing::warn!(
+            "eBPF probes unavailable, running in cgroupfs-only mode: {}",
+            why.join("; ")
+        );
+        return;
+    }
+    for status in &probes.statuses {
+        if status.is_active() {
+            tracing::info!("probe {status}");
+        } else {
+            tracing::warn!("probe {status}");
+        }
+    }
+}
+
+async fn pump_ebpf_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns the ring buffer's fd and lives inside the AsyncFd, so the fd stays
+    // open for as long as it is registered.
+    let mut fd = match unsafe { tokio::io::unix::AsyncFd::register(logger) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!("cannot poll aya-log ring buffer: {e}");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}

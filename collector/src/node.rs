@@ -1,0 +1,29 @@
+//! Facts about this node that every snapshot carries.
+
+use crate::cgroupfs::CgroupMounts;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub hostname: String,
+    pub kernel_release: String,
+    pub mounts: CgroupMounts,
+    pub online_cpus: u32,
+}
+
+impl NodeInfo {
+    pub fn discover(mounts: CgroupMounts) -> Self {
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default()
+        };
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        Self {
+            hostname: read("/proc/sys/kernel/hostname"),
+            kernel_release: read("/proc/sys/kernel/osrelease"),
+            mounts,
+            online_cpus: u32::try_from(online).unwrap_or(0),
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The gRPC API: `collector.v1.Collector` plus health and reflection.
+
+pub mod convert;
+pub mod watch;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    proto::{
+        self,
+        collector_server::{Collector, CollectorServer},
+    },
+    store::StoreHandle,
+};
+
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+pub const MAX_INTERVAL: Duration = Duration::from_secs(60);
+
+pub struct CollectorService {
+    store: StoreHandle,
+    node: Arc<proto::NodeInfo>,
+}
+
+impl CollectorService {
+    pub fn new(store: StoreHandle) -> Self {
+        let node = Arc::new(convert::node_info(&store.node));
+        Self { store, node }
+    }
+}
+
+/// Checks a requested Watch interval: unset means the default; out of range is the caller's error.
+pub fn watch_interval(interval_ms: Option<u32>) -> Result<Duration, Status> {
+    let Some(ms) = interval_ms else {
+        return Ok(DEFAULT_INTERVAL);
+    };
+    let interval = Duration::from_millis(u64::from(ms));
+    if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
+        return Err(Status::invalid_argument(format!(
+            "interval_ms = {ms} is outside the allowed {}..={} ms",
+            MIN_INTERVAL.as_millis(),
+            MAX_INTERVAL.as_millis()
+        )));
+    }
+    Ok(interval)
+}
+
+#[tonic::async_trait]
+impl Collector for CollectorService {
+    async fn get_summary(
+        &self,
+        _request: Request<proto::GetSummaryRequest>,
+    ) -> Result<Response<proto::Summary>, Status> {
+        let snap = self
+            .store
+            .latest()
+            .ok_or_else(|| Status::unavailable("no sample taken yet; retry in a second"))?;
+        Ok(Response::new(proto::Summary {
+            timestamp_unix_nano: convert::unix_nanos(snap.sample.wall),
+            node: Some((*self.node).clone()),
+            cgroups: snap
+                .sample
+                .cgroups
+                .iter()
+                .zip(&snap.rates)
+                .map(|(c, r)| convert::cgroup_stats(c, *r))
+                .collect(),
+            probes: snap.probes.iter().map(convert::probe_status).collect(),
+        }))
+    }
+
+    type WatchStream = ReceiverStream<Result<proto::WatchResponse, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<proto::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let interval = watch_interval(request.get_ref().interval_ms)?;
+        // +1: the slot kept for the RESOURCE_EXHAUSTED goodbye.
+        let (tx, rx) = tokio::sync::mpsc::channel(watch::SUBSCRIBER_BUFFER + 1);
+        let subscription = self.store.subscribe(interval);
+        tokio::spawn(watch::run(subscription, interval, self.node.clone(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    store: StoreHandle,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor set is produced by build.rs and always valid");
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<CollectorServer<CollectorService>>()
+        .await;
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(CollectorServer::new(CollectorService::new(store)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Binds the API address, with the address in the error.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}

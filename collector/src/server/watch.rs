@@ -1,0 +1,203 @@
+//! One Watch subscriber: a full snapshot, then per-interval updates of what changed.
+//!
+//! Each subscriber has its own task and a bounded buffer. If the client does not keep up, the
+//! buffer fills and the subscriber is dropped with RESOURCE_EXHAUSTED; the sampler and the other
+//! subscribers never wait for it.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::convert;
+use crate::{
+    proto,
+    rate::{Reading, per_second},
+    store::{CgroupRates, Snapshot, Subscription},
+};
+
+/// Messages a subscriber may have queued before it counts as too slow.
+pub const SUBSCRIBER_BUFFER: usize = 16;
+
+pub type WatchSender = mpsc::Sender<Result<proto::WatchResponse, Status>>;
+
+/// Cumulative counters last sent for a cgroup, to compute rates over this subscriber's interval.
+#[derive(Clone, Copy, Default)]
+struct Sent {
+    cgroupfs_ns: Option<Reading>,
+    ebpf_ns: Option<Reading>,
+}
+
+pub async fn run(
+    mut sub: Subscription,
+    interval: Duration,
+    node: Arc<proto::NodeInfo>,
+    tx: WatchSender,
+) {
+    let Some(first) = wait_for_snapshot(&mut sub).await else {
+        return;
+    };
+    let mut state = SubscriberState::default();
+    if !send(&tx, state.snapshot(&first, &node)) {
+        return;
+    }
+    // A sample that lands a little early still counts as this interval's.
+    let slack = interval / 4;
+    loop {
+        tokio::select! {
+            changed = sub.snapshots.changed() => if changed.is_err() { return },
+            _ = tx.closed() => return,
+        }
+        let Some(snap) = sub.snapshots.borrow_and_update().clone() else {
+            continue;
+        };
+        if snap
+            .sample
+            .taken_at
+            .saturating_duration_since(state.last_at)
+            + slack
+            < interval
+        {
+            continue;
+        }
+        if !send(&tx, state.update(&snap)) {
+            return;
+        }
+    }
+}
+
+async fn wait_for_snapshot(sub: &mut Subscription) -> Option<Arc<Snapshot>> {
+    loop {
+        if let Some(s) = sub.snapshots.borrow_and_update().clone() {
+            return Some(s);
+        }
+        sub.snapshots.changed().await.ok()?;
+    }
+}
+
+/// Queues a message unless the client is too slow; returns false when the stream must end.
+/// One slot is kept free so a dropped subscriber still learns why.
+fn send(tx: &WatchSender, msg: proto::WatchResponse) -> bool {
+    if tx.capacity() <= 1 {
+        let _ = tx.try_send(Err(Status::resource_exhausted(format!(
+            "subscriber fell {SUBSCRIBER_BUFFER} messages behind and was dropped; \
+             resubscribe for a fresh snapshot"
+        ))));
+        tracing::info!("dropped a slow Watch subscriber");
+        return false;
+    }
+    tx.try_send(Ok(msg)).is_ok()
+}
+
+struct SubscriberState {
+    sequence: u64,
+    last_at: Instant,
+    sent: HashMap<u64, (proto::CgroupStats, Sent)>,
+    probes: Vec<proto::ProbeStatus>,
+}
+
+impl Default for SubscriberState {
+    fn default() -> Self {
+        Self {
+            sequence: 0,
+            last_at: Instant::now(),
+            sent: HashMap::new(),
+            probes: Vec::new(),
+        }
+    }
+}
+
+impl SubscriberState {
+    fn snapshot(&mut self, snap: &Snapshot, node: &proto::NodeInfo) -> proto::WatchResponse {
+        let mut cgroups = Vec::with_capacity(snap.sample.cgroups.len());
+        for (c, rates) in snap.sample.cgroups.iter().zip(&snap.rates) {
+            let stats = convert::cgroup_stats(c, *rates);
+            self.sent
+                .insert(c.id, (stats.clone(), sent_counters(&stats, snap)));
+            cgroups.push(stats);
+        }
+        self.probes = snap.probes.iter().map(convert::probe_status).collect();
+        self.last_at = snap.sample.taken_at;
+        proto::WatchResponse {
+            sequence: self.next_sequence(),
+            snapshot: true,
+            timestamp_unix_nano: convert::unix_nanos(snap.sample.wall),
+            cgroups,
+            removed_cgroup_ids: Vec::new(),
+            probes: self.probes.clone(),
+            node: Some(node.clone()),
+        }
+    }
+
+    fn update(&mut self, snap: &Snapshot) -> proto::WatchResponse {
+        let mut changed = Vec::new();
+        let mut next = HashMap::with_capacity(snap.sample.cgroups.len());
+        for c in &snap.sample.cgroups {
+            let previous = self.sent.get(&c.id);
+            let prev_counters = previous.map(|(_, s)| *s).unwrap_or_default();
+            let mut stats = convert::cgroup_stats(c, CgroupRates::default());
+            let counters = sent_counters(&stats, snap);
+            // Rates over this subscriber's own interval.
+            if let (Some(fs), Some(cur)) = (stats.cgroupfs_cpu.as_mut(), counters.cgroupfs_ns) {
+                fs.usage_nano_cores = per_second(prev_counters.cgroupfs_ns, cur);
+            }
+            if let (Some(e), Some(cur)) = (stats.ebpf_cpu.as_mut(), counters.ebpf_ns) {
+                e.usage_nano_cores = per_second(prev_counters.ebpf_ns, cur);
+            }
+            if previous.is_none_or(|(old, _)| *old != stats) {
+                changed.push(stats.clone());
+            }
+            next.insert(c.id, (stats, counters));
+        }
+        let mut removed: Vec<u64> = self
+            .sent
+            .keys()
+            .filter(|id| !next.contains_key(id))
+            .copied()
+            .collect();
+        removed.sort_unstable();
+        self.sent = next;
+
+        let probes: Vec<_> = snap.probes.iter().map(convert::probe_status).collect();
+        let probes = if probes != self.probes {
+            self.probes = probes.clone();
+            probes
+        } else {
+            Vec::new()
+        };
+        self.last_at = snap.sample.taken_at;
+        proto::WatchResponse {
+            sequence: self.next_sequence(),
+            snapshot: false,
+            timestamp_unix_nano: convert::unix_nanos(snap.sample.wall),
+            cgroups: changed,
+            removed_cgroup_ids: removed,
+            probes,
+            node: None,
+        }
+    }
+
+    fn next_sequence(&mut self) -> u64 {
+        let s = self.sequence;
+        self.sequence += 1;
+        s
+    }
+}
+
+fn sent_counters(stats: &proto::CgroupStats, snap: &Snapshot) -> Sent {
+    let at = snap.sample.taken_at;
+    Sent {
+        cgroupfs_ns: stats
+            .cgroupfs_cpu
+            .and_then(|c| c.usage_core_nano_seconds)
+            .map(|value| Reading { value, at }),
+        ebpf_ns: stats.ebpf_cpu.map(|e| Reading {
+            value: e.on_cpu_nano_seconds,
+            at,
+        }),
+    }
+}

@@ -1,0 +1,198 @@
+//! The one task that owns the samples: it runs the sampler at the pace subscribers need and
+//! publishes each result as an immutable snapshot. Readers never block it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{Notify, watch};
+
+use crate::{
+    node::NodeInfo,
+    probes::ProbeStatus,
+    rate::{Reading, per_second},
+    sampler::{Sample, Sampler, SamplerStats},
+};
+
+/// Rates of one cgroup over the store's last two samples.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupRates {
+    pub cgroupfs_nano_cores: Option<u64>,
+    pub ebpf_nano_cores: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub seq: u64,
+    pub sample: Sample,
+    /// Same order as `sample.cgroups`.
+    pub rates: Vec<CgroupRates>,
+    pub probes: Vec<ProbeStatus>,
+    pub stats: SamplerStats,
+}
+
+/// Requested update intervals of live subscribers; the sampler runs at the smallest.
+#[derive(Default)]
+struct Intervals {
+    next_id: u64,
+    by_id: BTreeMap<u64, Duration>,
+}
+
+#[derive(Clone)]
+pub struct StoreHandle {
+    latest: watch::Receiver<Option<Arc<Snapshot>>>,
+    intervals: Arc<Mutex<Intervals>>,
+    changed: Arc<Notify>,
+    pub node: Arc<NodeInfo>,
+}
+
+/// A subscriber's view: new snapshots as they are published. Dropping it withdraws its interval.
+pub struct Subscription {
+    pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    id: u64,
+    intervals: Arc<Mutex<Intervals>>,
+    changed: Arc<Notify>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        lock(&self.intervals).by_id.remove(&self.id);
+        self.changed.notify_one();
+    }
+}
+
+impl StoreHandle {
+    pub fn latest(&self) -> Option<Arc<Snapshot>> {
+        self.latest.borrow().clone()
+    }
+
+    pub fn subscribe(&self, interval: Duration) -> Subscription {
+        let id = {
+            let mut intervals = lock(&self.intervals);
+            intervals.next_id += 1;
+            let id = intervals.next_id;
+            intervals.by_id.insert(id, interval);
+            id
+        };
+        self.changed.notify_one();
+        Subscription {
+            snapshots: self.latest.clone(),
+            id,
+            intervals: self.intervals.clone(),
+            changed: self.changed.clone(),
+        }
+    }
+}
+
+fn lock(m: &Mutex<Intervals>) -> std::sync::MutexGuard<'_, Intervals> {
+    // A panic while holding this lock cannot leave the map inconsistent; keep going.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Starts the store task. `base_period` is the pace without faster subscribers.
+pub fn spawn(sampler: Sampler, node: NodeInfo, base_period: Duration) -> StoreHandle {
+    let (tx, rx) = watch::channel(None);
+    let intervals = Arc::new(Mutex::new(Intervals::default()));
+    let changed = Arc::new(Notify::new());
+    let handle = StoreHandle {
+        latest: rx,
+        intervals: intervals.clone(),
+        changed: changed.clone(),
+        node: Arc::new(node),
+    };
+    tokio::spawn(run(sampler, tx, intervals, changed, base_period));
+    handle
+}
+
+async fn run(
+    mut sampler: Sampler,
+    tx: watch::Sender<Option<Arc<Snapshot>>>,
+    intervals: Arc<Mutex<Intervals>>,
+    changed: Arc<Notify>,
+    base_period: Duration,
+) {
+    let mut seq = 0;
+    let mut previous: HashMap<u64, (Option<Reading>, Option<Reading>)> = HashMap::new();
+    loop {
+        let started = Instant::now();
+        let (returned, result) = match tokio::task::spawn_blocking(move || {
+            let result = sampler.sample();
+            (sampler, result)
+        })
+        .await
+        {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::error!("sampler task died: {e}; no further samples");
+                return;
+            }
+        };
+        sampler = returned;
+        match result {
+            Ok(sample) => {
+                let rates = rates_since(&mut previous, &sample);
+                let snapshot = Snapshot {
+                    seq,
+                    sample,
+                    rates,
+                    probes: sampler.probes().statuses.clone(),
+                    stats: sampler.stats,
+                };
+                seq += 1;
+                tx.send_replace(Some(Arc::new(snapshot)));
+            }
+            // Keep serving the last snapshot; say why it is not moving.
+            Err(e) => tracing::warn!("sampling pass failed: {e}"),
+        }
+        // Sleep until the next pass, re-planning when a subscriber arrives or leaves.
+        loop {
+            let period = lock(&intervals)
+                .by_id
+                .values()
+                .copied()
+                .min()
+                .map_or(base_period, |fastest| fastest.min(base_period));
+            let deadline = started + period;
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline.into()) => break,
+                _ = changed.notified() => continue,
+                _ = tx.closed() => return,
+            }
+        }
+    }
+}
+
+/// Rates against the previous sample, updating the baseline.
+fn rates_since(
+    previous: &mut HashMap<u64, (Option<Reading>, Option<Reading>)>,
+    sample: &Sample,
+) -> Vec<CgroupRates> {
+    let reading = |value: Option<u64>| {
+        value.map(|value| Reading {
+            value,
+            at: sample.taken_at,
+        })
+    };
+    let mut next = HashMap::with_capacity(sample.cgroups.len());
+    let rates = sample
+        .cgroups
+        .iter()
+        .map(|c| {
+            let fs = reading(c.cgroupfs_cpu.and_then(|s| s.usage_usec).map(|u| u * 1000));
+            let ebpf = reading(c.ebpf_cpu_ns);
+            let (prev_fs, prev_ebpf) = previous.get(&c.id).copied().unwrap_or_default();
+            next.insert(c.id, (fs, ebpf));
+            CgroupRates {
+                cgroupfs_nano_cores: fs.and_then(|cur| per_second(prev_fs, cur)),
+                ebpf_nano_cores: ebpf.and_then(|cur| per_second(prev_ebpf, cur)),
+            }
+        })
+        .collect();
+    *previous = next;
+    rates
+}

@@ -1,0 +1,199 @@
+//! `collector top`: a refreshing table of the busiest cgroups, fed by Watch.
+
+use std::{collections::HashMap, fmt::Write as _, time::Duration};
+
+use anyhow::Context as _;
+
+use crate::proto::{self, WatchRequest, collector_client::CollectorClient};
+
+#[derive(Debug, Clone)]
+pub struct TopConfig {
+    pub endpoint: String,
+    pub interval: Duration,
+    pub rows: usize,
+    /// Print the first update after the snapshot (rates need two samples) and exit.
+    pub once: bool,
+}
+
+/// The client-side copy of what the stream has said so far.
+#[derive(Default)]
+pub struct Table {
+    cgroups: HashMap<u64, proto::CgroupStats>,
+    probes: Vec<proto::ProbeStatus>,
+    hostname: String,
+}
+
+impl Table {
+    pub fn apply(&mut self, msg: proto::WatchResponse) {
+        if msg.snapshot {
+            self.cgroups.clear();
+        }
+        if let Some(node) = msg.node {
+            self.hostname = node.hostname;
+        }
+        if !msg.probes.is_empty() {
+            self.probes = msg.probes;
+        }
+        for id in msg.removed_cgroup_ids {
+            self.cgroups.remove(&id);
+        }
+        for c in msg.cgroups {
+            self.cgroups.insert(c.cgroup_id, c);
+        }
+    }
+
+    pub fn render(&self, rows: usize) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "collector top - {}  ({} cgroups)",
+            self.hostname,
+            self.cgroups.len()
+        );
+        for p in &self.probes {
+            if p.state() != proto::probe_status::State::Active {
+                let _ = writeln!(out, "  probe {}: {:?} {}", p.name, p.state(), p.reason);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "{:>10} {:>10} {:>12} {:>12}  CGROUP",
+            "EBPF CPU", "FS CPU", "EBPF CPU-S", "FS CPU-S"
+        );
+        let mut sorted: Vec<&proto::CgroupStats> = self.cgroups.values().collect();
+        sorted.sort_by_key(|c| std::cmp::Reverse((sort_key(c), c.cgroup_id)));
+        for c in sorted.into_iter().take(rows) {
+            let ebpf = c.ebpf_cpu.as_ref();
+            let fs = c.cgroupfs_cpu.as_ref();
+            let _ = writeln!(
+                out,
+                "{:>10} {:>10} {:>12} {:>12}  {}",
+                cores(ebpf.and_then(|e| e.usage_nano_cores)),
+                cores(fs.and_then(|f| f.usage_nano_cores)),
+                seconds(ebpf.map(|e| e.on_cpu_nano_seconds)),
+                seconds(fs.and_then(|f| f.usage_core_nano_seconds)),
+                c.path
+            );
+        }
+        out
+    }
+}
+
+/// The busier of the two sources, so a cgroup shows up whichever source sees it.
+fn sort_key(c: &proto::CgroupStats) -> u64 {
+    let ebpf = c.ebpf_cpu.as_ref().and_then(|e| e.usage_nano_cores);
+    let fs = c.cgroupfs_cpu.as_ref().and_then(|f| f.usage_nano_cores);
+    ebpf.max(fs).unwrap_or(0)
+}
+
+fn cores(nano_cores: Option<u64>) -> String {
+    nano_cores.map_or_else(|| "-".into(), |n| format!("{:.3}", n as f64 / 1e9))
+}
+
+fn seconds(ns: Option<u64>) -> String {
+    ns.map_or_else(|| "-".into(), |n| format!("{:.2}", n as f64 / 1e9))
+}
+
+pub async fn run(config: TopConfig) -> anyhow::Result<()> {
+    let mut client = CollectorClient::connect(config.endpoint.clone())
+        .await
+        .with_context(|| format!("connecting to {}", config.endpoint))?;
+    let interval_ms = u32::try_from(config.interval.as_millis()).unwrap_or(u32::MAX);
+    let mut stream = client
+        .watch(WatchRequest {
+            interval_ms: Some(interval_ms),
+        })
+        .await
+        .context("starting Watch")?
+        .into_inner();
+    let mut table = Table::default();
+    while let Some(msg) = stream.message().await.context("Watch stream")? {
+        let snapshot = msg.snapshot;
+        table.apply(msg);
+        if config.once {
+            if !snapshot {
+                print!("{}", table.render(config.rows));
+                return Ok(());
+            }
+            continue;
+        }
+        // Clear the screen and home the cursor, then redraw.
+        print!("\x1b[2J\x1b[H{}", table.render(config.rows));
+    }
+    anyhow::bail!("the collector closed the stream")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cg(
+        id: u64,
+        path: &str,
+        ebpf_cores: Option<u64>,
+        fs_cores: Option<u64>,
+    ) -> proto::CgroupStats {
+        proto::CgroupStats {
+            cgroup_id: id,
+            path: path.into(),
+            cgroupfs_cpu: Some(proto::CgroupfsCpu {
+                usage_core_nano_seconds: Some(2_500_000_000),
+                usage_nano_cores: fs_cores,
+                ..Default::default()
+            }),
+            ebpf_cpu: Some(proto::EbpfCpu {
+                on_cpu_nano_seconds: 1_000_000_000,
+                usage_nano_cores: ebpf_cores,
+            }),
+        }
+    }
+
+    #[test]
+    fn sorted_by_cpu_with_removals_applied() {
+        let mut t = Table::default();
+        t.apply(proto::WatchResponse {
+            snapshot: true,
+            cgroups: vec![
+                cg(1, "/idle", Some(0), Some(0)),
+                cg(2, "/busy", Some(900_000_000), Some(950_000_000)),
+                cg(3, "/gone", Some(5), Some(5)),
+            ],
+            ..Default::default()
+        });
+        t.apply(proto::WatchResponse {
+            removed_cgroup_ids: vec![3],
+            ..Default::default()
+        });
+        let out = t.render(10);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[2].ends_with("/busy"), "{out}");
+        assert!(
+            lines[2].contains("0.900") && lines[2].contains("0.950"),
+            "{out}"
+        );
+        assert!(
+            lines[2].contains("1.00") && lines[2].contains("2.50"),
+            "{out}"
+        );
+        assert!(lines[3].ends_with("/idle"), "{out}");
+        assert!(!out.contains("/gone"), "{out}");
+    }
+
+    #[test]
+    fn absent_rates_render_as_dash() {
+        let mut t = Table::default();
+        t.apply(proto::WatchResponse {
+            snapshot: true,
+            cgroups: vec![cg(1, "/new", None, None)],
+            ..Default::default()
+        });
+        assert!(
+            t.render(5)
+                .lines()
+                .nth(2)
+                .unwrap()
+                .trim_start()
+                .starts_with("- ")
+        );
+    }
+}
