@@ -1,6 +1,6 @@
 //! Assembling a running collector: mounts, probes, sampler, store, gRPC server.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -10,7 +10,7 @@ use crate::{
     node::NodeInfo,
     probes::{ProbeConfig, Probes},
     sampler::Sampler,
-    server,
+    server::{self, CollectorService, ServerStats},
     store::{self, StoreHandle},
 };
 
@@ -37,21 +37,35 @@ impl Default for ServeConfig {
     }
 }
 
+/// How long in-flight calls get to finish when stopping.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// A collector serving in the background.
 pub struct Running {
     pub addr: SocketAddr,
     pub store: StoreHandle,
+    pub server_stats: Arc<ServerStats>,
+    store_task: JoinHandle<()>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 impl Running {
-    /// Stops serving and waits for the server to finish.
+    /// Stops sampling, ends every Watch stream, and waits (boundedly) for the server to finish.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        // Ending the store closes every subscription, so streams finish and the graceful
+        // shutdown below does not wait on clients that never hang up.
+        self.store_task.abort();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        (&mut self.server).await??;
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.server).await {
+            Ok(result) => result??,
+            Err(_) => {
+                tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
+                self.server.abort();
+            }
+        }
         Ok(())
     }
 
@@ -88,17 +102,21 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     }
 
     let sampler = Sampler::new(mount.clone(), probes);
-    let store = store::spawn(sampler, node, config.base_period);
+    let (store, store_task) = store::spawn(sampler, node, config.base_period);
     let listener = server::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel();
-    let server = tokio::spawn(server::serve(listener, store.clone(), async {
+    let server_stats = Arc::new(ServerStats::default());
+    let service = CollectorService::new(store.clone(), server_stats.clone());
+    let server = tokio::spawn(server::serve(listener, service, async {
         let _ = rx.await;
     }));
     tracing::info!(%addr, cgroup2 = %mount.display(), "serving collector.v1.Collector");
     Ok(Running {
         addr,
         store,
+        server_stats,
+        store_task,
         shutdown: Some(tx),
         server,
     })

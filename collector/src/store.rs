@@ -91,8 +91,13 @@ fn lock(m: &Mutex<Intervals>) -> std::sync::MutexGuard<'_, Intervals> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Starts the store task. `base_period` is the pace without faster subscribers.
-pub fn spawn(sampler: Sampler, node: NodeInfo, base_period: Duration) -> StoreHandle {
+/// Starts the store task. `base_period` is the pace without faster subscribers. Aborting the
+/// returned task ends every subscription (their snapshot channel closes).
+pub fn spawn(
+    sampler: Sampler,
+    node: NodeInfo,
+    base_period: Duration,
+) -> (StoreHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
     let intervals = Arc::new(Mutex::new(Intervals::default()));
     let changed = Arc::new(Notify::new());
@@ -102,8 +107,8 @@ pub fn spawn(sampler: Sampler, node: NodeInfo, base_period: Duration) -> StoreHa
         changed: changed.clone(),
         node: Arc::new(node),
     };
-    tokio::spawn(run(sampler, tx, intervals, changed, base_period));
-    handle
+    let task = tokio::spawn(run(sampler, tx, intervals, changed, base_period));
+    (handle, task)
 }
 
 async fn run(

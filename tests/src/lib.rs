@@ -1,1 +1,173 @@
+//! Helpers for the root + BPF integration tests: the skip policy, cgroups that clean up after
+//! themselves, and processes started inside a cgroup with their own CPU time as ground truth.
 
+use std::{
+    fs,
+    io::{self, Write as _},
+    os::{fd::AsRawFd, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+/// With COLLECTOR_REQUIRE_BPF=1 (CI), a test that cannot run is a failure, not a skip.
+pub fn bpf_required() -> bool {
+    std::env::var("COLLECTOR_REQUIRE_BPF").is_ok_and(|v| v == "1")
+}
+
+/// Why this machine cannot run root/BPF tests, if it cannot.
+pub fn cannot_run_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not running as root".into());
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Some("no kernel BTF at /sys/kernel/btf/vmlinux".into());
+    }
+    if cgroup2_mount().is_none() {
+        return Some("no cgroup2 mount in /proc/self/mountinfo".into());
+    }
+    None
+}
+
+/// Returns true when the test should run; otherwise prints why and returns false, or panics when
+/// COLLECTOR_REQUIRE_BPF=1.
+pub fn can_run(test: &str) -> bool {
+    let Some(reason) = cannot_run_reason() else {
+        return true;
+    };
+    skip(test, &reason);
+    false
+}
+
+/// Skips with a message, or fails when skipping is not allowed.
+pub fn skip(test: &str, reason: &str) {
+    assert!(
+        !bpf_required(),
+        "{test}: cannot run ({reason}) and COLLECTOR_REQUIRE_BPF=1 forbids skipping"
+    );
+    eprintln!("SKIP {test}: {reason} (set COLLECTOR_REQUIRE_BPF=1 to make this a failure)");
+}
+
+/// The cgroup2 mount point, from mountinfo.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = left.split(' ').nth(4)?;
+        (right.split(' ').next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// A cgroup2 child created for one test and removed on drop, failures included: its processes
+/// are killed first.
+pub struct TestCgroup {
+    pub path: PathBuf,
+    /// Relative to the cgroup2 mount, as the collector reports it.
+    pub relative: String,
+}
+
+impl TestCgroup {
+    pub fn create(tag: &str) -> anyhow::Result<Self> {
+        let mount = cgroup2_mount().context("no cgroup2 mount")?;
+        let name = format!("collector-test-{tag}-{}", std::process::id());
+        let path = mount.join(&name);
+        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self {
+            path,
+            relative: format!("/{name}"),
+        })
+    }
+
+    /// The directory inode: the cgroup id the collector and the probes use.
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        fs::metadata(&self.path).map(|m| m.ino()).unwrap_or(0)
+    }
+
+    /// Starts `command` inside this cgroup: the child joins it before exec, so every
+    /// instruction of the program is accounted here.
+    pub fn spawn(&self, command: &mut Command) -> anyhow::Result<Child> {
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(self.path.join("cgroup.procs"))?;
+        let fd = procs.as_raw_fd();
+        // SAFETY: only async-signal-safe calls (write) between fork and exec; the fd stays open
+        // because `procs` outlives the spawn.
+        unsafe {
+            command.pre_exec(move || {
+                let pid = b"0\n";
+                if libc::write(fd, pid.as_ptr().cast(), pid.len()) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().context("spawning into cgroup")?;
+        drop(procs);
+        Ok(child)
+    }
+
+    /// `usage_usec` from this cgroup's cpu.stat, in ns.
+    pub fn cpu_stat_usage_ns(&self) -> anyhow::Result<u64> {
+        let text = fs::read_to_string(self.path.join("cpu.stat"))?;
+        let usec: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .context("no usage_usec")?
+            .trim()
+            .parse()?;
+        Ok(usec * 1000)
+    }
+
+    fn kill_all(&self) {
+        if fs::write(self.path.join("cgroup.kill"), "1").is_ok() {
+            return;
+        }
+        if let Ok(procs) = fs::read_to_string(self.path.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                // SAFETY: plain syscall.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        self.kill_all();
+        // rmdir fails with EBUSY until killed processes are gone.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Err(e) = fs::remove_dir(&self.path) {
+            if e.kind() == io::ErrorKind::NotFound || Instant::now() > deadline {
+                if e.kind() != io::ErrorKind::NotFound {
+                    let _ = writeln!(io::stderr(), "leaked {}: {e}", self.path.display());
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Waits for `child` and returns its CPU time (user + system, ns) as the kernel accounted it.
+pub fn wait_cpu_ns(child: Child) -> anyhow::Result<u64> {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid value; wait4 fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers; `child` is ours and not yet waited for.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if rc != pid {
+        bail!("wait4({pid}): {}", io::Error::last_os_error());
+    }
+    let ns = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
+    Ok(ns(usage.ru_utime) + ns(usage.ru_stime))
+}
+
+/// |a - b| / reference, for "agrees within x %" checks.
+pub fn relative_diff(a: u64, b: u64, reference: u64) -> f64 {
+    a.abs_diff(b) as f64 / reference.max(1) as f64
+}

@@ -3,7 +3,14 @@
 pub mod convert;
 pub mod watch;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -21,15 +28,30 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 pub const MAX_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Counters about the API itself.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    pub watch_subscribers: AtomicU64,
+    /// Subscribers dropped for falling behind.
+    pub dropped_subscribers: AtomicU64,
+}
+
+impl ServerStats {
+    pub fn dropped_subscribers(&self) -> u64 {
+        self.dropped_subscribers.load(Ordering::Relaxed)
+    }
+}
+
 pub struct CollectorService {
     store: StoreHandle,
     node: Arc<proto::NodeInfo>,
+    stats: Arc<ServerStats>,
 }
 
 impl CollectorService {
-    pub fn new(store: StoreHandle) -> Self {
+    pub fn new(store: StoreHandle, stats: Arc<ServerStats>) -> Self {
         let node = Arc::new(convert::node_info(&store.node));
-        Self { store, node }
+        Self { store, node, stats }
     }
 }
 
@@ -83,7 +105,15 @@ impl Collector for CollectorService {
         // +1: the slot kept for the RESOURCE_EXHAUSTED goodbye.
         let (tx, rx) = tokio::sync::mpsc::channel(watch::SUBSCRIBER_BUFFER + 1);
         let subscription = self.store.subscribe(interval);
-        tokio::spawn(watch::run(subscription, interval, self.node.clone(), tx));
+        let stats = self.stats.clone();
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            stats.watch_subscribers.fetch_add(1, Ordering::Relaxed);
+            if watch::run(subscription, interval, node, tx).await == watch::End::TooSlow {
+                stats.dropped_subscribers.fetch_add(1, Ordering::Relaxed);
+            }
+            stats.watch_subscribers.fetch_sub(1, Ordering::Relaxed);
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -91,7 +121,7 @@ impl Collector for CollectorService {
 /// Serves the API on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
-    store: StoreHandle,
+    service: CollectorService,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let reflection = tonic_reflection::server::Builder::configure()
@@ -105,7 +135,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
-        .add_service(CollectorServer::new(CollectorService::new(store)))
+        .add_service(CollectorServer::new(service))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }

@@ -32,25 +32,34 @@ struct Sent {
     ebpf_ns: Option<Reading>,
 }
 
+/// Why a subscription ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client went away or the collector is stopping.
+    Closed,
+    /// Dropped for falling behind.
+    TooSlow,
+}
+
 pub async fn run(
     mut sub: Subscription,
     interval: Duration,
     node: Arc<proto::NodeInfo>,
     tx: WatchSender,
-) {
+) -> End {
     let Some(first) = wait_for_snapshot(&mut sub).await else {
-        return;
+        return End::Closed;
     };
     let mut state = SubscriberState::default();
-    if !send(&tx, state.snapshot(&first, &node)) {
-        return;
+    if let Err(end) = send(&tx, state.snapshot(&first, &node)) {
+        return end;
     }
     // A sample that lands a little early still counts as this interval's.
     let slack = interval / 4;
     loop {
         tokio::select! {
-            changed = sub.snapshots.changed() => if changed.is_err() { return },
-            _ = tx.closed() => return,
+            changed = sub.snapshots.changed() => if changed.is_err() { return End::Closed },
+            _ = tx.closed() => return End::Closed,
         }
         let Some(snap) = sub.snapshots.borrow_and_update().clone() else {
             continue;
@@ -64,8 +73,8 @@ pub async fn run(
         {
             continue;
         }
-        if !send(&tx, state.update(&snap)) {
-            return;
+        if let Err(end) = send(&tx, state.update(&snap)) {
+            return end;
         }
     }
 }
@@ -79,18 +88,18 @@ async fn wait_for_snapshot(sub: &mut Subscription) -> Option<Arc<Snapshot>> {
     }
 }
 
-/// Queues a message unless the client is too slow; returns false when the stream must end.
+/// Queues a message unless the client is too slow; `Err` when the stream must end.
 /// One slot is kept free so a dropped subscriber still learns why.
-fn send(tx: &WatchSender, msg: proto::WatchResponse) -> bool {
+fn send(tx: &WatchSender, msg: proto::WatchResponse) -> Result<(), End> {
     if tx.capacity() <= 1 {
         let _ = tx.try_send(Err(Status::resource_exhausted(format!(
             "subscriber fell {SUBSCRIBER_BUFFER} messages behind and was dropped; \
              resubscribe for a fresh snapshot"
         ))));
         tracing::info!("dropped a slow Watch subscriber");
-        return false;
+        return Err(End::TooSlow);
     }
-    tx.try_send(Ok(msg)).is_ok()
+    tx.try_send(Ok(msg)).map_err(|_| End::Closed)
 }
 
 struct SubscriberState {

@@ -1,0 +1,288 @@
+//! The gRPC API over a real loopback connection, without root: the collector runs in
+//! cgroupfs-only mode over a fixture tree.
+
+use std::{fs, path::Path, time::Duration};
+
+use collector::{
+    app::{self, Running, ServeConfig},
+    probes::ProbeConfig,
+    proto::{WatchRequest, collector_client::CollectorClient, probe_status::State},
+};
+use tonic::{Code, transport::Channel};
+
+fn fixture_tree(root: &Path) {
+    fs::write(root.join("cpu.stat"), "usage_usec 1000\n").unwrap();
+    fs::create_dir(root.join("svc")).unwrap();
+    fs::write(
+        root.join("svc/cpu.stat"),
+        "usage_usec 400\nuser_usec 300\nsystem_usec 100\n",
+    )
+    .unwrap();
+}
+
+async fn start(mount: &Path) -> (Running, CollectorClient<Channel>) {
+    let running = app::start(ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        probes: ProbeConfig {
+            disabled: true,
+            ..ProbeConfig::default()
+        },
+        cgroup2_mount: Some(mount.to_path_buf()),
+        base_period: Duration::from_millis(100),
+    })
+    .await
+    .unwrap();
+    let client = CollectorClient::connect(format!("http://{}", running.addr))
+        .await
+        .unwrap();
+    (running, client)
+}
+
+#[tokio::test]
+async fn invalid_watch_intervals_are_invalid_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture_tree(dir.path());
+    let (running, mut client) = start(dir.path()).await;
+    for ms in [0, 99, 60_001, u32::MAX] {
+        let err = client
+            .watch(WatchRequest {
+                interval_ms: Some(ms),
+            })
+            .await
+            .expect_err("out-of-range interval accepted");
+        assert_eq!(err.code(), Code::InvalidArgument, "{ms} ms: {err}");
+        assert!(err.message().contains("interval_ms"), "{}", err.message());
+    }
+    // The bounds themselves are allowed.
+    for ms in [100, 60_000] {
+        client
+            .watch(WatchRequest {
+                interval_ms: Some(ms),
+            })
+            .await
+            .unwrap();
+    }
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn snapshot_then_updates_with_changes_only() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture_tree(dir.path());
+    let (running, mut client) = start(dir.path()).await;
+    let mut stream = client
+        .watch(WatchRequest {
+            interval_ms: Some(100),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let snapshot = stream.message().await.unwrap().unwrap();
+    assert!(snapshot.snapshot);
+    assert_eq!(snapshot.sequence, 0);
+    assert_eq!(snapshot.cgroups.len(), 2);
+    let svc = snapshot.cgroups.iter().find(|c| c.path == "/svc").unwrap();
+    let cpu = svc.cgroupfs_cpu.unwrap();
+    assert_eq!(cpu.usage_core_nano_seconds, Some(400_000));
+    assert_eq!(cpu.user_nano_seconds, Some(300_000));
+    // cgroupfs-only: eBPF is absent (not zero, not copied from cgroupfs) and the probe says why.
+    assert!(svc.ebpf_cpu.is_none());
+    assert_eq!(snapshot.probes.len(), 1);
+    assert_eq!(snapshot.probes[0].state(), State::Unsupported);
+    assert!(snapshot.probes[0].reason.contains("--no-ebpf"));
+    assert!(snapshot.node.is_some());
+
+    // The fixture's counters move for /svc only; removing nothing else.
+    fs::write(dir.path().join("svc/cpu.stat"), "usage_usec 50400\n").unwrap();
+    let update = loop {
+        let msg = stream.message().await.unwrap().unwrap();
+        assert!(!msg.snapshot);
+        if !msg.cgroups.is_empty() {
+            break msg;
+        }
+    };
+    assert!(update.sequence >= 1);
+    let paths: Vec<&str> = update.cgroups.iter().map(|c| c.path.as_str()).collect();
+    assert!(paths.contains(&"/svc"), "{paths:?}");
+    let svc = update.cgroups.iter().find(|c| c.path == "/svc").unwrap();
+    assert_eq!(
+        svc.cgroupfs_cpu.unwrap().usage_core_nano_seconds,
+        Some(50_400_000)
+    );
+    // 50 ms of CPU over at most a few hundred ms: a rate is present and plausible.
+    let cores = svc.cgroupfs_cpu.unwrap().usage_nano_cores.expect("rate");
+    assert!(cores > 0 && cores <= 500_000_000, "{cores}");
+
+    // A removed cgroup is announced once.
+    fs::remove_file(dir.path().join("svc/cpu.stat")).unwrap();
+    fs::remove_dir(dir.path().join("svc")).unwrap();
+    let removal = loop {
+        let msg = stream.message().await.unwrap().unwrap();
+        if !msg.removed_cgroup_ids.is_empty() {
+            break msg;
+        }
+    };
+    assert_eq!(removal.removed_cgroup_ids, vec![svc.cgroup_id]);
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn get_summary_health_and_reflection() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    fixture_tree(dir.path());
+    let (running, mut client) = start(dir.path()).await;
+    let endpoint = format!("http://{}", running.addr);
+
+    // The first sample may still be on its way.
+    let summary = loop {
+        match client
+            .get_summary(collector::proto::GetSummaryRequest {})
+            .await
+        {
+            Ok(s) => break s.into_inner(),
+            Err(e) if e.code() == Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(summary.cgroups.len(), 2);
+    assert_eq!(summary.probes[0].name, "sched_switch");
+
+    let channel = Channel::from_shared(endpoint)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let status = health
+        .check(HealthCheckRequest {
+            service: "collector.v1.Collector".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.status(), ServingStatus::Serving);
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"collector.v1.Collector"), "{names:?}");
+    running.stop().await.unwrap();
+}
+
+/// Rewrites every fixture cgroup's cpu.stat so the next pass changes all of them.
+fn bump_all(root: &Path, cgroups: usize, value: u64) {
+    for i in 0..cgroups {
+        fs::write(
+            root.join(format!("c{i}/cpu.stat")),
+            format!("usage_usec {value}\n"),
+        )
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_is_dropped_while_another_keeps_receiving() {
+    // Enough cgroups that updates outgrow HTTP/2's flow-control window quickly, so a client
+    // that stops reading really stops the server's sends and its buffer fills.
+    const CGROUPS: usize = 400;
+    let dir = tempfile::tempdir().unwrap();
+    fixture_tree(dir.path());
+    for i in 0..CGROUPS {
+        fs::create_dir(dir.path().join(format!("c{i}"))).unwrap();
+    }
+    bump_all(dir.path(), CGROUPS, 1);
+    let (running, _) = start(dir.path()).await;
+    let endpoint = format!("http://{}", running.addr);
+    // Separate connections: a stalled stream must not eat the live one's connection window.
+    let watch = |endpoint: String| async move {
+        CollectorClient::connect(endpoint)
+            .await
+            .unwrap()
+            .watch(WatchRequest {
+                interval_ms: Some(100),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let mut live = watch(endpoint.clone()).await;
+    // The stalled client advertises small HTTP/2 windows so backpressure reaches the server soon.
+    let channel = Channel::from_shared(endpoint)
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let mut stalled = CollectorClient::new(channel)
+        .watch(WatchRequest {
+            interval_ms: Some(100),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Keep the live subscriber reading (and the data changing) until the server gives up on
+    // the stalled one.
+    let mut value = 2;
+    let mut received = 0u64;
+    let keep_reading = async {
+        while running.server_stats.dropped_subscribers() == 0 {
+            bump_all(dir.path(), CGROUPS, value);
+            value += 1;
+            let msg = live.message().await.unwrap().expect("live stream ended");
+            assert_eq!(msg.sequence, received);
+            received += 1;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), keep_reading)
+        .await
+        .expect("slow subscriber was never dropped");
+    assert!(received > 10, "dropped after only {received} messages");
+
+    // The stalled stream yields what was queued, then the reason.
+    let status = loop {
+        match stalled.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("stalled stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status}");
+    assert!(status.message().contains("resubscribe"));
+    // The live one kept receiving after that, and on time.
+    for _ in 0..3 {
+        bump_all(dir.path(), CGROUPS, 1_000_000 + value);
+        value += 1;
+        let msg = tokio::time::timeout(Duration::from_secs(5), live.message())
+            .await
+            .expect("live subscriber stalled")
+            .unwrap()
+            .unwrap();
+        assert!(!msg.snapshot);
+    }
+    running.stop().await.unwrap();
+}

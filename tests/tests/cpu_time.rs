@@ -1,0 +1,234 @@
+//! Root + BPF: per-cgroup CPU time streamed over gRPC agrees with the kernel's own counters.
+
+use std::{
+    collections::{HashMap, HashSet},
+    process::Command,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use collector::{
+    app::{self, ServeConfig},
+    proto::{
+        CgroupStats, WatchRequest, WatchResponse, collector_client::CollectorClient,
+        probe_status::State,
+    },
+};
+use collector_integration_tests::{TestCgroup, can_run, relative_diff, skip, wait_cpu_ns};
+use tonic::Streaming;
+
+const BURN_MS: u64 = 2000;
+
+/// The stream's view of every cgroup, updated message by message.
+#[derive(Default)]
+struct View(HashMap<u64, CgroupStats>, HashSet<u64>);
+
+impl View {
+    fn apply(&mut self, msg: WatchResponse) {
+        for id in msg.removed_cgroup_ids {
+            self.0.remove(&id);
+            // Every removal the stream announced.
+            self.1.insert(id);
+        }
+        for c in msg.cgroups {
+            self.0.insert(c.cgroup_id, c);
+        }
+    }
+
+    /// (eBPF ns, cgroupfs ns) of one cgroup.
+    fn cpu(&self, id: u64) -> Option<(u64, u64)> {
+        let c = self.0.get(&id)?;
+        Some((
+            c.ebpf_cpu.as_ref()?.on_cpu_nano_seconds,
+            c.cgroupfs_cpu.as_ref()?.usage_core_nano_seconds?,
+        ))
+    }
+}
+
+/// Applies the next message and returns its sample time (Unix ns).
+async fn next(stream: &mut Streaming<WatchResponse>, view: &mut View) -> u64 {
+    let msg = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("no Watch message within 10 s")
+        .expect("Watch stream error")
+        .expect("Watch stream ended");
+    let at = msg.timestamp_unix_nano;
+    view.apply(msg);
+    at
+}
+
+/// Reads until the view reflects a sample taken at least `margin` after now.
+async fn catch_up(stream: &mut Streaming<WatchResponse>, view: &mut View, margin: Duration) {
+    let target = unix_ns(SystemTime::now() + margin);
+    while next(stream, view).await < target {}
+}
+
+fn unix_ns(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ebpf_and_cgroupfs_cpu_time_match_the_process() {
+    const TEST: &str = "ebpf_and_cgroupfs_cpu_time_match_the_process";
+    if !can_run(TEST) {
+        return;
+    }
+    let running = app::start(ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..ServeConfig::default()
+    })
+    .await
+    .expect("collector starts");
+    let mut client = CollectorClient::connect(format!("http://{}", running.addr))
+        .await
+        .unwrap();
+    let mut stream = client
+        .watch(WatchRequest {
+            interval_ms: Some(200),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut view = View::default();
+    let first = stream.message().await.unwrap().unwrap();
+    let probe = first
+        .probes
+        .iter()
+        .find(|p| p.name == "sched_switch")
+        .expect("sched_switch status reported")
+        .clone();
+    if probe.state() != State::Active {
+        skip(TEST, &format!("sched_switch not active: {}", probe.reason));
+        return;
+    }
+    view.apply(first);
+
+    let busy = TestCgroup::create("busy").unwrap();
+    let idle = TestCgroup::create("idle").unwrap();
+    let burner = busy
+        .spawn(Command::new(env!("CARGO_BIN_EXE_burn")).arg(BURN_MS.to_string()))
+        .unwrap();
+    let sleeper = idle
+        .spawn(Command::new("sleep").arg(((BURN_MS + 1000) / 1000).to_string()))
+        .unwrap();
+    let started = Instant::now();
+
+    // Mid-run: the live reading includes the interval still on the CPU. A hog that is never
+    // switched out would otherwise read ~0 here while cpu.stat shows its time.
+    while started.elapsed() < Duration::from_millis(BURN_MS / 2) || view.cpu(busy.id()).is_none() {
+        next(&mut stream, &mut view).await;
+    }
+    let (mid_ebpf, mid_fs) = view.cpu(busy.id()).unwrap();
+    eprintln!("mid-run: ebpf {mid_ebpf} ns, cgroupfs {mid_fs} ns");
+    assert!(
+        mid_fs > 200_000_000 && relative_diff(mid_ebpf, mid_fs, mid_fs) < 0.10,
+        "mid-run eBPF {mid_ebpf} ns vs cgroupfs {mid_fs} ns"
+    );
+
+    let truth = tokio::task::spawn_blocking(move || wait_cpu_ns(burner))
+        .await
+        .unwrap()
+        .unwrap();
+    // A sample taken after the exit has the final switch-out and the cpu.stat flush.
+    let kernel_fs = busy.cpu_stat_usage_ns().unwrap();
+    catch_up(&mut stream, &mut view, Duration::from_millis(100)).await;
+    let (ebpf, fs) = view.cpu(busy.id()).expect("busy cgroup in stream");
+    eprintln!(
+        "busy cgroup: ebpf {ebpf} ns, cgroupfs {fs} ns (cpu.stat now {kernel_fs}), process \
+         rusage {truth} ns"
+    );
+    assert!(
+        truth > BURN_MS * 1_000_000 / 2,
+        "burner barely ran: {truth} ns"
+    );
+    for (name, value) in [("eBPF", ebpf), ("cgroupfs", fs)] {
+        let diff = relative_diff(value, truth, truth);
+        assert!(
+            diff < 0.02,
+            "{name} {value} ns vs rusage {truth} ns: {:.2} %",
+            diff * 100.0
+        );
+    }
+    let diff = relative_diff(ebpf, fs, fs);
+    assert!(
+        diff < 0.02,
+        "eBPF {ebpf} vs cgroupfs {fs}: {:.2} %",
+        diff * 100.0
+    );
+
+    let (idle_ebpf, idle_fs) = view.cpu(idle.id()).expect("idle cgroup in stream");
+    eprintln!("idle cgroup: ebpf {idle_ebpf} ns, cgroupfs {idle_fs} ns");
+    assert!(idle_ebpf < 20_000_000, "idle cgroup eBPF {idle_ebpf} ns");
+    assert!(idle_fs < 20_000_000, "idle cgroup cgroupfs {idle_fs} ns");
+
+    let _ = tokio::task::spawn_blocking(move || wait_cpu_ns(sleeper)).await;
+    drop((busy, idle));
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_cgroup_is_announced_and_its_time_moves_to_the_parent() {
+    const TEST: &str = "removed_cgroup_is_announced_and_its_time_moves_to_the_parent";
+    if !can_run(TEST) {
+        return;
+    }
+    let running = app::start(ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..ServeConfig::default()
+    })
+    .await
+    .expect("collector starts");
+    let mut client = CollectorClient::connect(format!("http://{}", running.addr))
+        .await
+        .unwrap();
+    let mut stream = client
+        .watch(WatchRequest {
+            interval_ms: Some(100),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut view = View::default();
+    next(&mut stream, &mut view).await;
+    if view.0.values().all(|c| c.ebpf_cpu.is_none()) {
+        skip(TEST, "sched_switch not active");
+        return;
+    }
+
+    let parent = TestCgroup::create("parent").unwrap();
+    let child_path = parent.path.join("child");
+    std::fs::create_dir(&child_path).unwrap();
+    let child = TestCgroup {
+        path: child_path,
+        relative: format!("{}/child", parent.relative),
+    };
+    let child_id = child.id();
+    let burner = child
+        .spawn(Command::new(env!("CARGO_BIN_EXE_burn")).arg("300"))
+        .unwrap();
+    let truth = tokio::task::spawn_blocking(move || wait_cpu_ns(burner))
+        .await
+        .unwrap()
+        .unwrap();
+    while view.cpu(child_id).is_none_or(|(e, _)| e < truth * 9 / 10) {
+        next(&mut stream, &mut view).await;
+    }
+    drop(child);
+    // The removal is announced, and the parent keeps the child's time (as cpu.stat does).
+    catch_up(&mut stream, &mut view, Duration::from_millis(100)).await;
+    assert!(
+        view.1.contains(&child_id),
+        "child cgroup removal never announced"
+    );
+    assert!(!view.0.contains_key(&child_id));
+    let (parent_ebpf, parent_fs) = view.cpu(parent.id()).expect("parent in stream");
+    eprintln!(
+        "parent after child removal: ebpf {parent_ebpf}, cgroupfs {parent_fs}, child rusage {truth}"
+    );
+    assert!(
+        relative_diff(parent_ebpf, truth, truth) < 0.02,
+        "parent eBPF {parent_ebpf} ns lost the removed child's {truth} ns"
+    );
+    assert!(relative_diff(parent_fs, truth, truth) < 0.02);
+    drop(parent);
+    running.stop().await.unwrap();
+}
