@@ -1,0 +1,119 @@
+//! Checks the build prerequisites and installs what is missing: nightly + rust-src (for the
+//! eBPF target) and bpf-linker built against the system LLVM. Quiet when all is present.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::cmd::{self, find, output};
+
+const NIGHTLY: &str = "nightly";
+
+pub fn ensure() -> anyhow::Result<()> {
+    let rustup = find("rustup").context(
+        "rustup not found: install it from your distribution (Debian: apt-get install rustup) \
+         or rustup.rs; the eBPF programs need a nightly toolchain",
+    )?;
+    ensure_nightly(&rustup)?;
+    ensure_bpf_linker()?;
+    Ok(())
+}
+
+fn ensure_nightly(rustup: &Path) -> anyhow::Result<()> {
+    let toolchains = output(rustup, &["toolchain", "list"]).unwrap_or_default();
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        eprintln!("==> installing the nightly toolchain with rust-src (for the eBPF target)");
+        cmd::run(Command::new(rustup).args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+        return Ok(());
+    }
+    let components = output(
+        rustup,
+        &["component", "list", "--toolchain", NIGHTLY, "--installed"],
+    )
+    .unwrap_or_default();
+    if !components.lines().any(|l| l.trim().starts_with("rust-src")) {
+        eprintln!("==> adding rust-src to nightly (needed for -Z build-std=core)");
+        cmd::run(Command::new(rustup).args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            NIGHTLY,
+        ]))?;
+    }
+    Ok(())
+}
+
+/// LLVM major of nightly rustc: bpf-linker must be built against an LLVM at least this new.
+fn nightly_llvm_major() -> anyhow::Result<u32> {
+    let version = output("rustc", &["+nightly", "-vV"]).context("rustc +nightly -vV failed")?;
+    version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next()?.trim().parse().ok())
+        .context("no LLVM version in `rustc +nightly -vV`")
+}
+
+fn ensure_bpf_linker() -> anyhow::Result<()> {
+    if find("bpf-linker").is_some() {
+        return Ok(());
+    }
+    let major = nightly_llvm_major()?;
+    let llvm_bin = format!("/usr/lib/llvm-{major}/bin");
+    if !Path::new(&llvm_bin).join("llvm-config").exists() {
+        install_llvm_dev(major)?;
+    }
+    eprintln!("==> building bpf-linker against LLVM {major} (once; takes about a minute)");
+    let path = format!("{llvm_bin}:{}", std::env::var("PATH").unwrap_or_default());
+    cmd::run(
+        Command::new("cargo")
+            .env("PATH", path)
+            .args([
+                "install",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+            ])
+            .arg(format!("llvm-{major}")),
+    )
+}
+
+fn install_llvm_dev(major: u32) -> anyhow::Result<()> {
+    let package = format!("llvm-{major}-dev");
+    let debian = Path::new("/etc/debian_version").exists() && find("apt-get").is_some();
+    if !debian {
+        bail!(
+            "bpf-linker is missing and this is not a Debian/Ubuntu host. Install the LLVM \
+             {major} development files (llvm-config and libLLVM; Fedora: llvm-devel, Arch: \
+             llvm), then run:\n  PATH=<llvm {major} bin dir>:$PATH cargo install bpf-linker \
+             --no-default-features --features llvm-{major}"
+        );
+    }
+    let sudo: &[&str] = if cmd::is_root() {
+        &[]
+    } else if find("sudo").is_some() {
+        &["sudo"]
+    } else {
+        bail!("{package} is needed; run as root: apt-get update && apt-get install -y {package}")
+    };
+    eprintln!("==> installing {package} (LLVM for bpf-linker)");
+    let apt = |args: &[&str]| {
+        let mut all: Vec<&str> = sudo.to_vec();
+        all.push("apt-get");
+        all.extend_from_slice(args);
+        let mut c = Command::new(all[0]);
+        c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd::run(&mut c)
+    };
+    apt(&["update", "-qq"])?;
+    apt(&["install", "-y", "-qq", &package])
+        .with_context(|| format!("installing {package}; is an LLVM {major} repository configured?"))
+}
