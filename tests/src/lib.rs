@@ -171,3 +171,36 @@ pub fn wait_cpu_ns(child: Child) -> anyhow::Result<u64> {
 pub fn relative_diff(a: u64, b: u64, reference: u64) -> f64 {
     a.abs_diff(b) as f64 / reference.max(1) as f64
 }
+
+/// Drops every capability of the calling thread (Linux capabilities are per thread), so the
+/// thread behaves like an unprivileged agent even when the test runs as root.
+pub fn drop_thread_capabilities() -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capset with a v3 header and two data words, as the ABI requires.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

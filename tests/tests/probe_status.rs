@@ -1,0 +1,41 @@
+//! Root: a collector that may not load BPF still serves cgroupfs and says why per probe.
+
+use collector::{
+    probes::{ProbeConfig, ProbeState, Probes},
+    sampler::Sampler,
+};
+use collector_integration_tests::{can_run, cgroup2_mount, drop_thread_capabilities};
+
+#[test]
+fn without_bpf_privileges_probes_are_unsupported_and_cgroupfs_still_works() {
+    if !can_run("without_bpf_privileges_probes_are_unsupported_and_cgroupfs_still_works") {
+        return;
+    }
+    let mount = cgroup2_mount().unwrap();
+    let (statuses, sample) = std::thread::spawn(move || {
+        drop_thread_capabilities().expect("capset");
+        let probes = Probes::load(&ProbeConfig::default());
+        let statuses = probes.statuses.clone();
+        let sample = Sampler::new(mount, probes).sample();
+        (statuses, sample)
+    })
+    .join()
+    .unwrap();
+
+    eprintln!("without privileges: {}", statuses[0]);
+    assert_eq!(statuses.len(), 1, "{statuses:?}");
+    assert_eq!(statuses[0].name, "sched_switch");
+    match &statuses[0].state {
+        ProbeState::Unsupported(why) => {
+            assert!(
+                why.contains("not permitted"),
+                "reason should say why: {why}"
+            )
+        }
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+    let sample = sample.expect("cgroupfs pass without privileges");
+    let root = sample.cgroups.iter().find(|c| &*c.path == "/").unwrap();
+    assert!(root.cgroupfs_cpu.unwrap().usage_usec.unwrap() > 0);
+    assert!(sample.cgroups.iter().all(|c| c.ebpf_cpu_ns.is_none()));
+}
