@@ -93,6 +93,9 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
              --cgroup2-mount",
         )?;
     let node = NodeInfo::discover(mounts);
+    // Bind before loading probes: a taken port should fail fast, not after BPF setup.
+    let listener = server::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
 
     let probe_config = config.probes.clone();
     let mut probes = tokio::task::spawn_blocking(move || Probes::load(&probe_config)).await?;
@@ -103,8 +106,6 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
 
     let sampler = Sampler::new(mount.clone(), probes);
     let (store, store_task) = store::spawn(sampler, node, config.base_period);
-    let listener = server::bind(config.listen).await?;
-    let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel();
     let server_stats = Arc::new(ServerStats::default());
     let service = CollectorService::new(store.clone(), server_stats.clone());

@@ -18,6 +18,9 @@ fn fixture_tree(root: &Path) {
         "usage_usec 400\nuser_usec 300\nsystem_usec 100\n",
     )
     .unwrap();
+    // A garbled file: its fields are absent and counted, nothing else is affected.
+    fs::create_dir(root.join("bad")).unwrap();
+    fs::write(root.join("bad/cpu.stat"), "usage_usec 12x\n\u{0}garbage\n").unwrap();
 }
 
 async fn start(mount: &Path) -> (Running, CollectorClient<Channel>) {
@@ -81,7 +84,12 @@ async fn snapshot_then_updates_with_changes_only() {
     let snapshot = stream.message().await.unwrap().unwrap();
     assert!(snapshot.snapshot);
     assert_eq!(snapshot.sequence, 0);
-    assert_eq!(snapshot.cgroups.len(), 2);
+    assert_eq!(snapshot.cgroups.len(), 3);
+    let bad = snapshot.cgroups.iter().find(|c| c.path == "/bad").unwrap();
+    assert_eq!(bad.cgroupfs_cpu.unwrap().usage_core_nano_seconds, None);
+    let stats = snapshot.collector.unwrap();
+    assert!(stats.passes >= 1 && stats.parse_errors >= 1, "{stats:?}");
+    assert!(stats.watch_subscribers >= 1, "{stats:?}");
     let svc = snapshot.cgroups.iter().find(|c| c.path == "/svc").unwrap();
     let cpu = svc.cgroupfs_cpu.unwrap();
     assert_eq!(cpu.usage_core_nano_seconds, Some(400_000));
@@ -95,24 +103,25 @@ async fn snapshot_then_updates_with_changes_only() {
 
     // The fixture's counters move for /svc only; removing nothing else.
     fs::write(dir.path().join("svc/cpu.stat"), "usage_usec 50400\n").unwrap();
-    let update = loop {
+    // Wait for the update that carries the new value; rates are over consecutive messages.
+    let mut previous_at = snapshot.timestamp_unix_nano;
+    let (svc, at) = loop {
         let msg = stream.message().await.unwrap().unwrap();
         assert!(!msg.snapshot);
-        if !msg.cgroups.is_empty() {
-            break msg;
+        let found = msg.cgroups.iter().find(|c| {
+            c.path == "/svc" && c.cgroupfs_cpu.unwrap().usage_core_nano_seconds == Some(50_400_000)
+        });
+        if let Some(svc) = found {
+            break (svc.clone(), msg.timestamp_unix_nano);
         }
+        previous_at = msg.timestamp_unix_nano;
     };
-    assert!(update.sequence >= 1);
-    let paths: Vec<&str> = update.cgroups.iter().map(|c| c.path.as_str()).collect();
-    assert!(paths.contains(&"/svc"), "{paths:?}");
-    let svc = update.cgroups.iter().find(|c| c.path == "/svc").unwrap();
-    assert_eq!(
-        svc.cgroupfs_cpu.unwrap().usage_core_nano_seconds,
-        Some(50_400_000)
-    );
-    // 50 ms of CPU over at most a few hundred ms: a rate is present and plausible.
+    // 50 ms of CPU between two samples: the rate is 50 ms / Δt (wall and monotonic clocks agree
+    // to well within 5 % over 100 ms).
+    let expected = 50_000_000u128 * 1_000_000_000 / u128::from(at - previous_at);
     let cores = svc.cgroupfs_cpu.unwrap().usage_nano_cores.expect("rate");
-    assert!(cores > 0 && cores <= 500_000_000, "{cores}");
+    let diff = (i128::from(cores) - expected as i128).unsigned_abs() as f64 / expected as f64;
+    assert!(diff < 0.05, "rate {cores} vs expected {expected}");
 
     // A removed cgroup is announced once.
     fs::remove_file(dir.path().join("svc/cpu.stat")).unwrap();
@@ -155,7 +164,7 @@ async fn get_summary_health_and_reflection() {
             Err(e) => panic!("{e}"),
         }
     };
-    assert_eq!(summary.cgroups.len(), 2);
+    assert_eq!(summary.cgroups.len(), 3);
     assert_eq!(summary.probes[0].name, "sched_switch");
 
     let channel = Channel::from_shared(endpoint)
@@ -273,6 +282,14 @@ async fn a_subscriber_that_stops_reading_is_dropped_while_another_keeps_receivin
     };
     assert_eq!(status.code(), Code::ResourceExhausted, "{status}");
     assert!(status.message().contains("resubscribe"));
+    let summary = CollectorClient::connect(format!("http://{}", running.addr))
+        .await
+        .unwrap()
+        .get_summary(collector::proto::GetSummaryRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(summary.collector.unwrap().dropped_subscribers, 1);
     // The live one kept receiving after that, and on time.
     for _ in 0..3 {
         bump_all(dir.path(), CGROUPS, 1_000_000 + value);

@@ -14,12 +14,11 @@ pub struct CpuTimeReader {
     counters: PerCpuArray<MapData, u64>,
 }
 
-/// One read: each cgroup's own on-CPU ns (its tasks only, not descendants).
+/// One read: each cgroup's own on-CPU ns (its tasks only, not descendants), running intervals
+/// included.
 #[derive(Debug, Default)]
 pub struct CpuTimeRead {
     pub own_ns: HashMap<u64, u64>,
-    /// Cgroups with a map entry; some may have no time yet in `own_ns` overlays.
-    pub map_entries: usize,
 }
 
 impl CpuTimeReader {
@@ -40,11 +39,9 @@ impl CpuTimeReader {
     /// monotonic.
     pub fn read(&self) -> Result<CpuTimeRead, ProbeError> {
         let mut own_ns = HashMap::new();
-        let mut map_entries = 0;
         for entry in self.committed.iter() {
             let (cgroup_id, per_cpu) = entry.map_err(ProbeError::map("CPU_TIME"))?;
             own_ns.insert(cgroup_id, per_cpu.iter().sum::<u64>());
-            map_entries += 1;
         }
         let slots = self
             .running
@@ -56,10 +53,7 @@ impl CpuTimeReader {
                 *own_ns.entry(slot.cgroup_id).or_default() += now - slot.start_ns;
             }
         }
-        Ok(CpuTimeRead {
-            own_ns,
-            map_entries,
-        })
+        Ok(CpuTimeRead { own_ns })
     }
 
     /// Deletes a removed cgroup's entry and returns its final committed nanoseconds.

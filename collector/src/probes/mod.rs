@@ -203,25 +203,76 @@ fn map_into<T: TryFrom<Map, Error = aya::maps::MapError>>(
     T::try_from(map)
 }
 
+/// Longest failure reason carried in the stream; verifier logs can run to megabytes.
+const MAX_REASON_LEN: usize = 1024;
+
 /// EPERM/EACCES means "not allowed here" (Unsupported), anything else is a real failure.
 fn classify_load_error(error: &(dyn std::error::Error + 'static), doing: &str) -> ProbeState {
-    let mut source: Option<&dyn std::error::Error> = Some(error);
     let mut text = format!("{doing}: {error}");
+    let mut permission = false;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = error.source();
+    if let Some(io) = error.downcast_ref::<io::Error>() {
+        permission |= is_permission(io);
+    }
     while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<io::Error>()
-            && matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
-        {
-            text.push_str(
-                " (not permitted: run as root or with CAP_BPF + CAP_PERFMON + CAP_SYS_RESOURCE)",
-            );
-            return ProbeState::Unsupported(text);
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            permission |= is_permission(io);
         }
+        text.push_str(&format!(": {e}"));
         source = e.source();
     }
-    let mut chain = error.source();
-    while let Some(e) = chain {
-        text.push_str(&format!(": {e}"));
-        chain = e.source();
+    if permission {
+        text.push_str(
+            " (not permitted: run as root or with CAP_BPF + CAP_PERFMON + CAP_SYS_RESOURCE)",
+        );
+        return ProbeState::Unsupported(text);
+    }
+    tracing::debug!("full probe error: {text}");
+    if text.len() > MAX_REASON_LEN {
+        let cut = (0..=MAX_REASON_LEN)
+            .rev()
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
+        text.truncate(cut);
+        text.push_str("… (truncated; run with RUST_LOG=debug for the full text)");
     }
     ProbeState::Failed(text)
+}
+
+fn is_permission(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("loading program")]
+    struct Outer(#[source] io::Error);
+
+    #[test]
+    fn permission_errors_anywhere_in_the_chain_are_unsupported() {
+        let e = Outer(io::Error::from_raw_os_error(libc::EPERM));
+        match classify_load_error(&e, "loading") {
+            ProbeState::Unsupported(why) => {
+                assert!(why.starts_with("loading: loading program"), "{why}");
+                assert!(why.contains("CAP_BPF"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn other_errors_fail_with_a_bounded_reason() {
+        let huge = "verifier says no. ".repeat(10_000);
+        let e = Outer(io::Error::other(huge));
+        match classify_load_error(&e, "loading") {
+            ProbeState::Failed(why) => {
+                assert!(why.len() < MAX_REASON_LEN + 100, "{}", why.len());
+                assert!(why.ends_with("full text)"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

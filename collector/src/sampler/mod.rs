@@ -45,6 +45,8 @@ pub struct SamplerStats {
     pub read_errors: u64,
     pub probe_read_errors: u64,
     pub ebpf_map_entries: u64,
+    pub ebpf_dropped_intervals: u64,
+    pub ebpf_running_read_failures: u64,
 }
 
 pub struct Sampler {
@@ -92,6 +94,10 @@ impl Sampler {
             match reader.read() {
                 Ok(read) => {
                     self.stats.ebpf_map_entries = read.own_ns.len() as u64;
+                    (
+                        self.stats.ebpf_dropped_intervals,
+                        self.stats.ebpf_running_read_failures,
+                    ) = reader.drop_counters();
                     // Vanished cgroups still count for the hierarchy in this pass: their time
                     // is folded into their parents on the next one.
                     let totals = self

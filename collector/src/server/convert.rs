@@ -2,11 +2,15 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::sync::atomic::Ordering;
+
 use crate::{
     node::NodeInfo,
     probes::{ProbeState, ProbeStatus},
     proto,
     sampler::CgroupSample,
+    sampler::SamplerStats,
+    server::ServerStats,
     store::CgroupRates,
 };
 
@@ -72,5 +76,19 @@ pub fn node_info(n: &NodeInfo) -> proto::NodeInfo {
             .map(|(k, v)| (k.clone(), v.display().to_string()))
             .collect(),
         online_cpus: n.online_cpus,
+    }
+}
+
+pub fn collector_stats(sampler: &SamplerStats, server: &ServerStats) -> proto::CollectorStats {
+    proto::CollectorStats {
+        passes: sampler.passes,
+        parse_errors: sampler.parse_errors,
+        read_errors: sampler.read_errors,
+        probe_read_errors: sampler.probe_read_errors,
+        ebpf_map_entries: sampler.ebpf_map_entries,
+        ebpf_dropped_intervals: sampler.ebpf_dropped_intervals,
+        ebpf_running_read_failures: sampler.ebpf_running_read_failures,
+        watch_subscribers: server.watch_subscribers.load(Ordering::Relaxed),
+        dropped_subscribers: server.dropped_subscribers.load(Ordering::Relaxed),
     }
 }

@@ -92,6 +92,7 @@ impl Collector for CollectorService {
                 .map(|(c, r)| convert::cgroup_stats(c, *r))
                 .collect(),
             probes: snap.probes.iter().map(convert::probe_status).collect(),
+            collector: Some(convert::collector_stats(&snap.stats, &self.stats)),
         }))
     }
 
@@ -109,7 +110,8 @@ impl Collector for CollectorService {
         let node = self.node.clone();
         tokio::spawn(async move {
             stats.watch_subscribers.fetch_add(1, Ordering::Relaxed);
-            if watch::run(subscription, interval, node, tx).await == watch::End::TooSlow {
+            let end = watch::run(subscription, interval, node, stats.clone(), tx).await;
+            if end == watch::End::TooSlow {
                 stats.dropped_subscribers.fetch_add(1, Ordering::Relaxed);
             }
             stats.watch_subscribers.fetch_sub(1, Ordering::Relaxed);

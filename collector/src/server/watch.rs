@@ -13,7 +13,7 @@ use std::{
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use super::convert;
+use super::{ServerStats, convert};
 use crate::{
     proto,
     rate::{Reading, per_second},
@@ -45,13 +45,17 @@ pub async fn run(
     mut sub: Subscription,
     interval: Duration,
     node: Arc<proto::NodeInfo>,
+    server_stats: Arc<ServerStats>,
     tx: WatchSender,
 ) -> End {
     let Some(first) = wait_for_snapshot(&mut sub).await else {
         return End::Closed;
     };
     let mut state = SubscriberState::default();
-    if let Err(end) = send(&tx, state.snapshot(&first, &node)) {
+    let stats = |snap: &Snapshot| Some(convert::collector_stats(&snap.stats, &server_stats));
+    let mut snapshot = state.snapshot(&first, &node);
+    snapshot.collector = stats(&first);
+    if let Err(end) = send(&tx, snapshot) {
         return end;
     }
     // A sample that lands a little early still counts as this interval's.
@@ -73,7 +77,9 @@ pub async fn run(
         {
             continue;
         }
-        if let Err(end) = send(&tx, state.update(&snap)) {
+        let mut update = state.update(&snap);
+        update.collector = stats(&snap);
+        if let Err(end) = send(&tx, update) {
             return end;
         }
     }
@@ -139,6 +145,7 @@ impl SubscriberState {
             removed_cgroup_ids: Vec::new(),
             probes: self.probes.clone(),
             node: Some(node.clone()),
+            collector: None,
         }
     }
 
@@ -187,6 +194,7 @@ impl SubscriberState {
             removed_cgroup_ids: removed,
             probes,
             node: None,
+            collector: None,
         }
     }
 
