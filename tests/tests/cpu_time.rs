@@ -7,7 +7,7 @@ use std::{
 };
 
 use collector::{
-    app::{self, ServeConfig},
+    app::{self, Running, ServeConfig},
     proto::{
         CgroupStats, WatchRequest, WatchResponse, collector_client::CollectorClient,
         probe_status::State,
@@ -66,11 +66,14 @@ fn unix_ns(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ebpf_and_cgroupfs_cpu_time_match_the_process() {
-    const TEST: &str = "ebpf_and_cgroupfs_cpu_time_match_the_process";
-    if !can_run(TEST) {
-        return;
+/// Starts an in-process collector on loopback and subscribes over gRPC. `None` (after a skip
+/// message, or a failure under COLLECTOR_REQUIRE_BPF=1) when sched_switch is not active.
+async fn start_watching(
+    test: &str,
+    interval_ms: u32,
+) -> Option<(Running, Streaming<WatchResponse>, View)> {
+    if !can_run(test) {
+        return None;
     }
     let running = app::start(ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -83,12 +86,11 @@ async fn ebpf_and_cgroupfs_cpu_time_match_the_process() {
         .unwrap();
     let mut stream = client
         .watch(WatchRequest {
-            interval_ms: Some(200),
+            interval_ms: Some(interval_ms),
         })
         .await
         .unwrap()
         .into_inner();
-    let mut view = View::default();
     let first = stream.message().await.unwrap().unwrap();
     let probe = first
         .probes
@@ -97,10 +99,21 @@ async fn ebpf_and_cgroupfs_cpu_time_match_the_process() {
         .expect("sched_switch status reported")
         .clone();
     if probe.state() != State::Active {
-        skip(TEST, &format!("sched_switch not active: {}", probe.reason));
-        return;
+        skip(test, &format!("sched_switch not active: {}", probe.reason));
+        return None;
     }
+    let mut view = View::default();
     view.apply(first);
+    Some((running, stream, view))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ebpf_and_cgroupfs_cpu_time_match_the_process() {
+    let Some((running, mut stream, mut view)) =
+        start_watching("ebpf_and_cgroupfs_cpu_time_match_the_process", 200).await
+    else {
+        return;
+    };
 
     let busy = TestCgroup::create("busy").unwrap();
     let idle = TestCgroup::create("idle").unwrap();
@@ -167,32 +180,14 @@ async fn ebpf_and_cgroupfs_cpu_time_match_the_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_cgroup_is_announced_and_its_time_moves_to_the_parent() {
-    const TEST: &str = "removed_cgroup_is_announced_and_its_time_moves_to_the_parent";
-    if !can_run(TEST) {
-        return;
-    }
-    let running = app::start(ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..ServeConfig::default()
-    })
+    let Some((running, mut stream, mut view)) = start_watching(
+        "removed_cgroup_is_announced_and_its_time_moves_to_the_parent",
+        100,
+    )
     .await
-    .expect("collector starts");
-    let mut client = CollectorClient::connect(format!("http://{}", running.addr))
-        .await
-        .unwrap();
-    let mut stream = client
-        .watch(WatchRequest {
-            interval_ms: Some(100),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut view = View::default();
-    next(&mut stream, &mut view).await;
-    if view.0.values().all(|c| c.ebpf_cpu.is_none()) {
-        skip(TEST, "sched_switch not active");
+    else {
         return;
-    }
+    };
 
     let parent = TestCgroup::create("parent").unwrap();
     let child_path = parent.path.join("child");
