@@ -2,6 +2,7 @@
 
 use std::{
     ffi::OsStr,
+    io::{BufRead as _, BufReader, Write as _},
     path::PathBuf,
     process::{Command, Stdio},
     time::Instant,
@@ -67,4 +68,86 @@ fn describe(cmd: &Command) -> String {
         .map(|a| a.to_string_lossy())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Passed/failed counts summed over every `test result:` line of a cargo test run.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TestTotals {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+impl TestTotals {
+    /// Adds one `test result: ok. 4 passed; 0 failed; …` line; other lines are ignored.
+    pub fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match kind {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs `cargo test`, echoing its output, and returns the totals; fails when cargo fails.
+pub fn cargo_test(cmd: &mut Command) -> anyhow::Result<TestTotals> {
+    eprintln!("==> cargo test");
+    let start = Instant::now();
+    let line = describe(cmd);
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start `{line}`"))?;
+    let mut totals = TestTotals::default();
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let mut out = std::io::stdout().lock();
+    for text in BufReader::new(stdout).lines() {
+        let text = text?;
+        totals.add_line(&text);
+        writeln!(out, "{text}")?;
+    }
+    drop(out);
+    let status = child.wait()?;
+    eprintln!("    cargo test: {:.1} s", start.elapsed().as_secs_f64());
+    if !status.success() {
+        println!("tests: {} passed, {} failed", totals.passed, totals.failed);
+        bail!("`{line}` failed ({status})");
+    }
+    Ok(totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_cargo_result_lines() {
+        let mut t = TestTotals::default();
+        for line in [
+            "test result: ok. 33 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.03s",
+            "running 4 tests",
+            "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+            "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out",
+        ] {
+            t.add_line(line);
+        }
+        assert_eq!(
+            t,
+            TestTotals {
+                passed: 35,
+                failed: 1
+            }
+        );
+    }
 }

@@ -136,10 +136,12 @@ fn test(no_lint: bool) -> anyhow::Result<()> {
     } else if !cmd::is_root() {
         eprintln!("note: not root, so root/BPF integration tests will skip (with a message)");
     }
-    cmd::timed("cargo test", cargo().args(["test", "--no-fail-fast"]))?;
+    let totals = cmd::cargo_test(cargo().args(["test", "--no-fail-fast"]))?;
     eprintln!(
         "all checks and tests passed in {:.0} s",
         start.elapsed().as_secs_f64()
     );
+    // The closing line: totals over every test binary (cargo prints one line per binary).
+    println!("tests: {} passed, {} failed", totals.passed, totals.failed);
     Ok(())
 }
