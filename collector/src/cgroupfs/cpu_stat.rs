@@ -1,5 +1,7 @@
 //! `cpu.stat` (cgroup v2): the kernel's own CPU accounting of a cgroup and its descendants.
 
+use super::parse::{for_each_pair, set_u64};
+
 /// The fields of cpu.stat we report. Each is `None` when its key is missing or its value is not a
 /// number; on hybrid hosts without the cpu controller in v2 only the usage keys exist.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -18,10 +20,8 @@ impl CpuStat {
     /// Parses `key value` lines without allocating. Unknown keys are ignored.
     pub fn parse(text: &str) -> Self {
         let mut stat = Self::default();
-        for line in text.lines() {
-            let Some((key, value)) = line.split_once(' ') else {
-                continue;
-            };
+        let mut malformed = 0;
+        for_each_pair(text, |key, value| {
             let field = match key {
                 "usage_usec" => &mut stat.usage_usec,
                 "user_usec" => &mut stat.user_usec,
@@ -29,13 +29,11 @@ impl CpuStat {
                 "nr_periods" => &mut stat.nr_periods,
                 "nr_throttled" => &mut stat.nr_throttled,
                 "throttled_usec" => &mut stat.throttled_usec,
-                _ => continue,
+                _ => return,
             };
-            match value.trim().parse() {
-                Ok(v) => *field = Some(v),
-                Err(_) => stat.malformed += 1,
-            }
-        }
+            set_u64(field, value, &mut malformed);
+        });
+        stat.malformed = malformed;
         stat
     }
 }

@@ -1,7 +1,11 @@
 //! The kernel's own accounting, read from cgroupfs.
 
 pub mod cpu_stat;
+pub mod memory_stat;
 pub mod mountinfo;
+pub mod parse;
+pub mod reader;
+pub mod reading;
 pub mod tree;
 
 use std::{
