@@ -13,9 +13,11 @@ fn main() -> anyhow::Result<()> {
 
 fn build_proto() -> anyhow::Result<()> {
     let proto_root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../proto");
-    let file = proto_root.join("collector/v1/collector.proto");
+    let files =
+        ["collector/v1/collector.proto", "collector/v1/summary.proto"].map(|f| proto_root.join(f));
     println!("cargo:rerun-if-changed={}", proto_root.display());
-    let fds = protox::compile([&file], [&proto_root]).context("compiling collector.proto")?;
+    let fds =
+        protox::compile(&files, [&proto_root]).context("compiling the collector.v1 protos")?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(
         out_dir.join("collector_v1_descriptor.bin"),

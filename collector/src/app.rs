@@ -92,7 +92,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
              yet); mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) or pass \
              --cgroup2-mount",
         )?;
-    let node = NodeInfo::discover(mounts);
+    let node = NodeInfo::discover(mounts.clone());
     // Bind before loading probes: a taken port should fail fast, not after BPF setup.
     let listener = server::bind(config.listen).await?;
     let addr = listener.local_addr()?;
@@ -104,7 +104,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         tokio::spawn(pump_ebpf_logs(logger));
     }
 
-    let sampler = Sampler::new(mount.clone(), probes);
+    let sampler = Sampler::new(mount.clone(), &mounts, probes);
     let (store, store_task) = store::spawn(sampler, node, config.base_period);
     let (tx, rx) = oneshot::channel();
     let server_stats = Arc::new(ServerStats::default());

@@ -6,12 +6,14 @@
 
 pub mod app;
 pub mod cgroupfs;
+pub mod k8s;
 pub mod node;
 pub mod probes;
 pub mod rate;
 pub mod sampler;
 pub mod server;
 pub mod store;
+pub mod summary;
 pub mod top;
 
 /// Generated from proto/collector/v1/collector.proto.

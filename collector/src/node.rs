@@ -8,6 +8,8 @@ pub struct NodeInfo {
     pub kernel_release: String,
     pub mounts: CgroupMounts,
     pub online_cpus: u32,
+    /// Boot time (btime of /proc/stat), Unix ns; 0 when unknown.
+    pub boot_time_unix_nano: u64,
 }
 
 impl NodeInfo {
@@ -24,6 +26,7 @@ impl NodeInfo {
             kernel_release: read("/proc/sys/kernel/osrelease"),
             mounts,
             online_cpus: u32::try_from(online).unwrap_or(0),
+            boot_time_unix_nano: procfs::boot_time_secs().map_or(0, |s| s * 1_000_000_000),
         }
     }
 }

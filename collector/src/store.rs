@@ -16,11 +16,22 @@ use crate::{
     sampler::{Sample, Sampler, SamplerStats},
 };
 
-/// Rates of one cgroup over the store's last two samples.
+/// Rates of one cgroup over the store's last two samples (absent per the rate rules).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CgroupRates {
     pub cgroupfs_nano_cores: Option<u64>,
     pub ebpf_nano_cores: Option<u64>,
+    pub page_faults_per_second: Option<u64>,
+    pub major_page_faults_per_second: Option<u64>,
+}
+
+/// The counters rates are computed from, as last read.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    cpu: Option<Reading>,
+    ebpf: Option<Reading>,
+    faults: Option<Reading>,
+    major_faults: Option<Reading>,
 }
 
 #[derive(Debug)]
@@ -119,7 +130,7 @@ async fn run(
     base_period: Duration,
 ) {
     let mut seq = 0;
-    let mut previous: HashMap<u64, (Option<Reading>, Option<Reading>)> = HashMap::new();
+    let mut previous: HashMap<u64, Counters> = HashMap::new();
     loop {
         let started = Instant::now();
         let (returned, result) = match tokio::task::spawn_blocking(move || {
@@ -173,28 +184,29 @@ async fn run(
 }
 
 /// Rates against the previous sample, updating the baseline.
-fn rates_since(
-    previous: &mut HashMap<u64, (Option<Reading>, Option<Reading>)>,
-    sample: &Sample,
-) -> Vec<CgroupRates> {
-    let reading = |value: Option<u64>| {
-        value.map(|value| Reading {
-            value,
-            at: sample.taken_at,
-        })
-    };
+fn rates_since(previous: &mut HashMap<u64, Counters>, sample: &Sample) -> Vec<CgroupRates> {
+    let at = sample.taken_at;
+    let reading = |value: Option<u64>| value.map(|value| Reading { value, at });
+    let rate = |prev: Option<Reading>, cur: Option<Reading>| cur.and_then(|c| per_second(prev, c));
     let mut next = HashMap::with_capacity(sample.cgroups.len());
     let rates = sample
         .cgroups
         .iter()
         .map(|c| {
-            let fs = reading(c.cgroupfs_cpu.and_then(|s| s.usage_usec).map(|u| u * 1000));
-            let ebpf = reading(c.ebpf_cpu_ns);
-            let (prev_fs, prev_ebpf) = previous.get(&c.id).copied().unwrap_or_default();
-            next.insert(c.id, (fs, ebpf));
+            let stat = c.reading.memory.map(|m| m.stat).unwrap_or_default();
+            let now = Counters {
+                cpu: reading(c.reading.cpu.usage_ns),
+                ebpf: reading(c.ebpf_cpu_ns),
+                faults: reading(stat.pgfault),
+                major_faults: reading(stat.pgmajfault),
+            };
+            let prev = previous.get(&c.id).copied().unwrap_or_default();
+            next.insert(c.id, now);
             CgroupRates {
-                cgroupfs_nano_cores: fs.and_then(|cur| per_second(prev_fs, cur)),
-                ebpf_nano_cores: ebpf.and_then(|cur| per_second(prev_ebpf, cur)),
+                cgroupfs_nano_cores: rate(prev.cpu, now.cpu),
+                ebpf_nano_cores: rate(prev.ebpf, now.ebpf),
+                page_faults_per_second: rate(prev.faults, now.faults),
+                major_page_faults_per_second: rate(prev.major_faults, now.major_faults),
             }
         })
         .collect();

@@ -145,6 +145,7 @@ mod tests {
                 on_cpu_nano_seconds: 1_000_000_000,
                 usage_nano_cores: ebpf_cores,
             }),
+            ..Default::default()
         }
     }
 

@@ -1,6 +1,7 @@
 //! Root: a collector that may not load BPF still serves cgroupfs and says why per probe.
 
 use collector::{
+    cgroupfs::CgroupMounts,
     probes::{ProbeConfig, ProbeState, Probes},
     sampler::Sampler,
 };
@@ -16,7 +17,8 @@ fn without_bpf_privileges_probes_are_unsupported_and_cgroupfs_still_works() {
         drop_thread_capabilities().expect("capset");
         let probes = Probes::load(&ProbeConfig::default());
         let statuses = probes.statuses.clone();
-        let sample = Sampler::new(mount, probes).sample();
+        let mounts = CgroupMounts::discover().unwrap();
+        let sample = Sampler::new(mount, &mounts, probes).sample();
         (statuses, sample)
     })
     .join()
@@ -36,6 +38,6 @@ fn without_bpf_privileges_probes_are_unsupported_and_cgroupfs_still_works() {
     }
     let sample = sample.expect("cgroupfs pass without privileges");
     let root = sample.cgroups.iter().find(|c| &*c.path == "/").unwrap();
-    assert!(root.cgroupfs_cpu.unwrap().usage_usec.unwrap() > 0);
+    assert!(root.reading.cpu.usage_ns.unwrap() > 0);
     assert!(sample.cgroups.iter().all(|c| c.ebpf_cpu_ns.is_none()));
 }

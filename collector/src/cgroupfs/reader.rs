@@ -88,7 +88,7 @@ impl CgroupReader {
         r.processes = self
             .scratch
             .read_text(&self.roots.v2, rel, "cgroup.procs", &mut r.read_errors)
-            .map(|t| parse::count_lines(t));
+            .map(parse::count_lines);
         Ok(r)
     }
 
@@ -224,18 +224,20 @@ impl CgroupReader {
             r.memory_source = Source::V1;
             return;
         }
-        let Some(current) = self
+        // The v2 root has memory.stat but no memory.current; other cgroups have both or neither.
+        let usage_bytes = self
             .scratch
             .read_text(&self.roots.v2, rel, "memory.current", errors)
-        else {
-            return;
-        };
-        let usage_bytes = parse::single_u64(current);
+            .map(parse::single_u64);
         let stat = self
             .scratch
             .read_text(&self.roots.v2, rel, "memory.stat", errors)
-            .map(MemoryStat::parse_v2)
-            .unwrap_or_default();
+            .map(MemoryStat::parse_v2);
+        if usage_bytes.is_none() && stat.is_none() {
+            return;
+        }
+        let usage_bytes = usage_bytes.flatten();
+        let stat = stat.unwrap_or_default();
         let limit = self
             .scratch
             .read_text(&self.roots.v2, rel, "memory.max", errors)

@@ -1,7 +1,8 @@
 //! One sampling pass: walk the cgroup2 tree, read cgroupfs, read the probes, merge per cgroup.
 
 use std::{
-    path::PathBuf,
+    collections::HashMap,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Instant, SystemTime},
 };
@@ -11,19 +12,29 @@ mod cpu_hierarchy;
 use cpu_hierarchy::CpuHierarchy;
 
 use crate::{
-    cgroupfs::{self, CgroupNode, CpuStat},
+    cgroupfs::{self, CgroupMounts, reader::CgroupReader, reading::CgroupReading},
     probes::Probes,
 };
 
 /// Both sources for one cgroup, as distinct fields: neither ever stands in for the other.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CgroupSample {
     pub id: u64,
     pub path: Arc<str>,
-    /// cpu.stat; `None` when it could not be read (vanished, no permission).
-    pub cgroupfs_cpu: Option<CpuStat>,
+    /// Everything cgroupfs said, each controller from where it is mounted.
+    pub reading: CgroupReading,
     /// sched_switch probe, hierarchical; `None` when the probe is not active.
     pub ebpf_cpu_ns: Option<u64>,
+    /// When the cgroup was first seen (its directory's ctime then), Unix ns.
+    pub created_unix_nano: Option<u64>,
+}
+
+/// /proc/meminfo figures the node stats need, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemInfo {
+    pub total: u64,
+    pub swap_total: u64,
+    pub swap_free: u64,
 }
 
 /// Everything one pass produced.
@@ -33,6 +44,8 @@ pub struct Sample {
     pub wall: SystemTime,
     /// Sorted by id.
     pub cgroups: Vec<CgroupSample>,
+    /// `None` when /proc/meminfo could not be read.
+    pub meminfo: Option<MemInfo>,
 }
 
 /// Counters about the sampler itself.
@@ -52,20 +65,31 @@ pub struct SamplerStats {
 pub struct Sampler {
     mount: PathBuf,
     probes: Probes,
-    buf: String,
+    reader: CgroupReader,
     cpu: CpuHierarchy,
+    created: HashMap<u64, Option<u64>>,
+    proc_root: PathBuf,
     pub stats: SamplerStats,
 }
 
 impl Sampler {
-    pub fn new(mount: PathBuf, probes: Probes) -> Self {
+    /// Reads the cgroup2 tree at `mount`, v1 controllers from `mounts`.
+    pub fn new(mount: PathBuf, mounts: &CgroupMounts, probes: Probes) -> Self {
         Self {
+            reader: CgroupReader::new(mount.clone(), mounts),
             mount,
             probes,
-            buf: String::with_capacity(4096),
             cpu: CpuHierarchy::default(),
+            created: HashMap::new(),
+            proc_root: PathBuf::from("/proc"),
             stats: SamplerStats::default(),
         }
+    }
+
+    /// Reads meminfo from `proc_root` instead of /proc (fixtures).
+    pub fn with_proc_root(mut self, proc_root: PathBuf) -> Self {
+        self.proc_root = proc_root;
+        self
     }
 
     pub fn probes(&self) -> &Probes {
@@ -78,18 +102,26 @@ impl Sampler {
         let nodes = cgroupfs::walk(&self.mount)?;
         let mut cgroups = Vec::with_capacity(nodes.len());
         for node in &nodes {
-            let cgroupfs_cpu = match self.read_cpu_stat(node) {
-                CpuStatRead::Read(stat) => Some(stat),
-                CpuStatRead::Unreadable => None,
-                CpuStatRead::Vanished => continue,
+            // Removed since the walk: it leaves this pass; nobody else is affected.
+            let Ok(reading) = self.reader.read(&node.path) else {
+                continue;
             };
+            self.stats.parse_errors += u64::from(reading.malformed);
+            self.stats.read_errors += u64::from(reading.read_errors);
+            let created_unix_nano = *self
+                .created
+                .entry(node.id)
+                .or_insert_with(|| dir_ctime(&self.mount, &node.path));
             cgroups.push(CgroupSample {
                 id: node.id,
                 path: node.path.clone(),
-                cgroupfs_cpu,
+                reading,
                 ebpf_cpu_ns: None,
+                created_unix_nano,
             });
         }
+        self.created
+            .retain(|id, _| nodes.iter().any(|n| n.id == *id));
         if let Some(reader) = self.probes.cpu_time.as_mut() {
             match reader.read() {
                 Ok(read) => {
@@ -117,41 +149,33 @@ impl Sampler {
         }
         cgroups.sort_unstable_by_key(|c| c.id);
         self.stats.passes += 1;
+        let meminfo = read_meminfo(&self.proc_root.join("meminfo"));
         Ok(Sample {
             taken_at,
             wall,
             cgroups,
+            meminfo,
         })
-    }
-
-    fn read_cpu_stat(&mut self, node: &CgroupNode) -> CpuStatRead {
-        let path = self
-            .mount
-            .join(node.path.trim_start_matches('/'))
-            .join("cpu.stat");
-        match cgroupfs::read_into(&path, &mut self.buf) {
-            Ok(()) => {
-                let stat = CpuStat::parse(&self.buf);
-                self.stats.parse_errors += u64::from(stat.malformed);
-                CpuStatRead::Read(stat)
-            }
-            // cpu.stat is a core file of every cgroup2 directory: gone means the cgroup was
-            // removed since the walk. It leaves this pass; nobody else is affected.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => CpuStatRead::Vanished,
-            Err(e) => {
-                self.stats.read_errors += 1;
-                tracing::debug!(path = %path.display(), error = %e, "cpu.stat unreadable");
-                CpuStatRead::Unreadable
-            }
-        }
     }
 }
 
-enum CpuStatRead {
-    Read(CpuStat),
-    /// Present but not readable (permissions, I/O error): the cgroup stays, the field is absent.
-    Unreadable,
-    Vanished,
+/// ctime of a cgroup directory, Unix ns: its creation time for a cgroup seen soon after birth.
+fn dir_ctime(mount: &Path, relative: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(mount.join(relative.trim_start_matches('/'))).ok()?;
+    let secs = u64::try_from(meta.ctime()).ok()?;
+    let nanos = u64::try_from(meta.ctime_nsec()).ok()?;
+    Some(secs * 1_000_000_000 + nanos)
+}
+
+fn read_meminfo(path: &Path) -> Option<MemInfo> {
+    use procfs::FromRead as _;
+    let m = procfs::Meminfo::from_file(path).ok()?;
+    Some(MemInfo {
+        total: m.mem_total,
+        swap_total: m.swap_total,
+        swap_free: m.swap_free,
+    })
 }
 
 #[cfg(test)]
@@ -188,21 +212,19 @@ mod tests {
         // A directory without cpu.stat is what a cgroup removed between walk and read looks like.
         fs::create_dir(root.join("vanished")).unwrap();
 
-        let mut sampler = Sampler::new(root.to_path_buf(), cgroupfs_only());
+        let mut sampler = Sampler::new(
+            root.to_path_buf(),
+            &CgroupMounts::default(),
+            cgroupfs_only(),
+        );
         let sample = sampler.sample().unwrap();
         let by_path = |p: &str| sample.cgroups.iter().find(|c| &*c.path == p);
 
         assert_eq!(sample.cgroups.len(), 3);
-        assert_eq!(
-            by_path("/ok").unwrap().cgroupfs_cpu.unwrap().usage_usec,
-            Some(500)
-        );
-        assert_eq!(
-            by_path("/").unwrap().cgroupfs_cpu.unwrap().user_usec,
-            Some(600)
-        );
-        let garbled = by_path("/garbled").unwrap().cgroupfs_cpu.unwrap();
-        assert_eq!(garbled.usage_usec, None);
+        let cpu = |p: &str| by_path(p).unwrap().reading.cpu;
+        assert_eq!(cpu("/ok").usage_ns, Some(500_000));
+        assert_eq!(cpu("/").user_ns, Some(600_000));
+        assert_eq!(cpu("/garbled").usage_ns, None);
         assert!(by_path("/vanished").is_none());
         // cgroupfs-only: the eBPF field is absent, never filled from cgroupfs.
         assert!(sample.cgroups.iter().all(|c| c.ebpf_cpu_ns.is_none()));
@@ -213,7 +235,11 @@ mod tests {
 
     #[test]
     fn missing_mount_is_an_error_not_a_panic() {
-        let mut sampler = Sampler::new("/nonexistent/cgroup2".into(), cgroupfs_only());
+        let mut sampler = Sampler::new(
+            "/nonexistent/cgroup2".into(),
+            &CgroupMounts::default(),
+            cgroupfs_only(),
+        );
         assert!(sampler.sample().is_err());
     }
 }

@@ -5,6 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use std::sync::atomic::Ordering;
 
 use crate::{
+    cgroupfs::reading::Source,
     node::NodeInfo,
     probes::{ProbeState, ProbeStatus},
     proto,
@@ -12,6 +13,7 @@ use crate::{
     sampler::SamplerStats,
     server::ServerStats,
     store::CgroupRates,
+    summary::formulas,
 };
 
 pub fn unix_nanos(t: SystemTime) -> u64 {
@@ -20,28 +22,33 @@ pub fn unix_nanos(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn cgroup_stats(c: &CgroupSample, rates: CgroupRates) -> proto::CgroupStats {
+pub fn cgroup_stats(c: &CgroupSample, rates: CgroupRates, time: u64) -> proto::CgroupStats {
+    let r = &c.reading;
+    let cpu = r.cpu;
     proto::CgroupStats {
         cgroup_id: c.id,
         path: c.path.to_string(),
-        cgroupfs_cpu: c.cgroupfs_cpu.map(|s| proto::CgroupfsCpu {
-            usage_core_nano_seconds: s.usage_usec.map(usec_to_ns),
-            user_nano_seconds: s.user_usec.map(usec_to_ns),
-            system_nano_seconds: s.system_usec.map(usec_to_ns),
-            nr_periods: s.nr_periods,
-            nr_throttled: s.nr_throttled,
-            throttled_nano_seconds: s.throttled_usec.map(usec_to_ns),
+        cgroupfs_cpu: (r.cpu_source != Source::None).then_some(proto::CgroupfsCpu {
+            usage_core_nano_seconds: cpu.usage_ns,
+            user_nano_seconds: cpu.user_ns,
+            system_nano_seconds: cpu.system_ns,
+            nr_periods: cpu.nr_periods,
+            nr_throttled: cpu.nr_throttled,
+            throttled_nano_seconds: cpu.throttled_ns,
             usage_nano_cores: rates.cgroupfs_nano_cores,
         }),
         ebpf_cpu: c.ebpf_cpu_ns.map(|ns| proto::EbpfCpu {
             on_cpu_nano_seconds: ns,
             usage_nano_cores: rates.ebpf_nano_cores,
         }),
+        memory: r
+            .memory
+            .map(|m| formulas::memory(&m, &rates, r.memory_psi, time, None, None)),
+        swap: r.memory.map(|m| formulas::swap(&m, r.memory_source, time)),
+        io: formulas::io(r.io, r.io_psi, time),
+        process_stats: Some(formulas::processes(r)),
+        cpu_psi: r.cpu_psi.map(formulas::psi_stats),
     }
-}
-
-fn usec_to_ns(usec: u64) -> u64 {
-    usec.saturating_mul(1000)
 }
 
 pub fn probe_status(p: &ProbeStatus) -> proto::ProbeStatus {

@@ -22,6 +22,7 @@ use crate::{
         collector_server::{Collector, CollectorServer},
     },
     store::StoreHandle,
+    summary,
 };
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -81,15 +82,19 @@ impl Collector for CollectorService {
             .store
             .latest()
             .ok_or_else(|| Status::unavailable("no sample taken yet; retry in a second"))?;
+        let time = convert::unix_nanos(snap.sample.wall);
+        let (node_stats, pods) = summary::build(&snap, &self.store.node);
         Ok(Response::new(proto::Summary {
-            timestamp_unix_nano: convert::unix_nanos(snap.sample.wall),
+            timestamp_unix_nano: time,
             node: Some((*self.node).clone()),
+            node_stats: Some(node_stats),
+            pods,
             cgroups: snap
                 .sample
                 .cgroups
                 .iter()
                 .zip(&snap.rates)
-                .map(|(c, r)| convert::cgroup_stats(c, *r))
+                .map(|(c, r)| convert::cgroup_stats(c, *r, time))
                 .collect(),
             probes: snap.probes.iter().map(convert::probe_status).collect(),
             collector: Some(convert::collector_stats(&snap.stats, &self.stats)),
@@ -108,9 +113,15 @@ impl Collector for CollectorService {
         let subscription = self.store.subscribe(interval);
         let stats = self.stats.clone();
         let node = self.node.clone();
+        let node_info = self.store.node.clone();
         tokio::spawn(async move {
             stats.watch_subscribers.fetch_add(1, Ordering::Relaxed);
-            let end = watch::run(subscription, interval, node, stats.clone(), tx).await;
+            let context = watch::Context {
+                node,
+                node_info,
+                server_stats: stats.clone(),
+            };
+            let end = watch::run(subscription, interval, context, tx).await;
             if end == watch::End::TooSlow {
                 stats.dropped_subscribers.fetch_add(1, Ordering::Relaxed);
             }

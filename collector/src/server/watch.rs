@@ -15,10 +15,19 @@ use tonic::Status;
 
 use super::{ServerStats, convert};
 use crate::{
+    node::NodeInfo,
     proto,
     rate::{Reading, per_second},
-    store::{CgroupRates, Snapshot, Subscription},
+    store::{Snapshot, Subscription},
+    summary,
 };
+
+fn pod_uid(p: &proto::PodStats) -> String {
+    p.pod_ref
+        .as_ref()
+        .map(|r| r.uid.clone())
+        .unwrap_or_default()
+}
 
 /// Messages a subscriber may have queued before it counts as too slow.
 pub const SUBSCRIBER_BUFFER: usize = 16;
@@ -41,20 +50,22 @@ pub enum End {
     TooSlow,
 }
 
-pub async fn run(
-    mut sub: Subscription,
-    interval: Duration,
-    node: Arc<proto::NodeInfo>,
-    server_stats: Arc<ServerStats>,
-    tx: WatchSender,
-) -> End {
+/// What every message of a subscription may need besides the snapshot.
+pub struct Context {
+    pub node: Arc<proto::NodeInfo>,
+    pub node_info: Arc<NodeInfo>,
+    pub server_stats: Arc<ServerStats>,
+}
+
+pub async fn run(mut sub: Subscription, interval: Duration, ctx: Context, tx: WatchSender) -> End {
     let Some(first) = wait_for_snapshot(&mut sub).await else {
         return End::Closed;
     };
     let mut state = SubscriberState::default();
-    let stats = |snap: &Snapshot| Some(convert::collector_stats(&snap.stats, &server_stats));
-    let mut snapshot = state.snapshot(&first, &node);
+    let stats = |snap: &Snapshot| Some(convert::collector_stats(&snap.stats, &ctx.server_stats));
+    let mut snapshot = state.snapshot(&first, &ctx.node);
     snapshot.collector = stats(&first);
+    state.pods_snapshot(&first, &ctx.node_info, &mut snapshot);
     if let Err(end) = send(&tx, snapshot) {
         return end;
     }
@@ -79,6 +90,7 @@ pub async fn run(
         }
         let mut update = state.update(&snap);
         update.collector = stats(&snap);
+        state.pods_update(&snap, &ctx.node_info, &mut update);
         if let Err(end) = send(&tx, update) {
             return end;
         }
@@ -113,6 +125,8 @@ struct SubscriberState {
     last_at: Instant,
     sent: HashMap<u64, (proto::CgroupStats, Sent)>,
     probes: Vec<proto::ProbeStatus>,
+    /// Pods as last sent, by uid.
+    pods: HashMap<String, proto::PodStats>,
 }
 
 impl Default for SubscriberState {
@@ -122,15 +136,47 @@ impl Default for SubscriberState {
             last_at: Instant::now(),
             sent: HashMap::new(),
             probes: Vec::new(),
+            pods: HashMap::new(),
         }
     }
 }
 
 impl SubscriberState {
+    /// Node and every pod. Pod and node rates are over the collector's last two samples.
+    fn pods_snapshot(&mut self, snap: &Snapshot, node: &NodeInfo, msg: &mut proto::WatchResponse) {
+        let (node_stats, pods) = summary::build(snap, node);
+        msg.node_stats = Some(node_stats);
+        self.pods = pods.iter().map(|p| (pod_uid(p), p.clone())).collect();
+        msg.pods = pods;
+    }
+
+    /// Node again, pods that changed (complete), and uids of pods that went away.
+    fn pods_update(&mut self, snap: &Snapshot, node: &NodeInfo, msg: &mut proto::WatchResponse) {
+        let (node_stats, pods) = summary::build(snap, node);
+        msg.node_stats = Some(node_stats);
+        let mut next = HashMap::with_capacity(pods.len());
+        for pod in pods {
+            let uid = pod_uid(&pod);
+            if self.pods.get(&uid) != Some(&pod) {
+                msg.pods.push(pod.clone());
+            }
+            next.insert(uid, pod);
+        }
+        msg.removed_pod_uids = self
+            .pods
+            .keys()
+            .filter(|uid| !next.contains_key(*uid))
+            .cloned()
+            .collect();
+        msg.removed_pod_uids.sort_unstable();
+        self.pods = next;
+    }
+
     fn snapshot(&mut self, snap: &Snapshot, node: &proto::NodeInfo) -> proto::WatchResponse {
         let mut cgroups = Vec::with_capacity(snap.sample.cgroups.len());
+        let time = convert::unix_nanos(snap.sample.wall);
         for (c, rates) in snap.sample.cgroups.iter().zip(&snap.rates) {
-            let stats = convert::cgroup_stats(c, *rates);
+            let stats = convert::cgroup_stats(c, *rates, time);
             self.sent
                 .insert(c.id, (stats.clone(), sent_counters(&stats, snap)));
             cgroups.push(stats);
@@ -146,16 +192,20 @@ impl SubscriberState {
             probes: self.probes.clone(),
             node: Some(node.clone()),
             collector: None,
+            ..Default::default()
         }
     }
 
     fn update(&mut self, snap: &Snapshot) -> proto::WatchResponse {
         let mut changed = Vec::new();
         let mut next = HashMap::with_capacity(snap.sample.cgroups.len());
-        for c in &snap.sample.cgroups {
+        let time = convert::unix_nanos(snap.sample.wall);
+        for (c, rates) in snap.sample.cgroups.iter().zip(&snap.rates) {
             let previous = self.sent.get(&c.id);
             let prev_counters = previous.map(|(_, s)| *s).unwrap_or_default();
-            let mut stats = convert::cgroup_stats(c, CgroupRates::default());
+            // CPU rates below are recomputed over this subscriber's interval; the rest (fault
+            // rates) are over the collector's last two samples.
+            let mut stats = convert::cgroup_stats(c, *rates, time);
             let counters = sent_counters(&stats, snap);
             // Rates over this subscriber's own interval.
             if let (Some(fs), Some(cur)) = (stats.cgroupfs_cpu.as_mut(), counters.cgroupfs_ns) {
@@ -195,6 +245,7 @@ impl SubscriberState {
             probes,
             node: None,
             collector: None,
+            ..Default::default()
         }
     }
 

@@ -1,0 +1,140 @@
+//! The kubelet Summary model (node / pods / containers) built from one snapshot.
+
+pub mod formulas;
+
+use std::collections::BTreeMap;
+
+use crate::{
+    cgroupfs::reading::Source,
+    k8s::identity::{self, Identity},
+    node::NodeInfo,
+    proto,
+    sampler::{CgroupSample, MemInfo},
+    server::convert::unix_nanos,
+    store::{CgroupRates, Snapshot},
+};
+
+/// Node and pods, pods sorted by uid and their containers by id.
+pub fn build(snap: &Snapshot, node: &NodeInfo) -> (proto::NodeStats, Vec<proto::PodStats>) {
+    let time = unix_nanos(snap.sample.wall);
+    let mut node_stats = proto::NodeStats {
+        node_name: node.hostname.clone(),
+        start_time_unix_nano: node.boot_time_unix_nano,
+        ..Default::default()
+    };
+    let mut pods: BTreeMap<String, proto::PodStats> = BTreeMap::new();
+    let mut containers: Vec<(String, proto::ContainerStats)> = Vec::new();
+    for (c, rates) in snap.sample.cgroups.iter().zip(&snap.rates) {
+        if &*c.path == "/" {
+            node_stats = node_root(c, rates, snap.sample.meminfo, time, node_stats);
+            continue;
+        }
+        match identity::identify(&c.path) {
+            Some(Identity::Pod(pod)) => {
+                let stats = pods.entry(pod.uid.clone()).or_default();
+                *stats = proto::PodStats {
+                    pod_ref: Some(proto::PodReference {
+                        uid: pod.uid,
+                        ..Default::default()
+                    }),
+                    start_time_unix_nano: c.created_unix_nano.unwrap_or_default(),
+                    qos_class: pod.qos.as_str().to_owned(),
+                    containers: std::mem::take(&mut stats.containers),
+                    cpu: Some(cpu(c, rates, time)),
+                    memory: memory(c, rates, time),
+                    swap: swap(c, time),
+                    process_stats: Some(formulas::processes(&c.reading)),
+                    io: formulas::io(c.reading.io, c.reading.io_psi, time),
+                    ebpf: formulas::ebpf(c.ebpf_cpu_ns, rates),
+                    cgroup_id: c.id,
+                    cgroup_path: c.path.to_string(),
+                };
+            }
+            Some(Identity::Container(pod, container)) => containers.push((
+                pod.uid,
+                proto::ContainerStats {
+                    name: container.id.clone(),
+                    start_time_unix_nano: c.created_unix_nano.unwrap_or_default(),
+                    cpu: Some(cpu(c, rates, time)),
+                    memory: memory(c, rates, time),
+                    swap: swap(c, time),
+                    process_stats: Some(formulas::processes(&c.reading)),
+                    io: formulas::io(c.reading.io, c.reading.io_psi, time),
+                    ebpf: formulas::ebpf(c.ebpf_cpu_ns, rates),
+                    container_id: container.id,
+                    runtime: container.runtime.as_str().to_owned(),
+                    cgroup_id: c.id,
+                    cgroup_path: c.path.to_string(),
+                },
+            )),
+            Some(Identity::PodInternal(_)) | None => {}
+        }
+    }
+    for (uid, container) in containers {
+        // A container whose pod cgroup vanished mid-pass has no pod to belong to this time.
+        if let Some(pod) = pods.get_mut(&uid) {
+            pod.containers.push(container);
+        }
+    }
+    let mut pods: Vec<proto::PodStats> =
+        pods.into_values().filter(|p| p.pod_ref.is_some()).collect();
+    for pod in &mut pods {
+        pod.containers
+            .sort_by(|a, b| a.container_id.cmp(&b.container_id));
+    }
+    (node_stats, pods)
+}
+
+fn node_root(
+    root: &CgroupSample,
+    rates: &CgroupRates,
+    meminfo: Option<MemInfo>,
+    time: u64,
+    base: proto::NodeStats,
+) -> proto::NodeStats {
+    let r = &root.reading;
+    let memory = r.memory.map(|m| {
+        // The v2 root has no memory.current: kubelet uses anon + file of the root memory.stat.
+        let usage = match (r.memory_source, m.usage_bytes) {
+            (Source::V2, None) => m.stat.anon.zip(m.stat.file).map(|(a, f)| a + f),
+            (_, usage) => usage,
+        };
+        formulas::memory(
+            &m,
+            rates,
+            r.memory_psi,
+            time,
+            usage,
+            meminfo.map(|i| i.total),
+        )
+    });
+    proto::NodeStats {
+        cpu: Some(formulas::cpu(&r.cpu, rates, r.cpu_psi, time)),
+        memory,
+        swap: meminfo.map(|i| proto::SwapStats {
+            time_unix_nano: time,
+            swap_available_bytes: Some(i.swap_free),
+            swap_usage_bytes: Some(i.swap_total.saturating_sub(i.swap_free)),
+        }),
+        io: formulas::io(r.io, r.io_psi, time),
+        process_stats: Some(formulas::processes(r)),
+        ebpf: formulas::ebpf(root.ebpf_cpu_ns, rates),
+        ..base
+    }
+}
+
+fn cpu(c: &CgroupSample, rates: &CgroupRates, time: u64) -> proto::CpuStats {
+    formulas::cpu(&c.reading.cpu, rates, c.reading.cpu_psi, time)
+}
+
+fn memory(c: &CgroupSample, rates: &CgroupRates, time: u64) -> Option<proto::MemoryStats> {
+    c.reading
+        .memory
+        .map(|m| formulas::memory(&m, rates, c.reading.memory_psi, time, None, None))
+}
+
+fn swap(c: &CgroupSample, time: u64) -> Option<proto::SwapStats> {
+    c.reading
+        .memory
+        .map(|m| formulas::swap(&m, c.reading.memory_source, time))
+}
