@@ -213,3 +213,71 @@ fn rates_since(previous: &mut HashMap<u64, Counters>, sample: &Sample) -> Vec<Cg
     *previous = next;
     rates
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::SystemTime};
+
+    use super::*;
+    use crate::{
+        cgroupfs::{
+            memory_stat::MemoryStat,
+            reading::{CgroupReading, MemoryReading},
+        },
+        sampler::CgroupSample,
+    };
+
+    fn sample(at: Instant, cpu_ns: u64, faults: u64, ebpf: Option<u64>) -> Sample {
+        let mut reading = CgroupReading::default();
+        reading.cpu.usage_ns = Some(cpu_ns);
+        reading.memory = Some(MemoryReading {
+            stat: MemoryStat {
+                pgfault: Some(faults),
+                pgmajfault: Some(faults / 10),
+                ..MemoryStat::default()
+            },
+            ..MemoryReading::default()
+        });
+        Sample {
+            taken_at: at,
+            wall: SystemTime::now(),
+            cgroups: vec![CgroupSample {
+                id: 7,
+                path: Arc::from("/x"),
+                reading,
+                ebpf_cpu_ns: ebpf,
+                created_unix_nano: None,
+            }],
+            meminfo: None,
+        }
+    }
+
+    #[test]
+    fn first_sample_absent_then_rates_then_restart_absent() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut previous = HashMap::new();
+        let r = rates_since(&mut previous, &sample(t0, 1_000, 100, Some(5)));
+        assert_eq!(r[0], CgroupRates::default());
+
+        let r = rates_since(
+            &mut previous,
+            &sample(t0 + second, 500_001_000, 1100, Some(250_000_005)),
+        );
+        assert_eq!(r[0].cgroupfs_nano_cores, Some(500_000_000));
+        assert_eq!(r[0].ebpf_nano_cores, Some(250_000_000));
+        assert_eq!(r[0].page_faults_per_second, Some(1000));
+        assert_eq!(r[0].major_page_faults_per_second, Some(100));
+
+        // Counters went down (the cgroup was recreated): absent, and a new baseline.
+        let r = rates_since(&mut previous, &sample(t0 + 2 * second, 10, 5, None));
+        assert_eq!(r[0], CgroupRates::default());
+        let r = rates_since(
+            &mut previous,
+            &sample(t0 + 3 * second, 1_000_000_010, 15, None),
+        );
+        assert_eq!(r[0].cgroupfs_nano_cores, Some(1_000_000_000));
+        assert_eq!(r[0].page_faults_per_second, Some(10));
+        assert_eq!(r[0].ebpf_nano_cores, None, "probe not active: absent");
+    }
+}

@@ -150,6 +150,9 @@ impl Sampler {
         cgroups.sort_unstable_by_key(|c| c.id);
         self.stats.passes += 1;
         let meminfo = read_meminfo(&self.proc_root.join("meminfo"));
+        if meminfo.is_none() {
+            self.stats.read_errors += 1;
+        }
         Ok(Sample {
             taken_at,
             wall,
@@ -170,7 +173,9 @@ fn dir_ctime(mount: &Path, relative: &str) -> Option<u64> {
 
 fn read_meminfo(path: &Path) -> Option<MemInfo> {
     use procfs::FromRead as _;
-    let m = procfs::Meminfo::from_file(path).ok()?;
+    let m = procfs::Meminfo::from_file(path)
+        .inspect_err(|e| tracing::debug!(path = %path.display(), error = %e, "meminfo unreadable"))
+        .ok()?;
     Some(MemInfo {
         total: m.mem_total,
         swap_total: m.swap_total,
