@@ -29,7 +29,12 @@ pub fn build(snap: &Snapshot, node: &NodeInfo) -> (proto::NodeStats, Vec<proto::
             node_stats = node_root(c, rates, snap.sample.meminfo, time, node_stats);
             continue;
         }
-        match identity::identify(&c.path) {
+        let identity = identity::identify(&c.path);
+        if !matches!(identity, Some(Identity::Pod(_) | Identity::Container(..))) {
+            continue;
+        }
+        let res = Resources::of(c, rates, time);
+        match identity {
             Some(Identity::Pod(pod)) => {
                 let stats = pods.entry(pod.uid.clone()).or_default();
                 *stats = proto::PodStats {
@@ -40,12 +45,12 @@ pub fn build(snap: &Snapshot, node: &NodeInfo) -> (proto::NodeStats, Vec<proto::
                     start_time_unix_nano: c.created_unix_nano.unwrap_or_default(),
                     qos_class: pod.qos.as_str().to_owned(),
                     containers: std::mem::take(&mut stats.containers),
-                    cpu: Some(cpu(c, rates, time)),
-                    memory: memory(c, rates, time),
-                    swap: swap(c, time),
-                    process_stats: Some(formulas::processes(&c.reading)),
-                    io: formulas::io(c.reading.io, c.reading.io_psi, time),
-                    ebpf: formulas::ebpf(c.ebpf_cpu_ns, rates),
+                    cpu: Some(res.cpu),
+                    memory: res.memory,
+                    swap: res.swap,
+                    process_stats: Some(res.processes),
+                    io: res.io,
+                    ebpf: res.ebpf,
                     cgroup_id: c.id,
                     cgroup_path: c.path.to_string(),
                 };
@@ -55,12 +60,12 @@ pub fn build(snap: &Snapshot, node: &NodeInfo) -> (proto::NodeStats, Vec<proto::
                 proto::ContainerStats {
                     name: container.id.clone(),
                     start_time_unix_nano: c.created_unix_nano.unwrap_or_default(),
-                    cpu: Some(cpu(c, rates, time)),
-                    memory: memory(c, rates, time),
-                    swap: swap(c, time),
-                    process_stats: Some(formulas::processes(&c.reading)),
-                    io: formulas::io(c.reading.io, c.reading.io_psi, time),
-                    ebpf: formulas::ebpf(c.ebpf_cpu_ns, rates),
+                    cpu: Some(res.cpu),
+                    memory: res.memory,
+                    swap: res.swap,
+                    process_stats: Some(res.processes),
+                    io: res.io,
+                    ebpf: res.ebpf,
                     container_id: container.id,
                     runtime: container.runtime.as_str().to_owned(),
                     cgroup_id: c.id,
@@ -123,18 +128,28 @@ fn node_root(
     }
 }
 
-fn cpu(c: &CgroupSample, rates: &CgroupRates, time: u64) -> proto::CpuStats {
-    formulas::cpu(&c.reading.cpu, rates, c.reading.cpu_psi, time)
+/// The per-cgroup blocks pods and containers share.
+struct Resources {
+    cpu: proto::CpuStats,
+    memory: Option<proto::MemoryStats>,
+    swap: Option<proto::SwapStats>,
+    processes: proto::ProcessStats,
+    io: Option<proto::IoStats>,
+    ebpf: Option<proto::EbpfStats>,
 }
 
-fn memory(c: &CgroupSample, rates: &CgroupRates, time: u64) -> Option<proto::MemoryStats> {
-    c.reading
-        .memory
-        .map(|m| formulas::memory(&m, rates, c.reading.memory_psi, time, None, None))
-}
-
-fn swap(c: &CgroupSample, time: u64) -> Option<proto::SwapStats> {
-    c.reading
-        .memory
-        .map(|m| formulas::swap(&m, c.reading.memory_source, time))
+impl Resources {
+    fn of(c: &CgroupSample, rates: &CgroupRates, time: u64) -> Self {
+        let r = &c.reading;
+        Self {
+            cpu: formulas::cpu(&r.cpu, rates, r.cpu_psi, time),
+            memory: r
+                .memory
+                .map(|m| formulas::memory(&m, rates, r.memory_psi, time, None, None)),
+            swap: r.memory.map(|m| formulas::swap(&m, r.memory_source, time)),
+            processes: formulas::processes(r),
+            io: formulas::io(r.io, r.io_psi, time),
+            ebpf: formulas::ebpf(c.ebpf_cpu_ns, rates),
+        }
+    }
 }
