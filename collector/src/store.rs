@@ -12,8 +12,10 @@ use tokio::sync::{Notify, watch};
 use crate::{
     node::NodeInfo,
     probes::ProbeStatus,
+    proto,
     rate::{Reading, per_second},
     sampler::{Sample, Sampler, SamplerStats},
+    summary,
 };
 
 /// Rates of one cgroup over the store's last two samples (absent per the rate rules).
@@ -42,6 +44,9 @@ pub struct Snapshot {
     pub rates: Vec<CgroupRates>,
     pub probes: Vec<ProbeStatus>,
     pub stats: SamplerStats,
+    /// The kubelet-shaped view of `sample`, built once here for every reader.
+    pub node_stats: proto::NodeStats,
+    pub pods: Vec<proto::PodStats>,
 }
 
 /// Requested update intervals of live subscribers; the sampler runs at the smallest.
@@ -118,12 +123,14 @@ pub fn spawn(
         changed: changed.clone(),
         node: Arc::new(node),
     };
-    let task = tokio::spawn(run(sampler, tx, intervals, changed, base_period));
+    let node = handle.node.clone();
+    let task = tokio::spawn(run(sampler, node, tx, intervals, changed, base_period));
     (handle, task)
 }
 
 async fn run(
     mut sampler: Sampler,
+    node: Arc<NodeInfo>,
     tx: watch::Sender<Option<Arc<Snapshot>>>,
     intervals: Arc<Mutex<Intervals>>,
     changed: Arc<Notify>,
@@ -149,12 +156,15 @@ async fn run(
         match result {
             Ok(sample) => {
                 let rates = rates_since(&mut previous, &sample);
+                let (node_stats, pods) = summary::build(&sample, &rates, &node);
                 let snapshot = Snapshot {
                     seq,
                     sample,
                     rates,
                     probes: sampler.probes().statuses.clone(),
                     stats: sampler.stats,
+                    node_stats,
+                    pods,
                 };
                 seq += 1;
                 tx.send_replace(Some(Arc::new(snapshot)));

@@ -43,19 +43,22 @@ fn summarize(
     });
     let mut sampler = Sampler::new(cgroup2, &mounts, probes).with_proc_root(proc_root);
     let sample = sampler.sample().unwrap();
-    let snap = Snapshot {
-        seq: 0,
-        rates: vec![CgroupRates::default(); sample.cgroups.len()],
-        sample,
-        probes: Vec::new(),
-        stats: sampler.stats,
-    };
+    let rates = vec![CgroupRates::default(); sample.cgroups.len()];
     let node = NodeInfo {
         hostname: "fixture-node".into(),
         boot_time_unix_nano: 42,
         ..NodeInfo::default()
     };
-    let (node_stats, pods) = summary::build(&snap, &node);
+    let (node_stats, pods) = summary::build(&sample, &rates, &node);
+    let snap = Snapshot {
+        seq: 0,
+        rates,
+        sample,
+        probes: Vec::new(),
+        stats: sampler.stats,
+        node_stats: node_stats.clone(),
+        pods: pods.clone(),
+    };
     (node_stats, pods, snap)
 }
 

@@ -296,17 +296,26 @@ impl CgroupReader {
         let mut malformed = 0;
         if let Some(root) = &self.roots.blkio_v1 {
             let scratch = &mut self.scratch;
-            let mut pairs = |file: &str, errors: &mut u32| {
-                // The recursive file includes descendants, like every other counter here.
-                let recursive = format!("{file}_recursive");
-                let found = scratch.exists(root, rel, &recursive);
-                let name = if found { recursive.as_str() } else { file };
+            // The recursive file includes descendants, like every other counter here; older
+            // kernels only have the local one.
+            let mut pairs = |recursive: &str, local: &str, errors: &mut u32| {
+                if let Some(t) = scratch.read_text(root, rel, recursive, errors) {
+                    return Some(Io::parse_v1_pairs(t, &mut malformed));
+                }
                 scratch
-                    .read_text(root, rel, name, errors)
+                    .read_text(root, rel, local, errors)
                     .map(|t| Io::parse_v1_pairs(t, &mut malformed))
             };
-            let bytes = pairs("blkio.throttle.io_service_bytes", &mut r.read_errors);
-            let ops = pairs("blkio.throttle.io_serviced", &mut r.read_errors);
+            let bytes = pairs(
+                "blkio.throttle.io_service_bytes_recursive",
+                "blkio.throttle.io_service_bytes",
+                &mut r.read_errors,
+            );
+            let ops = pairs(
+                "blkio.throttle.io_serviced_recursive",
+                "blkio.throttle.io_serviced",
+                &mut r.read_errors,
+            );
             if let (Some((rb, wb)), Some((ro, wo))) = (bytes, ops) {
                 r.io = Some(Io {
                     read_bytes: rb,

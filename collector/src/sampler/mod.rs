@@ -101,6 +101,8 @@ impl Sampler {
         let wall = SystemTime::now();
         let nodes = cgroupfs::walk(&self.mount)?;
         let mut cgroups = Vec::with_capacity(nodes.len());
+        // Rebuilt each pass from the last one, so ids of removed cgroups drop out in O(n).
+        let mut seen_before = std::mem::take(&mut self.created);
         for node in &nodes {
             // Removed since the walk: it leaves this pass; nobody else is affected.
             let Ok(reading) = self.reader.read(&node.path) else {
@@ -108,10 +110,10 @@ impl Sampler {
             };
             self.stats.parse_errors += u64::from(reading.malformed);
             self.stats.read_errors += u64::from(reading.read_errors);
-            let created_unix_nano = *self
-                .created
-                .entry(node.id)
-                .or_insert_with(|| dir_ctime(&self.mount, &node.path));
+            let created_unix_nano = seen_before
+                .remove(&node.id)
+                .unwrap_or_else(|| dir_ctime(&self.mount, &node.path));
+            self.created.insert(node.id, created_unix_nano);
             cgroups.push(CgroupSample {
                 id: node.id,
                 path: node.path.clone(),
@@ -120,8 +122,6 @@ impl Sampler {
                 created_unix_nano,
             });
         }
-        self.created
-            .retain(|id, _| nodes.iter().any(|n| n.id == *id));
         if let Some(reader) = self.probes.cpu_time.as_mut() {
             match reader.read() {
                 Ok(read) => {

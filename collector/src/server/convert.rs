@@ -13,7 +13,7 @@ use crate::{
     sampler::SamplerStats,
     server::ServerStats,
     store::CgroupRates,
-    summary::formulas,
+    summary::Resources,
 };
 
 pub fn unix_nanos(t: SystemTime) -> u64 {
@@ -25,6 +25,7 @@ pub fn unix_nanos(t: SystemTime) -> u64 {
 pub fn cgroup_stats(c: &CgroupSample, rates: CgroupRates, time: u64) -> proto::CgroupStats {
     let r = &c.reading;
     let cpu = r.cpu;
+    let res = Resources::of(c, &rates, time);
     proto::CgroupStats {
         cgroup_id: c.id,
         path: c.path.to_string(),
@@ -41,13 +42,11 @@ pub fn cgroup_stats(c: &CgroupSample, rates: CgroupRates, time: u64) -> proto::C
             on_cpu_nano_seconds: ns,
             usage_nano_cores: rates.ebpf_nano_cores,
         }),
-        memory: r
-            .memory
-            .map(|m| formulas::memory(&m, &rates, r.memory_psi, time, None, None)),
-        swap: r.memory.map(|m| formulas::swap(&m, r.memory_source, time)),
-        io: formulas::io(r.io, r.io_psi, time),
-        process_stats: Some(formulas::processes(r)),
-        cpu_psi: r.cpu_psi.map(formulas::psi_stats),
+        memory: res.memory,
+        swap: res.swap,
+        io: res.io,
+        process_stats: Some(res.processes),
+        cpu_psi: res.cpu.psi,
     }
 }
 

@@ -22,7 +22,6 @@ use crate::{
         collector_server::{Collector, CollectorServer},
     },
     store::StoreHandle,
-    summary,
 };
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -83,12 +82,11 @@ impl Collector for CollectorService {
             .latest()
             .ok_or_else(|| Status::unavailable("no sample taken yet; retry in a second"))?;
         let time = convert::unix_nanos(snap.sample.wall);
-        let (node_stats, pods) = summary::build(&snap, &self.store.node);
         Ok(Response::new(proto::Summary {
             timestamp_unix_nano: time,
             node: Some((*self.node).clone()),
-            node_stats: Some(node_stats),
-            pods,
+            node_stats: Some(snap.node_stats.clone()),
+            pods: snap.pods.clone(),
             cgroups: snap
                 .sample
                 .cgroups
@@ -113,12 +111,10 @@ impl Collector for CollectorService {
         let subscription = self.store.subscribe(interval);
         let stats = self.stats.clone();
         let node = self.node.clone();
-        let node_info = self.store.node.clone();
         tokio::spawn(async move {
             stats.watch_subscribers.fetch_add(1, Ordering::Relaxed);
             let context = watch::Context {
                 node,
-                node_info,
                 server_stats: stats.clone(),
             };
             let end = watch::run(subscription, interval, context, tx).await;

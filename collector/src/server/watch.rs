@@ -15,11 +15,9 @@ use tonic::Status;
 
 use super::{ServerStats, convert};
 use crate::{
-    node::NodeInfo,
     proto,
     rate::{Reading, per_second},
     store::{Snapshot, Subscription},
-    summary,
 };
 
 fn pod_uid(p: &proto::PodStats) -> String {
@@ -53,7 +51,6 @@ pub enum End {
 /// What every message of a subscription may need besides the snapshot.
 pub struct Context {
     pub node: Arc<proto::NodeInfo>,
-    pub node_info: Arc<NodeInfo>,
     pub server_stats: Arc<ServerStats>,
 }
 
@@ -65,7 +62,7 @@ pub async fn run(mut sub: Subscription, interval: Duration, ctx: Context, tx: Wa
     let stats = |snap: &Snapshot| Some(convert::collector_stats(&snap.stats, &ctx.server_stats));
     let mut snapshot = state.snapshot(&first, &ctx.node);
     snapshot.collector = stats(&first);
-    state.pods_snapshot(&first, &ctx.node_info, &mut snapshot);
+    state.pods_snapshot(&first, &mut snapshot);
     if let Err(end) = send(&tx, snapshot) {
         return end;
     }
@@ -90,7 +87,7 @@ pub async fn run(mut sub: Subscription, interval: Duration, ctx: Context, tx: Wa
         }
         let mut update = state.update(&snap);
         update.collector = stats(&snap);
-        state.pods_update(&snap, &ctx.node_info, &mut update);
+        state.pods_update(&snap, &mut update);
         if let Err(end) = send(&tx, update) {
             return end;
         }
@@ -143,24 +140,22 @@ impl Default for SubscriberState {
 
 impl SubscriberState {
     /// Node and every pod. Pod and node rates are over the collector's last two samples.
-    fn pods_snapshot(&mut self, snap: &Snapshot, node: &NodeInfo, msg: &mut proto::WatchResponse) {
-        let (node_stats, pods) = summary::build(snap, node);
-        msg.node_stats = Some(node_stats);
-        self.pods = pods.iter().map(|p| (pod_uid(p), p.clone())).collect();
-        msg.pods = pods;
+    fn pods_snapshot(&mut self, snap: &Snapshot, msg: &mut proto::WatchResponse) {
+        msg.node_stats = Some(snap.node_stats.clone());
+        self.pods = snap.pods.iter().map(|p| (pod_uid(p), p.clone())).collect();
+        msg.pods = snap.pods.clone();
     }
 
     /// Node again, pods that changed (complete), and uids of pods that went away.
-    fn pods_update(&mut self, snap: &Snapshot, node: &NodeInfo, msg: &mut proto::WatchResponse) {
-        let (node_stats, pods) = summary::build(snap, node);
-        msg.node_stats = Some(node_stats);
-        let mut next = HashMap::with_capacity(pods.len());
-        for pod in pods {
-            let uid = pod_uid(&pod);
-            if self.pods.get(&uid) != Some(&pod) {
+    fn pods_update(&mut self, snap: &Snapshot, msg: &mut proto::WatchResponse) {
+        msg.node_stats = Some(snap.node_stats.clone());
+        let mut next = HashMap::with_capacity(snap.pods.len());
+        for pod in &snap.pods {
+            let uid = pod_uid(pod);
+            if self.pods.get(&uid) != Some(pod) {
                 msg.pods.push(pod.clone());
             }
-            next.insert(uid, pod);
+            next.insert(uid, pod.clone());
         }
         msg.removed_pod_uids = self
             .pods

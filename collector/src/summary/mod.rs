@@ -9,14 +9,19 @@ use crate::{
     k8s::identity::{self, Identity},
     node::NodeInfo,
     proto,
-    sampler::{CgroupSample, MemInfo},
+    sampler::{CgroupSample, MemInfo, Sample},
     server::convert::unix_nanos,
-    store::{CgroupRates, Snapshot},
+    store::CgroupRates,
 };
 
-/// Node and pods, pods sorted by uid and their containers by id.
-pub fn build(snap: &Snapshot, node: &NodeInfo) -> (proto::NodeStats, Vec<proto::PodStats>) {
-    let time = unix_nanos(snap.sample.wall);
+/// Node and pods of one sample (`rates` in `sample.cgroups` order), pods sorted by uid and their
+/// containers by id. The store builds this once per sample for every reader.
+pub fn build(
+    sample: &Sample,
+    rates: &[CgroupRates],
+    node: &NodeInfo,
+) -> (proto::NodeStats, Vec<proto::PodStats>) {
+    let time = unix_nanos(sample.wall);
     let mut node_stats = proto::NodeStats {
         node_name: node.hostname.clone(),
         start_time_unix_nano: node.boot_time_unix_nano,
@@ -24,9 +29,9 @@ pub fn build(snap: &Snapshot, node: &NodeInfo) -> (proto::NodeStats, Vec<proto::
     };
     let mut pods: BTreeMap<String, proto::PodStats> = BTreeMap::new();
     let mut containers: Vec<(String, proto::ContainerStats)> = Vec::new();
-    for (c, rates) in snap.sample.cgroups.iter().zip(&snap.rates) {
+    for (c, rates) in sample.cgroups.iter().zip(rates) {
         if &*c.path == "/" {
-            node_stats = node_root(c, rates, snap.sample.meminfo, time, node_stats);
+            node_stats = node_root(c, rates, sample.meminfo, time, node_stats);
             continue;
         }
         let identity = identity::identify(&c.path);
@@ -128,18 +133,18 @@ fn node_root(
     }
 }
 
-/// The per-cgroup blocks pods and containers share.
-struct Resources {
-    cpu: proto::CpuStats,
-    memory: Option<proto::MemoryStats>,
-    swap: Option<proto::SwapStats>,
-    processes: proto::ProcessStats,
-    io: Option<proto::IoStats>,
-    ebpf: Option<proto::EbpfStats>,
+/// The per-cgroup blocks pods, containers and raw cgroup records share.
+pub(crate) struct Resources {
+    pub cpu: proto::CpuStats,
+    pub memory: Option<proto::MemoryStats>,
+    pub swap: Option<proto::SwapStats>,
+    pub processes: proto::ProcessStats,
+    pub io: Option<proto::IoStats>,
+    pub ebpf: Option<proto::EbpfStats>,
 }
 
 impl Resources {
-    fn of(c: &CgroupSample, rates: &CgroupRates, time: u64) -> Self {
+    pub(crate) fn of(c: &CgroupSample, rates: &CgroupRates, time: u64) -> Self {
         let r = &c.reading;
         Self {
             cpu: formulas::cpu(&r.cpu, rates, r.cpu_psi, time),
