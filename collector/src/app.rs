@@ -9,7 +9,7 @@ use crate::{
     cgroupfs::CgroupMounts,
     node::NodeInfo,
     probes::{ProbeConfig, Probes},
-    sampler::Sampler,
+    sampler::{self, Sampler},
     server::{self, CollectorService, ServerStats},
     store::{self, StoreHandle},
 };
@@ -24,6 +24,8 @@ pub struct ServeConfig {
     pub cgroup2_mount: Option<PathBuf>,
     /// Sampling pace when no subscriber asks for faster updates.
     pub base_period: Duration,
+    /// Pace of full cgroupfs reads while the eBPF CPU probe is active.
+    pub cgroupfs_interval: Duration,
 }
 
 impl Default for ServeConfig {
@@ -33,6 +35,7 @@ impl Default for ServeConfig {
             probes: ProbeConfig::default(),
             cgroup2_mount: None,
             base_period: server::DEFAULT_INTERVAL,
+            cgroupfs_interval: sampler::DEFAULT_CGROUPFS_INTERVAL,
         }
     }
 }
@@ -104,7 +107,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         tokio::spawn(pump_ebpf_logs(logger));
     }
 
-    let sampler = Sampler::new(mount.clone(), &mounts, probes);
+    let sampler = Sampler::new(mount.clone(), &mounts, probes)
+        .with_cgroupfs_interval(config.cgroupfs_interval);
     let (store, store_task) = store::spawn(sampler, node, config.base_period);
     let (tx, rx) = oneshot::channel();
     let server_stats = Arc::new(ServerStats::default());

@@ -48,6 +48,11 @@ struct ServeArgs {
     #[arg(long, env = "COLLECTOR_SAMPLE_INTERVAL_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(100..=60_000))]
     sample_interval_ms: u64,
+    /// How often every cgroupfs file is read while the eBPF CPU probe is active (passes in
+    /// between read only the probes). 0 = every pass. Without the probe, every pass is full.
+    #[arg(long, env = "COLLECTOR_CGROUPFS_INTERVAL_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    cgroupfs_interval_ms: u64,
 }
 
 #[derive(Args)]
@@ -105,6 +110,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         cgroup2_mount: args.cgroup2_mount,
         base_period: Duration::from_millis(args.sample_interval_ms),
+        cgroupfs_interval: Duration::from_millis(args.cgroupfs_interval_ms),
     };
     let running = app::start(config).await?;
     eprintln!(

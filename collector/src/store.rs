@@ -34,6 +34,9 @@ struct Counters {
     ebpf: Option<Reading>,
     faults: Option<Reading>,
     major_faults: Option<Reading>,
+    /// The rates last computed: a cgroupfs reading carried forward between full passes keeps
+    /// its rates rather than losing them to a zero time delta.
+    rates: CgroupRates,
 }
 
 #[derive(Debug)]
@@ -82,6 +85,18 @@ impl Drop for Subscription {
 impl StoreHandle {
     pub fn latest(&self) -> Option<Arc<Snapshot>> {
         self.latest.borrow().clone()
+    }
+
+    /// The latest snapshot, waiting up to `patience` for the first one (a request that arrives
+    /// while the collector is still starting should get data, not an error). `None` when no
+    /// sample arrived in time or the store stopped.
+    pub async fn first_or_latest(&self, patience: Duration) -> Option<Arc<Snapshot>> {
+        let mut rx = self.latest.clone();
+        let wait = rx.wait_for(Option::is_some);
+        match tokio::time::timeout(patience, wait).await {
+            Ok(Ok(snapshot)) => snapshot.clone(),
+            _ => None,
+        }
     }
 
     pub fn subscribe(&self, interval: Duration) -> Subscription {
@@ -195,8 +210,7 @@ async fn run(
 
 /// Rates against the previous sample, updating the baseline.
 fn rates_since(previous: &mut HashMap<u64, Counters>, sample: &Sample) -> Vec<CgroupRates> {
-    let at = sample.taken_at;
-    let reading = |value: Option<u64>| value.map(|value| Reading { value, at });
+    let reading = |value: Option<u64>, at| value.map(|value| Reading { value, at });
     let rate = |prev: Option<Reading>, cur: Option<Reading>| cur.and_then(|c| per_second(prev, c));
     let mut next = HashMap::with_capacity(sample.cgroups.len());
     let rates = sample
@@ -204,20 +218,24 @@ fn rates_since(previous: &mut HashMap<u64, Counters>, sample: &Sample) -> Vec<Cg
         .iter()
         .map(|c| {
             let stat = c.reading.memory.map(|m| m.stat).unwrap_or_default();
-            let now = Counters {
-                cpu: reading(c.reading.cpu.usage_ns),
-                ebpf: reading(c.ebpf_cpu_ns),
-                faults: reading(stat.pgfault),
-                major_faults: reading(stat.pgmajfault),
-            };
             let prev = previous.get(&c.id).copied().unwrap_or_default();
-            next.insert(c.id, now);
-            CgroupRates {
-                cgroupfs_nano_cores: rate(prev.cpu, now.cpu),
-                ebpf_nano_cores: rate(prev.ebpf, now.ebpf),
-                page_faults_per_second: rate(prev.faults, now.faults),
-                major_page_faults_per_second: rate(prev.major_faults, now.major_faults),
+            let at = c.read_at;
+            let carried = prev.cpu.or(prev.faults).is_some_and(|r| r.at == at);
+            let mut now = Counters {
+                cpu: reading(c.reading.cpu.usage_ns, at),
+                ebpf: reading(c.ebpf_cpu_ns, sample.taken_at),
+                faults: reading(stat.pgfault, at),
+                major_faults: reading(stat.pgmajfault, at),
+                rates: prev.rates,
+            };
+            now.rates.ebpf_nano_cores = rate(prev.ebpf, now.ebpf);
+            if !carried {
+                now.rates.cgroupfs_nano_cores = rate(prev.cpu, now.cpu);
+                now.rates.page_faults_per_second = rate(prev.faults, now.faults);
+                now.rates.major_page_faults_per_second = rate(prev.major_faults, now.major_faults);
             }
+            next.insert(c.id, now);
+            now.rates
         })
         .collect();
     *previous = next;
@@ -238,6 +256,17 @@ mod tests {
     };
 
     fn sample(at: Instant, cpu_ns: u64, faults: u64, ebpf: Option<u64>) -> Sample {
+        sample_read_at(at, at, cpu_ns, faults, ebpf)
+    }
+
+    /// A pass at `at` whose cgroupfs reading was taken at `read_at` (earlier when carried).
+    fn sample_read_at(
+        at: Instant,
+        read_at: Instant,
+        cpu_ns: u64,
+        faults: u64,
+        ebpf: Option<u64>,
+    ) -> Sample {
         let mut reading = CgroupReading::default();
         reading.cpu.usage_ns = Some(cpu_ns);
         reading.memory = Some(MemoryReading {
@@ -255,6 +284,8 @@ mod tests {
                 id: 7,
                 path: Arc::from("/x"),
                 reading,
+                read_at,
+                read_wall: SystemTime::now(),
                 ebpf_cpu_ns: ebpf,
                 created_unix_nano: None,
             }],
@@ -289,5 +320,43 @@ mod tests {
         assert_eq!(r[0].cgroupfs_nano_cores, Some(1_000_000_000));
         assert_eq!(r[0].page_faults_per_second, Some(10));
         assert_eq!(r[0].ebpf_nano_cores, None, "probe not active: absent");
+    }
+
+    #[test]
+    fn a_carried_reading_keeps_its_rates_while_ebpf_moves_on() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut previous = HashMap::new();
+        rates_since(&mut previous, &sample(t0, 0, 0, Some(0)));
+        let r = rates_since(
+            &mut previous,
+            &sample(t0 + second, 400_000_000, 50, Some(300_000_000)),
+        );
+        assert_eq!(r[0].cgroupfs_nano_cores, Some(400_000_000));
+        // Next pass reads only the probes: the cgroupfs reading (and its time) is carried.
+        let r = rates_since(
+            &mut previous,
+            &sample_read_at(
+                t0 + 2 * second,
+                t0 + second,
+                400_000_000,
+                50,
+                Some(900_000_000),
+            ),
+        );
+        assert_eq!(
+            r[0].cgroupfs_nano_cores,
+            Some(400_000_000),
+            "kept, not absent"
+        );
+        assert_eq!(r[0].page_faults_per_second, Some(50));
+        assert_eq!(r[0].ebpf_nano_cores, Some(600_000_000));
+        // The next full read is rated against the last real reading, over two seconds.
+        let r = rates_since(
+            &mut previous,
+            &sample(t0 + 3 * second, 1_400_000_000, 150, Some(1_000_000_000)),
+        );
+        assert_eq!(r[0].cgroupfs_nano_cores, Some(500_000_000));
+        assert_eq!(r[0].page_faults_per_second, Some(50));
     }
 }

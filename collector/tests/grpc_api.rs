@@ -32,6 +32,7 @@ async fn start(mount: &Path) -> (Running, CollectorClient<Channel>) {
         },
         cgroup2_mount: Some(mount.to_path_buf()),
         base_period: Duration::from_millis(100),
+        ..ServeConfig::default()
     })
     .await
     .unwrap();

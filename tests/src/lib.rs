@@ -62,11 +62,13 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
 }
 
 /// A cgroup2 child created for one test and removed on drop, failures included: its processes
-/// are killed first.
+/// are killed first. On hybrid hosts it can have twins of the same name in v1 hierarchies.
 pub struct TestCgroup {
     pub path: PathBuf,
     /// Relative to the cgroup2 mount, as the collector reports it.
     pub relative: String,
+    /// Same-named cgroups in v1 hierarchies; spawned processes join them too.
+    v1: Vec<PathBuf>,
 }
 
 impl TestCgroup {
@@ -78,7 +80,36 @@ impl TestCgroup {
         Ok(Self {
             path,
             relative: format!("/{name}"),
+            v1: Vec::new(),
         })
+    }
+
+    /// Creates a child cgroup (cgroup2 only), removed on drop like its parent.
+    pub fn child(&self, name: &str) -> anyhow::Result<Self> {
+        let path = self.path.join(name);
+        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self {
+            path,
+            relative: format!("{}/{name}", self.relative),
+            v1: Vec::new(),
+        })
+    }
+
+    /// Adds a twin of this cgroup in the v1 hierarchy mounted at `v1_mount` (e.g. the memory
+    /// controller's), so the processes spawned here are accounted there as well.
+    pub fn with_v1(mut self, v1_mount: &Path) -> anyhow::Result<Self> {
+        let path = v1_mount.join(self.relative.trim_start_matches('/'));
+        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        self.v1.push(path);
+        Ok(self)
+    }
+
+    /// The twin of this cgroup under `v1_mount`, if `with_v1` made one.
+    pub fn v1_path(&self, v1_mount: &Path) -> Option<&Path> {
+        self.v1
+            .iter()
+            .find(|p| p.starts_with(v1_mount))
+            .map(PathBuf::as_path)
     }
 
     /// The directory inode: the cgroup id the collector and the probes use.
@@ -90,17 +121,26 @@ impl TestCgroup {
     /// Starts `command` inside this cgroup: the child joins it before exec, so every
     /// instruction of the program is accounted here.
     pub fn spawn(&self, command: &mut Command) -> anyhow::Result<Child> {
-        let procs = fs::OpenOptions::new()
-            .write(true)
-            .open(self.path.join("cgroup.procs"))?;
-        let fd = procs.as_raw_fd();
-        // SAFETY: only async-signal-safe calls (write) between fork and exec; the fd stays open
+        let procs = std::iter::once(&self.path)
+            .chain(&self.v1)
+            .map(|dir| {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(dir.join("cgroup.procs"))
+                    .with_context(|| format!("opening {}/cgroup.procs", dir.display()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
+        // SAFETY: only async-signal-safe calls (write) between fork and exec; the fds stay open
         // because `procs` outlives the spawn.
         unsafe {
             command.pre_exec(move || {
+                // "0" means the writing process itself, in v1 and v2 alike.
                 let pid = b"0\n";
-                if libc::write(fd, pid.as_ptr().cast(), pid.len()) < 0 {
-                    return Err(io::Error::last_os_error());
+                for &fd in &fds {
+                    if libc::write(fd, pid.as_ptr().cast(), pid.len()) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -138,17 +178,23 @@ impl TestCgroup {
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         self.kill_all();
-        // rmdir fails with EBUSY until killed processes are gone.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while let Err(e) = fs::remove_dir(&self.path) {
-            if e.kind() == io::ErrorKind::NotFound || Instant::now() > deadline {
-                if e.kind() != io::ErrorKind::NotFound {
-                    let _ = writeln!(io::stderr(), "leaked {}: {e}", self.path.display());
-                }
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        for dir in std::iter::once(&self.path).chain(&self.v1) {
+            remove_cgroup_dir(dir);
         }
+    }
+}
+
+/// rmdir, retried while killed processes are still leaving (EBUSY), for at most 5 s.
+fn remove_cgroup_dir(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(e) = fs::remove_dir(path) {
+        if e.kind() == io::ErrorKind::NotFound || Instant::now() > deadline {
+            if e.kind() != io::ErrorKind::NotFound {
+                let _ = writeln!(io::stderr(), "leaked {}: {e}", path.display());
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -72,11 +72,21 @@ async fn start_watching(
     test: &str,
     interval_ms: u32,
 ) -> Option<(Running, Streaming<WatchResponse>, View)> {
+    // These tests compare both sources live, so cgroupfs is read on every pass.
+    start_watching_with(test, interval_ms, Duration::ZERO).await
+}
+
+async fn start_watching_with(
+    test: &str,
+    interval_ms: u32,
+    cgroupfs_interval: Duration,
+) -> Option<(Running, Streaming<WatchResponse>, View)> {
     if !can_run(test) {
         return None;
     }
     let running = app::start(ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
+        cgroupfs_interval,
         ..ServeConfig::default()
     })
     .await
@@ -190,12 +200,7 @@ async fn removed_cgroup_is_announced_and_its_time_moves_to_the_parent() {
     };
 
     let parent = TestCgroup::create("parent").unwrap();
-    let child_path = parent.path.join("child");
-    std::fs::create_dir(&child_path).unwrap();
-    let child = TestCgroup {
-        path: child_path,
-        relative: format!("{}/child", parent.relative),
-    };
+    let child = parent.child("child").unwrap();
     let child_id = child.id();
     let burner = child
         .spawn(Command::new(env!("CARGO_BIN_EXE_burn")).arg("300"))
@@ -225,5 +230,58 @@ async fn removed_cgroup_is_announced_and_its_time_moves_to_the_parent() {
     );
     assert!(relative_diff(parent_fs, truth, truth) < 0.02);
     drop(parent);
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cgroupfs_is_read_at_its_own_pace_while_ebpf_moves_every_sample() {
+    const CGROUPFS_INTERVAL: Duration = Duration::from_secs(1);
+    let Some((running, mut stream, mut view)) = start_watching_with(
+        "cgroupfs_is_read_at_its_own_pace_while_ebpf_moves_every_sample",
+        100,
+        CGROUPFS_INTERVAL,
+    )
+    .await
+    else {
+        return;
+    };
+    let busy = TestCgroup::create("paced").unwrap();
+    let burner = busy
+        .spawn(Command::new(env!("CARGO_BIN_EXE_burn")).arg("2500"))
+        .unwrap();
+    let id = busy.id();
+    // Follow the cgroup for two seconds of samples.
+    let (mut ebpf_values, mut read_times) = (HashSet::new(), HashSet::new());
+    let mut last_cgroupfs_rate = None;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        next(&mut stream, &mut view).await;
+        let Some(c) = view.0.get(&id) else { continue };
+        ebpf_values.insert(c.ebpf_cpu.as_ref().map(|e| e.on_cpu_nano_seconds));
+        read_times.insert(c.cgroupfs_time_unix_nano);
+        last_cgroupfs_rate = c.cgroupfs_cpu.as_ref().and_then(|f| f.usage_nano_cores);
+    }
+    eprintln!(
+        "{} distinct eBPF values, {} cgroupfs reads, last cgroupfs rate {last_cgroupfs_rate:?}",
+        ebpf_values.len(),
+        read_times.len()
+    );
+    // 100 ms samples: eBPF moves almost every time; cgroupfs about once a second (the first
+    // read when the cgroup appeared, then at most two paced reads, plus one for slack).
+    assert!(
+        ebpf_values.len() >= 10,
+        "eBPF values: {}",
+        ebpf_values.len()
+    );
+    assert!(
+        (2..=4).contains(&read_times.len()),
+        "cgroupfs reads in 2 s at a 1 s pace: {}",
+        read_times.len()
+    );
+    // A burning process: the carried cgroupfs rate stays present (about one core).
+    let rate = last_cgroupfs_rate.expect("cgroupfs rate present between full reads");
+    assert!(rate > 500_000_000, "cgroupfs rate {rate} nanocores");
+    let _ = tokio::task::spawn_blocking(move || wait_cpu_ns(burner)).await;
+    drop(busy);
     running.stop().await.unwrap();
 }

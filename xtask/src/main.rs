@@ -4,8 +4,10 @@
 //! - `build`:   build everything, eBPF programs included
 //! - `run`:     build and run the collector locally as root with working defaults
 //! - `test`:    fmt + clippy checks and every test, root/BPF integration tests included
+//! - `fuzz`:    run the parser fuzzers (cargo-fuzz) for a while each
 
 mod cmd;
+mod fuzz;
 mod prereqs;
 
 use std::{os::unix::process::CommandExt as _, process::Command, time::Instant};
@@ -40,6 +42,12 @@ enum Task {
         #[arg(long)]
         no_lint: bool,
     },
+    /// Fuzz the parsers of kernel text (all targets unless named), each for --seconds.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         Task::Build { release } => build(release),
         Task::Run { args } => run(args),
         Task::Test { no_lint } => test(no_lint),
+        Task::Fuzz { seconds, targets } => fuzz::run(targets, seconds),
     }
 }
 

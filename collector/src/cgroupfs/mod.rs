@@ -1,6 +1,7 @@
 //! The kernel's own accounting, read from cgroupfs.
 
 pub mod cpu_stat;
+pub mod files;
 pub mod memory_stat;
 pub mod mountinfo;
 pub mod parse;

@@ -3,16 +3,14 @@
 //! On hybrid hosts the v1 controllers (memory, cpu, cpuacct, pids, blkio) hold the numbers and
 //! cgroup2 has only its core files; on pure v2 nodes everything is in cgroup2. A controller is
 //! read from v1 when it is mounted there and the cgroup exists in that hierarchy (kubelet creates
-//! the same relative path in each), otherwise from cgroup2.
+//! the same relative path in each), otherwise from cgroup2. Controller files that cgroup2 cannot
+//! have (its root's `cgroup.controllers` lacks the controller) are not even tried.
 
-use std::{
-    fs::File,
-    io::{self, Read as _},
-    path::{Path, PathBuf},
-};
+use std::{ffi::CStr, io, os::fd::OwnedFd, path::PathBuf};
 
 use super::{
     CgroupMounts, CpuStat,
+    files::{FileBuffer, Root},
     memory_stat::MemoryStat,
     parse::{self, CpuMax, Io, Limit, Psi, for_each_pair, set_u64},
     reading::{CgroupReading, CpuReading, MemoryReading, PidsReading, Source},
@@ -25,74 +23,182 @@ const NS_PER_USER_HZ_TICK: u64 = 10_000_000;
 #[derive(Debug)]
 pub struct Vanished;
 
-/// Where each hierarchy is mounted.
-struct Roots {
-    v2: PathBuf,
-    memory_v1: Option<PathBuf>,
-    cpu_v1: Option<PathBuf>,
-    cpuacct_v1: Option<PathBuf>,
-    pids_v1: Option<PathBuf>,
-    blkio_v1: Option<PathBuf>,
+/// The hierarchies a reading draws from. cpu and cpuacct are usually co-mounted; they are kept
+/// apart because they need not be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hierarchy {
+    V2,
+    Memory,
+    Cpu,
+    Cpuacct,
+    Pids,
+    Blkio,
 }
 
-/// One path buffer and one text buffer, reused for every file of a pass.
-struct Scratch {
-    path: PathBuf,
-    buf: String,
+const HIERARCHIES: [Hierarchy; 6] = [
+    Hierarchy::V2,
+    Hierarchy::Memory,
+    Hierarchy::Cpu,
+    Hierarchy::Cpuacct,
+    Hierarchy::Pids,
+    Hierarchy::Blkio,
+];
+
+/// The cgroup being read, opened once in each hierarchy it exists in.
+#[derive(Default)]
+struct Dirs([Option<OwnedFd>; 6]);
+
+/// Which v2 controllers the hierarchy offers (from its root's `cgroup.controllers`). Unknown
+/// (file unreadable, e.g. a fixture tree) means "try everything".
+#[derive(Debug, Clone, Copy)]
+struct V2Controllers {
+    cpu: bool,
+    memory: bool,
+    pids: bool,
+    io: bool,
+}
+
+impl V2Controllers {
+    const ALL: Self = Self {
+        cpu: true,
+        memory: true,
+        pids: true,
+        io: true,
+    };
+
+    fn parse(text: &str) -> Self {
+        let has = |c: &str| text.split_whitespace().any(|w| w == c);
+        Self {
+            cpu: has("cpu"),
+            memory: has("memory"),
+            pids: has("pids"),
+            io: has("io"),
+        }
+    }
 }
 
 pub struct CgroupReader {
-    roots: Roots,
-    scratch: Scratch,
+    /// Indexed by `Hierarchy`; `None` where that v1 controller is not mounted.
+    roots: [Option<Root>; 6],
+    /// For co-mounted v1 controllers (cpu,cpuacct): the earlier hierarchy with the same mount,
+    /// whose directory handle is shared instead of opened twice.
+    same_mount_as: [Option<Hierarchy>; 6],
+    v2_controllers: V2Controllers,
+    dirs: Dirs,
+    buf: FileBuffer,
 }
 
 impl CgroupReader {
     pub fn new(v2: PathBuf, mounts: &CgroupMounts) -> Self {
-        let v1 = |c: &str| mounts.v1.get(c).cloned();
+        let v1 = |c: &str| mounts.v1.get(c).cloned().map(Root::new);
+        let roots = [
+            Some(Root::new(v2)),
+            v1("memory"),
+            v1("cpu"),
+            v1("cpuacct"),
+            v1("pids"),
+            v1("blkio"),
+        ];
+        let path = |h: Hierarchy| roots[h as usize].as_ref().map(Root::path);
+        let same_mount_as = HIERARCHIES.map(|h| {
+            let earlier = &HIERARCHIES[..h as usize];
+            path(h).and_then(|p| earlier.iter().copied().find(|&e| path(e) == Some(p)))
+        });
         Self {
-            roots: Roots {
-                v2,
-                memory_v1: v1("memory"),
-                cpu_v1: v1("cpu"),
-                cpuacct_v1: v1("cpuacct"),
-                pids_v1: v1("pids"),
-                blkio_v1: v1("blkio"),
-            },
-            scratch: Scratch {
-                path: PathBuf::with_capacity(256),
-                buf: String::with_capacity(4096),
-            },
+            roots,
+            same_mount_as,
+            v2_controllers: V2Controllers::ALL,
+            dirs: Dirs::default(),
+            buf: FileBuffer::default(),
         }
+    }
+
+    /// Re-reads which controllers cgroup2 offers; once per pass (one small file).
+    pub fn refresh_controllers(&mut self) {
+        let mut errors = 0;
+        self.v2_controllers = match self.open_dirs("") {
+            Ok(()) => match self.text(Hierarchy::V2, c"cgroup.controllers", &mut errors) {
+                Some(text) => V2Controllers::parse(text),
+                None => V2Controllers::ALL,
+            },
+            Err(Vanished) => V2Controllers::ALL,
+        };
     }
 
     /// Reads everything for the cgroup at `relative` (e.g. `/kubepods.slice/…`).
     pub fn read(&mut self, relative: &str) -> Result<CgroupReading, Vanished> {
         let rel = relative.trim_start_matches('/');
         let mut r = CgroupReading::default();
+        self.open_dirs(rel)?;
         // cgroup2's cpu.stat is a core file of every cgroup: its absence means the cgroup is gone.
-        let v2_cpu = match self.scratch.file(&self.roots.v2, rel, "cpu.stat") {
-            Ok(true) => Some(CpuStat::parse(&self.scratch.buf)),
-            Ok(false) => return Err(Vanished),
+        let v2_cpu = match self.file(Hierarchy::V2, c"cpu.stat") {
+            Ok(Some(text)) => Some(CpuStat::parse(text)),
+            Ok(None) => return Err(Vanished),
             Err(_) => {
                 r.read_errors += 1;
                 None
             }
         };
-        self.read_cpu(rel, v2_cpu, &mut r);
-        self.read_memory(rel, &mut r);
-        self.read_pids(rel, &mut r);
-        self.read_io(rel, &mut r);
-        r.cpu_psi = self.psi(rel, "cpu.pressure", &mut r.read_errors);
-        r.memory_psi = self.psi(rel, "memory.pressure", &mut r.read_errors);
-        r.io_psi = self.psi(rel, "io.pressure", &mut r.read_errors);
+        self.read_cpu(v2_cpu, &mut r);
+        self.read_memory(&mut r);
+        self.read_pids(&mut r);
+        self.read_io(&mut r);
+        r.cpu_psi = self.psi(c"cpu.pressure", &mut r.read_errors);
+        r.memory_psi = self.psi(c"memory.pressure", &mut r.read_errors);
+        r.io_psi = self.psi(c"io.pressure", &mut r.read_errors);
         r.processes = self
-            .scratch
-            .read_text(&self.roots.v2, rel, "cgroup.procs", &mut r.read_errors)
+            .text(Hierarchy::V2, c"cgroup.procs", &mut r.read_errors)
             .map(parse::count_lines);
+        self.dirs = Dirs::default();
         Ok(r)
     }
 
-    fn read_cpu(&mut self, rel: &str, v2: Option<CpuStat>, r: &mut CgroupReading) {
+    /// Opens the cgroup's directory in every hierarchy; `Vanished` when cgroup2 has none.
+    fn open_dirs(&mut self, rel: &str) -> Result<(), Vanished> {
+        let mut dirs = Dirs::default();
+        for h in HIERARCHIES {
+            let Some(root) = self.roots[h as usize].as_mut() else {
+                continue;
+            };
+            if self.same_mount_as[h as usize].is_some() {
+                continue; // read through the co-mounted hierarchy's handle
+            }
+            dirs.0[h as usize] = root.open(rel, self.buf.name_scratch()).ok().flatten();
+        }
+        if dirs.0[Hierarchy::V2 as usize].is_none() {
+            return Err(Vanished);
+        }
+        self.dirs = dirs;
+        Ok(())
+    }
+
+    /// `Ok(None)` when the cgroup is not in that hierarchy or the file does not exist.
+    fn file(&mut self, h: Hierarchy, name: &CStr) -> io::Result<Option<&str>> {
+        let h = self.same_mount_as[h as usize].unwrap_or(h);
+        match self.dirs.0[h as usize].as_ref() {
+            Some(dir) => self.buf.read(dir, name),
+            None => Ok(None),
+        }
+    }
+
+    /// The file's text, or `None` when it does not exist (counted when it exists but fails).
+    fn text(&mut self, h: Hierarchy, name: &CStr, errors: &mut u32) -> Option<&str> {
+        match self.file(h, name) {
+            Ok(text) => text,
+            Err(_) => {
+                *errors += 1;
+                None
+            }
+        }
+    }
+
+    fn in_v1(&self, h: Hierarchy) -> bool {
+        let h = self.same_mount_as[h as usize].unwrap_or(h);
+        self.dirs.0[h as usize].is_some()
+    }
+
+    fn read_cpu(&mut self, v2: Option<CpuStat>, r: &mut CgroupReading) {
+        use Hierarchy::{Cpu, Cpuacct, V2};
         let us = |v: Option<u64>| v.map(|u| u.saturating_mul(1000));
         if let Some(s) = v2 {
             r.malformed += s.malformed;
@@ -107,31 +213,26 @@ impl CgroupReader {
             };
             r.cpu_source = Source::V2;
         }
-        if let Some(text) =
-            self.scratch
-                .read_text(&self.roots.v2, rel, "cpu.max", &mut r.read_errors)
-            && let Some(max) = CpuMax::parse(text)
-        {
-            r.cpu.quota_us = max.quota_us;
-            r.cpu.period_us = Some(max.period_us);
+        if self.v2_controllers.cpu {
+            if let Some(max) = self
+                .text(V2, c"cpu.max", &mut r.read_errors)
+                .and_then(CpuMax::parse)
+            {
+                r.cpu.quota_us = max.quota_us;
+                r.cpu.period_us = Some(max.period_us);
+            }
+            r.cpu.weight = self
+                .text(V2, c"cpu.weight", &mut r.read_errors)
+                .and_then(parse::single_u64);
         }
-        r.cpu.weight = self
-            .scratch
-            .read_text(&self.roots.v2, rel, "cpu.weight", &mut r.read_errors)
-            .and_then(parse::single_u64);
 
         // v1 cpuacct: usage in ns (finer than v2's µs) and user/system in ticks.
-        if let Some(root) = &self.roots.cpuacct_v1
-            && let Some(text) =
-                self.scratch
-                    .read_text(root, rel, "cpuacct.usage", &mut r.read_errors)
+        if self.in_v1(Cpuacct)
+            && let Some(text) = self.text(Cpuacct, c"cpuacct.usage", &mut r.read_errors)
         {
             r.cpu.usage_ns = parse::single_u64(text).or(r.cpu.usage_ns);
             r.cpu_source = Source::V1;
-            if let Some(text) =
-                self.scratch
-                    .read_text(root, rel, "cpuacct.stat", &mut r.read_errors)
-            {
+            if let Some(text) = self.text(Cpuacct, c"cpuacct.stat", &mut r.read_errors) {
                 let (mut user, mut system, mut malformed) = (None, None, 0);
                 for_each_pair(text, |k, v| match k {
                     "user" => set_u64(&mut user, v, &mut malformed),
@@ -145,10 +246,8 @@ impl CgroupReader {
             }
         }
         // v1 cpu: throttling (throttled_time in ns) and CFS limits.
-        if let Some(root) = &self.roots.cpu_v1
-            && let Some(text) = self
-                .scratch
-                .read_text(root, rel, "cpu.stat", &mut r.read_errors)
+        if self.in_v1(Cpu)
+            && let Some(text) = self.text(Cpu, c"cpu.stat", &mut r.read_errors)
         {
             let (mut periods, mut throttled, mut time, mut malformed) = (None, None, None, 0);
             for_each_pair(text, |k, v| match k {
@@ -162,53 +261,44 @@ impl CgroupReader {
             r.cpu.nr_throttled = throttled.or(r.cpu.nr_throttled);
             r.cpu.throttled_ns = time.or(r.cpu.throttled_ns);
             let quota = self
-                .scratch
-                .read_text(root, rel, "cpu.cfs_quota_us", &mut r.read_errors)
+                .text(Cpu, c"cpu.cfs_quota_us", &mut r.read_errors)
                 .and_then(|t| t.trim().parse::<i64>().ok());
             if let Some(q) = quota {
                 // -1 means unlimited.
                 r.cpu.quota_us = u64::try_from(q).ok();
             }
             r.cpu.period_us = self
-                .scratch
-                .read_text(root, rel, "cpu.cfs_period_us", &mut r.read_errors)
+                .text(Cpu, c"cpu.cfs_period_us", &mut r.read_errors)
                 .and_then(parse::single_u64)
                 .or(r.cpu.period_us);
             r.cpu.shares = self
-                .scratch
-                .read_text(root, rel, "cpu.shares", &mut r.read_errors)
+                .text(Cpu, c"cpu.shares", &mut r.read_errors)
                 .and_then(parse::single_u64);
         }
     }
 
-    fn read_memory(&mut self, rel: &str, r: &mut CgroupReading) {
+    fn read_memory(&mut self, r: &mut CgroupReading) {
+        use Hierarchy::{Memory, V2};
         let errors = &mut r.read_errors;
-        if let Some(root) = &self.roots.memory_v1
-            && let Some(usage) = self
-                .scratch
-                .read_text(root, rel, "memory.usage_in_bytes", errors)
+        if self.in_v1(Memory)
+            && let Some(usage) = self.text(Memory, c"memory.usage_in_bytes", errors)
         {
             let usage_bytes = parse::single_u64(usage);
             let stat = self
-                .scratch
-                .read_text(root, rel, "memory.stat", errors)
+                .text(Memory, c"memory.stat", errors)
                 .map(MemoryStat::parse_v1)
                 .unwrap_or_default();
             let limit = self
-                .scratch
-                .read_text(root, rel, "memory.limit_in_bytes", errors)
+                .text(Memory, c"memory.limit_in_bytes", errors)
                 .and_then(Limit::parse);
             let reservation = self
-                .scratch
-                .read_text(root, rel, "memory.soft_limit_in_bytes", errors)
+                .text(Memory, c"memory.soft_limit_in_bytes", errors)
                 .and_then(Limit::parse);
             let swap_limit = self
-                .scratch
-                .read_text(root, rel, "memory.memsw.limit_in_bytes", errors)
+                .text(Memory, c"memory.memsw.limit_in_bytes", errors)
                 .and_then(Limit::parse);
             let oom_kill_events = self
-                .scratch
-                .read_text(root, rel, "memory.oom_control", errors)
+                .text(Memory, c"memory.oom_control", errors)
                 .and_then(|t| key_u64(t, "oom_kill"));
             r.malformed += stat.malformed;
             r.memory = Some(MemoryReading {
@@ -224,39 +314,31 @@ impl CgroupReader {
             r.memory_source = Source::V1;
             return;
         }
+        if !self.v2_controllers.memory {
+            return;
+        }
         // The v2 root has memory.stat but no memory.current; other cgroups have both or neither.
         let usage_bytes = self
-            .scratch
-            .read_text(&self.roots.v2, rel, "memory.current", errors)
+            .text(V2, c"memory.current", errors)
             .map(parse::single_u64);
         let stat = self
-            .scratch
-            .read_text(&self.roots.v2, rel, "memory.stat", errors)
+            .text(V2, c"memory.stat", errors)
             .map(MemoryStat::parse_v2);
         if usage_bytes.is_none() && stat.is_none() {
             return;
         }
         let usage_bytes = usage_bytes.flatten();
         let stat = stat.unwrap_or_default();
-        let limit = self
-            .scratch
-            .read_text(&self.roots.v2, rel, "memory.max", errors)
-            .and_then(Limit::parse);
-        let reservation = self
-            .scratch
-            .read_text(&self.roots.v2, rel, "memory.min", errors)
-            .and_then(Limit::parse);
+        let limit = self.text(V2, c"memory.max", errors).and_then(Limit::parse);
+        let reservation = self.text(V2, c"memory.min", errors).and_then(Limit::parse);
         let swap_bytes = self
-            .scratch
-            .read_text(&self.roots.v2, rel, "memory.swap.current", errors)
+            .text(V2, c"memory.swap.current", errors)
             .and_then(parse::single_u64);
         let swap_limit = self
-            .scratch
-            .read_text(&self.roots.v2, rel, "memory.swap.max", errors)
+            .text(V2, c"memory.swap.max", errors)
             .and_then(Limit::parse);
         let (oom_events, oom_kill_events) = self
-            .scratch
-            .read_text(&self.roots.v2, rel, "memory.events", errors)
+            .text(V2, c"memory.events", errors)
             .map_or((None, None), |t| {
                 (key_u64(t, "oom"), key_u64(t, "oom_kill"))
             });
@@ -274,46 +356,46 @@ impl CgroupReader {
         r.memory_source = Source::V2;
     }
 
-    fn read_pids(&mut self, rel: &str, r: &mut CgroupReading) {
-        let root = match &self.roots.pids_v1 {
-            Some(v1) if self.scratch.exists(v1, rel, "pids.current") => v1,
-            _ => &self.roots.v2,
+    fn read_pids(&mut self, r: &mut CgroupReading) {
+        let h = if self.in_v1(Hierarchy::Pids) {
+            Hierarchy::Pids
+        } else if self.v2_controllers.pids {
+            Hierarchy::V2
+        } else {
+            return;
         };
         let current = self
-            .scratch
-            .read_text(root, rel, "pids.current", &mut r.read_errors)
+            .text(h, c"pids.current", &mut r.read_errors)
             .and_then(parse::single_u64);
         let max = self
-            .scratch
-            .read_text(root, rel, "pids.max", &mut r.read_errors)
+            .text(h, c"pids.max", &mut r.read_errors)
             .and_then(Limit::parse);
         if current.is_some() || max.is_some() {
             r.pids = Some(PidsReading { current, max });
         }
     }
 
-    fn read_io(&mut self, rel: &str, r: &mut CgroupReading) {
+    fn read_io(&mut self, r: &mut CgroupReading) {
         let mut malformed = 0;
-        if let Some(root) = &self.roots.blkio_v1 {
-            let scratch = &mut self.scratch;
+        if self.in_v1(Hierarchy::Blkio) {
             // The recursive file includes descendants, like every other counter here; older
             // kernels only have the local one.
-            let mut pairs = |recursive: &str, local: &str, errors: &mut u32| {
-                if let Some(t) = scratch.read_text(root, rel, recursive, errors) {
-                    return Some(Io::parse_v1_pairs(t, &mut malformed));
+            let mut pairs = |recursive: &CStr, local: &CStr, errors: &mut u32| {
+                for name in [recursive, local] {
+                    if let Some(t) = self.text(Hierarchy::Blkio, name, errors) {
+                        return Some(Io::parse_v1_pairs(t, &mut malformed));
+                    }
                 }
-                scratch
-                    .read_text(root, rel, local, errors)
-                    .map(|t| Io::parse_v1_pairs(t, &mut malformed))
+                None
             };
             let bytes = pairs(
-                "blkio.throttle.io_service_bytes_recursive",
-                "blkio.throttle.io_service_bytes",
+                c"blkio.throttle.io_service_bytes_recursive",
+                c"blkio.throttle.io_service_bytes",
                 &mut r.read_errors,
             );
             let ops = pairs(
-                "blkio.throttle.io_serviced_recursive",
-                "blkio.throttle.io_serviced",
+                c"blkio.throttle.io_serviced_recursive",
+                c"blkio.throttle.io_serviced",
                 &mut r.read_errors,
             );
             if let (Some((rb, wb)), Some((ro, wo))) = (bytes, ops) {
@@ -327,69 +409,25 @@ impl CgroupReader {
                 return;
             }
         }
+        if !self.v2_controllers.io {
+            return;
+        }
         r.io = self
-            .scratch
-            .read_text(&self.roots.v2, rel, "io.stat", &mut r.read_errors)
+            .text(Hierarchy::V2, c"io.stat", &mut r.read_errors)
             .map(|t| Io::parse_v2(t, &mut malformed));
         r.malformed += malformed;
     }
 
-    fn psi(&mut self, rel: &str, file: &str, errors: &mut u32) -> Option<Psi> {
+    fn psi(&mut self, name: &CStr, errors: &mut u32) -> Option<Psi> {
         // ENOTSUP (PSI disabled at boot) reads as an error: absent, like kubelet.
-        match self.scratch.file(&self.roots.v2, rel, file) {
-            Ok(true) => Some(Psi::parse(&self.scratch.buf)),
-            Ok(false) => None,
+        match self.file(Hierarchy::V2, name) {
+            Ok(text) => text.map(Psi::parse),
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => None,
             Err(_) => {
                 *errors += 1;
                 None
             }
         }
-    }
-}
-
-impl Scratch {
-    /// The file's text, or `None` when it does not exist (counted when it exists but fails).
-    fn read_text(&mut self, root: &Path, rel: &str, file: &str, errors: &mut u32) -> Option<&str> {
-        match self.file(root, rel, file) {
-            Ok(true) => Some(&self.buf),
-            Ok(false) => None,
-            Err(_) => {
-                *errors += 1;
-                None
-            }
-        }
-    }
-
-    /// Reads `root/rel/file` into the buffer. Ok(false) when it does not exist.
-    fn file(&mut self, root: &Path, rel: &str, file: &str) -> io::Result<bool> {
-        self.set_path(root, rel, file);
-        self.buf.clear();
-        let result = File::open(&self.path).and_then(|mut f| f.read_to_string(&mut self.buf));
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            // A file that is not UTF-8 is garbage, not an I/O failure: parse what we can't.
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                self.buf.clear();
-                Ok(true)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    fn exists(&mut self, root: &Path, rel: &str, file: &str) -> bool {
-        self.set_path(root, rel, file);
-        self.path.exists()
-    }
-
-    fn set_path(&mut self, root: &Path, rel: &str, file: &str) {
-        self.path.clear();
-        self.path.push(root);
-        if !rel.is_empty() {
-            self.path.push(rel);
-        }
-        self.path.push(file);
     }
 }
 

@@ -83,6 +83,12 @@ impl Probes {
             probes.set_all(ProbeState::Unsupported("disabled by --no-ebpf".into()));
             return probes;
         }
+        if EBPF_OBJECT.is_empty() {
+            probes.set_all(ProbeState::Unsupported(
+                "this binary was built with AYA_BUILD_SKIP=1 and has no eBPF programs".into(),
+            ));
+            return probes;
+        }
         let btf = match aya::Btf::from_sys_fs() {
             Ok(btf) => btf,
             Err(e) => {

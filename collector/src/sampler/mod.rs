@@ -4,7 +4,7 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 mod cpu_hierarchy;
@@ -23,6 +23,10 @@ pub struct CgroupSample {
     pub path: Arc<str>,
     /// Everything cgroupfs said, each controller from where it is mounted.
     pub reading: CgroupReading,
+    /// When `reading` was taken: this pass, or an earlier full pass whose reading is carried
+    /// forward (see [`Sampler::with_cgroupfs_interval`]).
+    pub read_at: Instant,
+    pub read_wall: SystemTime,
     /// sched_switch probe, hierarchical; `None` when the probe is not active.
     pub ebpf_cpu_ns: Option<u64>,
     /// When the cgroup was first seen (its directory's ctime then), Unix ns.
@@ -62,12 +66,26 @@ pub struct SamplerStats {
     pub ebpf_running_read_failures: u64,
 }
 
+/// What the sampler remembers of a cgroup between passes.
+struct Known {
+    created_unix_nano: Option<u64>,
+    reading: CgroupReading,
+    read_at: Instant,
+    read_wall: SystemTime,
+}
+
+/// Default pace of full cgroupfs reads while the eBPF CPU probe is active (kubelet's
+/// housekeeping pace).
+pub const DEFAULT_CGROUPFS_INTERVAL: Duration = Duration::from_secs(10);
+
 pub struct Sampler {
     mount: PathBuf,
     probes: Probes,
     reader: CgroupReader,
     cpu: CpuHierarchy,
-    created: HashMap<u64, Option<u64>>,
+    known: HashMap<u64, Known>,
+    cgroupfs_interval: Duration,
+    last_full: Option<Instant>,
     proc_root: PathBuf,
     pub stats: SamplerStats,
 }
@@ -80,7 +98,9 @@ impl Sampler {
             mount,
             probes,
             cpu: CpuHierarchy::default(),
-            created: HashMap::new(),
+            known: HashMap::new(),
+            cgroupfs_interval: DEFAULT_CGROUPFS_INTERVAL,
+            last_full: None,
             proc_root: PathBuf::from("/proc"),
             stats: SamplerStats::default(),
         }
@@ -92,6 +112,25 @@ impl Sampler {
         self
     }
 
+    /// How often every cgroupfs file is read while the eBPF CPU probe is active. Passes in
+    /// between read only the eBPF maps and walk the tree (new cgroups get a full read at once);
+    /// each cgroup keeps its last reading with the time it was taken. Without the probe every
+    /// pass is a full read, since CPU time must then come from cgroupfs.
+    pub fn with_cgroupfs_interval(mut self, interval: Duration) -> Self {
+        self.cgroupfs_interval = interval;
+        self
+    }
+
+    /// Whether this pass reads every cgroupfs file.
+    fn full_pass(&self, now: Instant) -> bool {
+        // A pass that lands a little early still counts (passes drift by scheduling jitter).
+        let slack = self.cgroupfs_interval / 20;
+        self.probes.cpu_time.is_none()
+            || self
+                .last_full
+                .is_none_or(|t| now.saturating_duration_since(t) + slack >= self.cgroupfs_interval)
+    }
+
     pub fn probes(&self) -> &Probes {
         &self.probes
     }
@@ -100,27 +139,45 @@ impl Sampler {
         let taken_at = Instant::now();
         let wall = SystemTime::now();
         let nodes = cgroupfs::walk(&self.mount)?;
+        let full = self.full_pass(taken_at);
+        if full {
+            self.reader.refresh_controllers();
+            self.last_full = Some(taken_at);
+        }
         let mut cgroups = Vec::with_capacity(nodes.len());
         // Rebuilt each pass from the last one, so ids of removed cgroups drop out in O(n).
-        let mut seen_before = std::mem::take(&mut self.created);
+        let mut seen_before = std::mem::take(&mut self.known);
         for node in &nodes {
-            // Removed since the walk: it leaves this pass; nobody else is affected.
-            let Ok(reading) = self.reader.read(&node.path) else {
-                continue;
+            let known = match seen_before.remove(&node.id) {
+                Some(known) if !full => known,
+                earlier => {
+                    // Removed since the walk: it leaves this pass; nobody else is affected.
+                    let Ok(reading) = self.reader.read(&node.path) else {
+                        continue;
+                    };
+                    self.stats.parse_errors += u64::from(reading.malformed);
+                    self.stats.read_errors += u64::from(reading.read_errors);
+                    Known {
+                        created_unix_nano: earlier.map_or_else(
+                            || dir_ctime(&self.mount, &node.path),
+                            |k| k.created_unix_nano,
+                        ),
+                        reading,
+                        read_at: taken_at,
+                        read_wall: wall,
+                    }
+                }
             };
-            self.stats.parse_errors += u64::from(reading.malformed);
-            self.stats.read_errors += u64::from(reading.read_errors);
-            let created_unix_nano = seen_before
-                .remove(&node.id)
-                .unwrap_or_else(|| dir_ctime(&self.mount, &node.path));
-            self.created.insert(node.id, created_unix_nano);
             cgroups.push(CgroupSample {
                 id: node.id,
                 path: node.path.clone(),
-                reading,
+                reading: known.reading.clone(),
+                read_at: known.read_at,
+                read_wall: known.read_wall,
                 ebpf_cpu_ns: None,
-                created_unix_nano,
+                created_unix_nano: known.created_unix_nano,
             });
+            self.known.insert(node.id, known);
         }
         if let Some(reader) = self.probes.cpu_time.as_mut() {
             match reader.read() {
@@ -236,6 +293,43 @@ mod tests {
         assert_eq!(sampler.stats.parse_errors, 1);
         // Sorted by id.
         assert!(sample.cgroups.windows(2).all(|w| w[0].id < w[1].id));
+    }
+
+    #[test]
+    fn unreadable_files_are_counted_and_hide_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::write(root.join("cpu.stat"), "usage_usec 900\n").unwrap();
+        for name in ["a", "denied", "b"] {
+            fs::create_dir(root.join(name)).unwrap();
+            fs::write(root.join(name).join("cpu.stat"), "usage_usec 100\n").unwrap();
+            fs::write(root.join(name).join("memory.current"), "4096\n").unwrap();
+        }
+        // A file that exists but cannot be read (EISDIR here; EACCES on a real host behaves
+        // the same): that field is absent and counted, the cgroup and its siblings stay.
+        fs::remove_file(root.join("denied/memory.current")).unwrap();
+        fs::create_dir(root.join("denied/memory.current")).unwrap();
+
+        let mut sampler = Sampler::new(
+            root.to_path_buf(),
+            &CgroupMounts::default(),
+            cgroupfs_only(),
+        );
+        let sample = sampler.sample().unwrap();
+        let by_path = |p: &str| {
+            &sample
+                .cgroups
+                .iter()
+                .find(|c| &*c.path == p)
+                .unwrap()
+                .reading
+        };
+        assert_eq!(by_path("/denied").memory.and_then(|m| m.usage_bytes), None);
+        assert_eq!(by_path("/denied").cpu.usage_ns, Some(100_000));
+        assert_eq!(by_path("/a").memory.and_then(|m| m.usage_bytes), Some(4096));
+        assert_eq!(by_path("/b").memory.and_then(|m| m.usage_bytes), Some(4096));
+        assert_eq!(sampler.stats.read_errors, 1);
+        assert_eq!(sampler.stats.parse_errors, 0);
     }
 
     #[test]

@@ -22,10 +22,10 @@ pub fn unix_nanos(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn cgroup_stats(c: &CgroupSample, rates: CgroupRates, time: u64) -> proto::CgroupStats {
+pub fn cgroup_stats(c: &CgroupSample, rates: CgroupRates) -> proto::CgroupStats {
     let r = &c.reading;
     let cpu = r.cpu;
-    let res = Resources::of(c, &rates, time);
+    let res = Resources::of(c, &rates);
     proto::CgroupStats {
         cgroup_id: c.id,
         path: c.path.to_string(),
@@ -47,6 +47,7 @@ pub fn cgroup_stats(c: &CgroupSample, rates: CgroupRates, time: u64) -> proto::C
         io: res.io,
         process_stats: Some(res.processes),
         cpu_psi: res.cpu.psi,
+        cgroupfs_time_unix_nano: unix_nanos(c.read_wall),
     }
 }
 

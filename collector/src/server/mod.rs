@@ -71,6 +71,9 @@ pub fn watch_interval(interval_ms: Option<u32>) -> Result<Duration, Status> {
     Ok(interval)
 }
 
+/// How long GetSummary waits for the first sample of a collector that is still starting.
+const FIRST_SAMPLE_PATIENCE: Duration = Duration::from_secs(5);
+
 #[tonic::async_trait]
 impl Collector for CollectorService {
     async fn get_summary(
@@ -79,7 +82,8 @@ impl Collector for CollectorService {
     ) -> Result<Response<proto::Summary>, Status> {
         let snap = self
             .store
-            .latest()
+            .first_or_latest(FIRST_SAMPLE_PATIENCE)
+            .await
             .ok_or_else(|| Status::unavailable("no sample taken yet; retry in a second"))?;
         let time = convert::unix_nanos(snap.sample.wall);
         Ok(Response::new(proto::Summary {
@@ -92,7 +96,7 @@ impl Collector for CollectorService {
                 .cgroups
                 .iter()
                 .zip(&snap.rates)
-                .map(|(c, r)| convert::cgroup_stats(c, *r, time))
+                .map(|(c, r)| convert::cgroup_stats(c, *r))
                 .collect(),
             probes: snap.probes.iter().map(convert::probe_status).collect(),
             collector: Some(convert::collector_stats(&snap.stats, &self.stats)),

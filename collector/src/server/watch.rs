@@ -17,6 +17,7 @@ use super::{ServerStats, convert};
 use crate::{
     proto,
     rate::{Reading, per_second},
+    sampler::CgroupSample,
     store::{Snapshot, Subscription},
 };
 
@@ -169,11 +170,10 @@ impl SubscriberState {
 
     fn snapshot(&mut self, snap: &Snapshot, node: &proto::NodeInfo) -> proto::WatchResponse {
         let mut cgroups = Vec::with_capacity(snap.sample.cgroups.len());
-        let time = convert::unix_nanos(snap.sample.wall);
         for (c, rates) in snap.sample.cgroups.iter().zip(&snap.rates) {
-            let stats = convert::cgroup_stats(c, *rates, time);
+            let stats = convert::cgroup_stats(c, *rates);
             self.sent
-                .insert(c.id, (stats.clone(), sent_counters(&stats, snap)));
+                .insert(c.id, (stats.clone(), sent_counters(c, &stats, snap)));
             cgroups.push(stats);
         }
         self.probes = snap.probes.iter().map(convert::probe_status).collect();
@@ -194,17 +194,25 @@ impl SubscriberState {
     fn update(&mut self, snap: &Snapshot) -> proto::WatchResponse {
         let mut changed = Vec::new();
         let mut next = HashMap::with_capacity(snap.sample.cgroups.len());
-        let time = convert::unix_nanos(snap.sample.wall);
         for (c, rates) in snap.sample.cgroups.iter().zip(&snap.rates) {
             let previous = self.sent.get(&c.id);
             let prev_counters = previous.map(|(_, s)| *s).unwrap_or_default();
             // CPU rates below are recomputed over this subscriber's interval; the rest (fault
             // rates) are over the collector's last two samples.
-            let mut stats = convert::cgroup_stats(c, *rates, time);
-            let counters = sent_counters(&stats, snap);
-            // Rates over this subscriber's own interval.
+            let mut stats = convert::cgroup_stats(c, *rates);
+            let mut counters = sent_counters(c, &stats, snap);
+            // Rates over this subscriber's own interval. A cgroupfs reading carried forward
+            // since the last message keeps the rate sent with it (and its baseline).
             if let (Some(fs), Some(cur)) = (stats.cgroupfs_cpu.as_mut(), counters.cgroupfs_ns) {
-                fs.usage_nano_cores = per_second(prev_counters.cgroupfs_ns, cur);
+                let carried = prev_counters.cgroupfs_ns.is_some_and(|p| p.at == cur.at);
+                fs.usage_nano_cores = if carried {
+                    previous.and_then(|(old, _)| old.cgroupfs_cpu?.usage_nano_cores)
+                } else {
+                    per_second(prev_counters.cgroupfs_ns, cur)
+                };
+                if carried {
+                    counters.cgroupfs_ns = prev_counters.cgroupfs_ns;
+                }
             }
             if let (Some(e), Some(cur)) = (stats.ebpf_cpu.as_mut(), counters.ebpf_ns) {
                 e.usage_nano_cores = per_second(prev_counters.ebpf_ns, cur);
@@ -251,13 +259,16 @@ impl SubscriberState {
     }
 }
 
-fn sent_counters(stats: &proto::CgroupStats, snap: &Snapshot) -> Sent {
+fn sent_counters(c: &CgroupSample, stats: &proto::CgroupStats, snap: &Snapshot) -> Sent {
     let at = snap.sample.taken_at;
     Sent {
         cgroupfs_ns: stats
             .cgroupfs_cpu
             .and_then(|c| c.usage_core_nano_seconds)
-            .map(|value| Reading { value, at }),
+            .map(|value| Reading {
+                value,
+                at: c.read_at,
+            }),
         ebpf_ns: stats.ebpf_cpu.map(|e| Reading {
             value: e.on_cpu_nano_seconds,
             at,

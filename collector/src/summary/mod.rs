@@ -38,7 +38,7 @@ pub fn build(
         if !matches!(identity, Some(Identity::Pod(_) | Identity::Container(..))) {
             continue;
         }
-        let res = Resources::of(c, rates, time);
+        let res = Resources::of(c, rates);
         match identity {
             Some(Identity::Pod(pod)) => {
                 let stats = pods.entry(pod.uid.clone()).or_default();
@@ -99,14 +99,19 @@ fn node_root(
     root: &CgroupSample,
     rates: &CgroupRates,
     meminfo: Option<MemInfo>,
-    time: u64,
+    meminfo_time: u64,
     base: proto::NodeStats,
 ) -> proto::NodeStats {
     let r = &root.reading;
+    let time = unix_nanos(root.read_wall);
     let memory = r.memory.map(|m| {
         // The v2 root has no memory.current: kubelet uses anon + file of the root memory.stat.
         let usage = match (r.memory_source, m.usage_bytes) {
-            (Source::V2, None) => m.stat.anon.zip(m.stat.file).map(|(a, f)| a + f),
+            (Source::V2, None) => m
+                .stat
+                .anon
+                .zip(m.stat.file)
+                .map(|(a, f)| a.saturating_add(f)),
             (_, usage) => usage,
         };
         formulas::memory(
@@ -122,7 +127,7 @@ fn node_root(
         cpu: Some(formulas::cpu(&r.cpu, rates, r.cpu_psi, time)),
         memory,
         swap: meminfo.map(|i| proto::SwapStats {
-            time_unix_nano: time,
+            time_unix_nano: meminfo_time,
             swap_available_bytes: Some(i.swap_free),
             swap_usage_bytes: Some(i.swap_total.saturating_sub(i.swap_free)),
         }),
@@ -144,7 +149,10 @@ pub(crate) struct Resources {
 }
 
 impl Resources {
-    pub(crate) fn of(c: &CgroupSample, rates: &CgroupRates, time: u64) -> Self {
+    /// Times are the reading's own: a reading carried forward between full passes keeps the
+    /// time it was taken, as kubelet's per-block `time` fields mean.
+    pub(crate) fn of(c: &CgroupSample, rates: &CgroupRates) -> Self {
+        let time = unix_nanos(c.read_wall);
         let r = &c.reading;
         Self {
             cpu: formulas::cpu(&r.cpu, rates, r.cpu_psi, time),

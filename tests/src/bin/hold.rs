@@ -1,0 +1,32 @@
+//! Test workload: touches `MIB` MiB of fresh anonymous memory, spins for `MS` milliseconds,
+//! prints `ready`, then keeps the memory until stdin closes or it is killed.
+//!
+//! Usage: hold MIB MS
+
+use std::io::{BufRead as _, Write as _};
+use std::time::{Duration, Instant};
+
+fn main() {
+    let mut args = std::env::args()
+        .skip(1)
+        .map(|a| a.parse::<u64>().unwrap_or(0));
+    let mib = args.next().unwrap_or(64);
+    let ms = args.next().unwrap_or(500);
+    const PAGE: usize = 4096;
+    let mut memory = vec![0u8; (mib as usize) << 20];
+    for page in memory.chunks_mut(PAGE) {
+        page[0] = 1;
+    }
+    let end = Instant::now() + Duration::from_millis(ms);
+    let mut x: u64 = 0;
+    while Instant::now() < end {
+        for _ in 0..10_000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+    println!("ready");
+    std::io::stdout().flush().ok();
+    // Blocks until the parent closes our stdin (or kills us).
+    let _ = std::io::stdin().lock().lines().count();
+    std::hint::black_box((&memory, x));
+}
