@@ -43,7 +43,15 @@ pub fn run(targets: Vec<String>, seconds: u64) -> anyhow::Result<()> {
         let log = String::from_utf8_lossy(&output.stderr);
         if !output.status.success() {
             eprintln!("{log}");
-            bail!("fuzz target {target} failed; the input is under {FUZZ_DIR}/artifacts/{target}");
+            let artifacts = Path::new(FUZZ_DIR).join("artifacts").join(target);
+            let crashed = fs::read_dir(&artifacts).is_ok_and(|mut d| d.next().is_some());
+            if crashed {
+                bail!(
+                    "fuzz target {target} found a failing input, saved under {}",
+                    artifacts.display()
+                );
+            }
+            bail!("fuzz target {target} did not run (build or setup failed, see above)");
         }
         let runs = log
             .lines()
@@ -56,8 +64,11 @@ pub fn run(targets: Vec<String>, seconds: u64) -> anyhow::Result<()> {
                     .ok()
             })
             .unwrap_or(0);
-        report.push(format!("{target}: {runs} runs in {seconds} s, no crash"));
+        let line = format!("{target}: {runs} runs in {seconds} s, no crash");
+        eprintln!("    {line}");
+        report.push(line);
     }
+    eprintln!("==> all fuzz targets clean");
     for line in report {
         eprintln!("    {line}");
     }
