@@ -3,6 +3,11 @@
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use collector_common::counter;
 
+/// Default capacity of per-cgroup maps; user space resizes them from its configuration.
+pub const DEFAULT_CGROUPS: u32 = 16_384;
+/// BPF_NOEXIST: insert only if absent, so a concurrent insert on this CPU is never overwritten.
+pub const BPF_NOEXIST: u64 = 1;
+
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
 

@@ -6,40 +6,24 @@
 //! incoming task's cgroup are stored per CPU so user space can add the interval still running.
 
 use aya_ebpf::{
-    Global,
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
-    },
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map},
     maps::{PerCpuArray, PerCpuHashMap},
     programs::BtfTracePointContext,
 };
 use aya_log_ebpf::warn;
-use collector_common::{RunningSlot, TaskOffsets, counter};
+use collector_common::{RunningSlot, counter};
 
-use crate::counters::bump;
-
-/// Default capacity; user space resizes it from its configuration before load.
-const DEFAULT_CGROUPS: u32 = 16_384;
-/// BPF_NOEXIST: insert only if absent, so a concurrent insert on this CPU is never overwritten.
-const BPF_NOEXIST: u64 = 1;
+use crate::{
+    counters::{BPF_NOEXIST, DEFAULT_CGROUPS, bump},
+    task,
+};
 
 #[map(name = "CPU_TIME")]
 static CPU_TIME: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(DEFAULT_CGROUPS, 0);
 
 #[map(name = "RUNNING")]
 static RUNNING: PerCpuArray<RunningSlot> = PerCpuArray::with_max_entries(1, 0);
-
-#[unsafe(no_mangle)]
-static TASK_OFFSETS: Global<TaskOffsets> = Global::new(TaskOffsets {
-    task_pid: 0,
-    task_cgroups: 0,
-    css_set_dfl_cgrp: 0,
-    cgroup_kn: 0,
-    kernfs_node_id: 0,
-    valid: 0,
-});
 
 /// tp_btf sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next, ...).
 #[btf_tracepoint(function = "sched_switch")]
@@ -83,34 +67,17 @@ fn charge(ctx: &BtfTracePointContext, cgroup_id: u64, ns: u64) {
 /// `next->cgroups->dfl_cgrp->kn->id`, or 0 for the idle task or when the offsets are unknown.
 #[inline(always)]
 fn incoming_cgroup_id(next: *const u8) -> u64 {
-    let off = TASK_OFFSETS.load();
-    if off.valid == 0 || next.is_null() {
+    let Some(off) = task::offsets() else {
+        return 0;
+    };
+    if next.is_null() {
         return 0;
     }
-    match read_cgroup_id(next, &off) {
+    match task::cgroup_id(next, &off) {
         Some(id) => id,
         None => {
             bump(counter::RUNNING_READ_FAILED);
             0
         }
-    }
-}
-
-#[inline(always)]
-fn read_cgroup_id(task: *const u8, off: &TaskOffsets) -> Option<u64> {
-    // SAFETY: bpf_probe_read_kernel copies through the kernel's fault-handling path; a bad pointer
-    // yields an error, never a crash.
-    unsafe {
-        let pid: i32 = bpf_probe_read_kernel(task.add(off.task_pid as usize).cast()).ok()?;
-        if pid == 0 {
-            return Some(0);
-        }
-        let css_set: *const u8 =
-            bpf_probe_read_kernel(task.add(off.task_cgroups as usize).cast()).ok()?;
-        let cgroup: *const u8 =
-            bpf_probe_read_kernel(css_set.add(off.css_set_dfl_cgrp as usize).cast()).ok()?;
-        let kn: *const u8 =
-            bpf_probe_read_kernel(cgroup.add(off.cgroup_kn as usize).cast()).ok()?;
-        bpf_probe_read_kernel(kn.add(off.kernfs_node_id as usize).cast()).ok()
     }
 }

@@ -5,6 +5,10 @@
 
 mod counters;
 mod cpu_time;
+mod events;
+mod faults;
+mod runqueue;
+mod task;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -10,6 +10,7 @@ pub mod k8s;
 pub mod node;
 pub mod probes;
 pub mod rate;
+pub mod runq;
 pub mod sampler;
 pub mod server;
 pub mod store;

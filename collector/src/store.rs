@@ -2,7 +2,7 @@
 //! publishes each result as an immutable snapshot. Readers never block it.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -12,9 +12,12 @@ use tokio::sync::{Notify, watch};
 use crate::{
     node::NodeInfo,
     probes::ProbeStatus,
+    probes::{ProgramRunStats, RUNQ_VALUES},
     proto,
     rate::{Reading, per_second},
+    runq::{self, RunqWindow},
     sampler::{Sample, Sampler, SamplerStats},
+    server::convert,
     summary,
 };
 
@@ -25,18 +28,55 @@ pub struct CgroupRates {
     pub ebpf_nano_cores: Option<u64>,
     pub page_faults_per_second: Option<u64>,
     pub major_page_faults_per_second: Option<u64>,
+    /// From the fault probes (the per-second rule of `per_second`, on counts).
+    pub ebpf_minor_faults_per_second: Option<u64>,
+    pub ebpf_major_faults_per_second: Option<u64>,
+    /// Run-queue waits between the last two samples.
+    pub runq: Option<RunqWindow>,
 }
 
 /// The counters rates are computed from, as last read.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Counters {
     cpu: Option<Reading>,
     ebpf: Option<Reading>,
     faults: Option<Reading>,
     major_faults: Option<Reading>,
+    ebpf_minor: Option<Reading>,
+    ebpf_major: Option<Reading>,
+    runq: Option<(Instant, Arc<[u64; RUNQ_VALUES]>)>,
     /// The rates last computed: a cgroupfs reading carried forward between full passes keeps
     /// its rates rather than losing them to a zero time delta.
     rates: CgroupRates,
+}
+
+/// How many removals and OOM kills the store remembers for subscribers and GetSummary.
+pub const RECENT_TERMINATED: usize = 1024;
+pub const RECENT_OOM_KILLS: usize = 256;
+
+#[derive(Debug, Default, Clone)]
+pub struct Recent {
+    pub terminated: VecDeque<(u64, proto::TerminatedCgroup)>,
+    pub oom_kills: VecDeque<(u64, proto::OomKill)>,
+}
+
+impl Recent {
+    fn push(&mut self, seq: u64, sample: &Sample) {
+        let time = convert::unix_nanos(sample.wall);
+        for t in &sample.terminated {
+            self.terminated
+                .push_back((seq, convert::terminated(t, time)));
+        }
+        for k in &sample.oom_kills {
+            self.oom_kills.push_back((seq, convert::oom_kill(k)));
+        }
+        while self.terminated.len() > RECENT_TERMINATED {
+            self.terminated.pop_front();
+        }
+        while self.oom_kills.len() > RECENT_OOM_KILLS {
+            self.oom_kills.pop_front();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -50,6 +90,11 @@ pub struct Snapshot {
     /// The kubelet-shaped view of `sample`, built once here for every reader.
     pub node_stats: proto::NodeStats,
     pub pods: Vec<proto::PodStats>,
+    /// Each probe program's run count and time (bpf_stats).
+    pub program_stats: Vec<ProgramRunStats>,
+    /// Removals and OOM kills of recent samples, each tagged with its snapshot's `seq`, so a
+    /// subscriber that skipped samples still gets every one once.
+    pub recent: Arc<Recent>,
 }
 
 /// Requested update intervals of live subscribers; the sampler runs at the smallest.
@@ -153,6 +198,7 @@ async fn run(
 ) {
     let mut seq = 0;
     let mut previous: HashMap<u64, Counters> = HashMap::new();
+    let mut recent = Arc::new(Recent::default());
     loop {
         let started = Instant::now();
         let (returned, result) = match tokio::task::spawn_blocking(move || {
@@ -172,7 +218,12 @@ async fn run(
             Ok(sample) => {
                 let rates = rates_since(&mut previous, &sample);
                 let (node_stats, pods) = summary::build(&sample, &rates, &node);
+                if !sample.terminated.is_empty() || !sample.oom_kills.is_empty() {
+                    Arc::make_mut(&mut recent).push(seq, &sample);
+                }
                 let snapshot = Snapshot {
+                    program_stats: sampler.probes().run_stats(),
+                    recent: recent.clone(),
                     seq,
                     sample,
                     rates,
@@ -218,24 +269,38 @@ fn rates_since(previous: &mut HashMap<u64, Counters>, sample: &Sample) -> Vec<Cg
         .iter()
         .map(|c| {
             let stat = c.reading.memory.map(|m| m.stat).unwrap_or_default();
-            let prev = previous.get(&c.id).copied().unwrap_or_default();
+            let prev = previous.remove(&c.id).unwrap_or_default();
             let at = c.read_at;
+            let now_at = sample.taken_at;
             let carried = prev.cpu.or(prev.faults).is_some_and(|r| r.at == at);
             let mut now = Counters {
                 cpu: reading(c.reading.cpu.usage_ns, at),
-                ebpf: reading(c.ebpf_cpu_ns, sample.taken_at),
+                ebpf: reading(c.ebpf.cpu_ns, now_at),
                 faults: reading(stat.pgfault, at),
                 major_faults: reading(stat.pgmajfault, at),
+                ebpf_minor: reading(c.ebpf.faults.map(|[minor, _]| minor), now_at),
+                ebpf_major: reading(c.ebpf.faults.map(|[_, major]| major), now_at),
+                runq: c.ebpf.runq.clone().map(|h| (now_at, h)),
                 rates: prev.rates,
             };
             now.rates.ebpf_nano_cores = rate(prev.ebpf, now.ebpf);
+            now.rates.ebpf_minor_faults_per_second = rate(prev.ebpf_minor, now.ebpf_minor);
+            now.rates.ebpf_major_faults_per_second = rate(prev.ebpf_major, now.ebpf_major);
+            now.rates.runq = match (&prev.runq, &now.runq) {
+                (Some((t0, h0)), Some((t1, h1))) => {
+                    let dt = t1.saturating_duration_since(*t0).as_nanos();
+                    runq::window(h0, h1, u64::try_from(dt).unwrap_or(u64::MAX))
+                }
+                _ => None,
+            };
             if !carried {
                 now.rates.cgroupfs_nano_cores = rate(prev.cpu, now.cpu);
                 now.rates.page_faults_per_second = rate(prev.faults, now.faults);
                 now.rates.major_page_faults_per_second = rate(prev.major_faults, now.major_faults);
             }
+            let rates = now.rates;
             next.insert(c.id, now);
-            now.rates
+            rates
         })
         .collect();
     *previous = next;
@@ -286,10 +351,15 @@ mod tests {
                 reading,
                 read_at,
                 read_wall: SystemTime::now(),
-                ebpf_cpu_ns: ebpf,
+                ebpf: crate::sampler::EbpfValues {
+                    cpu_ns: ebpf,
+                    ..Default::default()
+                },
                 created_unix_nano: None,
             }],
             meminfo: None,
+            terminated: Vec::new(),
+            oom_kills: Vec::new(),
         }
     }
 

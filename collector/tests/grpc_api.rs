@@ -97,9 +97,14 @@ async fn snapshot_then_updates_with_changes_only() {
     assert_eq!(cpu.user_nano_seconds, Some(300_000));
     // cgroupfs-only: eBPF is absent (not zero, not copied from cgroupfs) and the probe says why.
     assert!(svc.ebpf_cpu.is_none());
-    assert_eq!(snapshot.probes.len(), 1);
-    assert_eq!(snapshot.probes[0].state(), State::Unsupported);
-    assert!(snapshot.probes[0].reason.contains("--no-ebpf"));
+    assert!(svc.ebpf_faults.is_none() && svc.runq_latency.is_none());
+    assert_eq!(svc.ebpf_oom_kills, None);
+    // Every program reports its status, each saying why it is not running.
+    assert!(snapshot.probes.len() >= 9, "{:?}", snapshot.probes);
+    for probe in &snapshot.probes {
+        assert_eq!(probe.state(), State::Unsupported, "{probe:?}");
+        assert!(probe.reason.contains("--no-ebpf"), "{probe:?}");
+    }
     assert!(snapshot.node.is_some());
 
     // The fixture's counters move for /svc only; removing nothing else.

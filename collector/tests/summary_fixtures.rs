@@ -58,6 +58,8 @@ fn summarize(
         stats: sampler.stats,
         node_stats: node_stats.clone(),
         pods: pods.clone(),
+        program_stats: Vec::new(),
+        recent: Default::default(),
     };
     (node_stats, pods, snap)
 }

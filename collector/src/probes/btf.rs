@@ -52,6 +52,8 @@ pub struct Btf {
     /// Byte offset of each type record; index = type id (0 = void, unused).
     types: Vec<usize>,
     structs_by_name: HashMap<String, u32>,
+    /// `btf_trace_<tracepoint>` typedefs: the prototypes tp_btf programs are checked against.
+    trace_typedefs: HashMap<String, u32>,
 }
 
 #[derive(Clone, Copy)]
@@ -96,6 +98,7 @@ impl Btf {
             strings,
             types: vec![0],
             structs_by_name: HashMap::new(),
+            trace_typedefs: HashMap::new(),
         };
         let mut pos = types_start;
         while pos < types_end {
@@ -105,6 +108,10 @@ impl Btf {
             if t.kind == KIND_STRUCT && t.name_off != 0 {
                 let name = btf.string(t.name_off)?.to_owned();
                 btf.structs_by_name.entry(name).or_insert(id);
+            } else if t.kind == KIND_TYPEDEF
+                && let Some(tp) = btf.string(t.name_off)?.strip_prefix("btf_trace_")
+            {
+                btf.trace_typedefs.insert(tp.to_owned(), id);
             }
             pos = t.body + trailing_len(t.kind, t.vlen)?;
         }
@@ -141,6 +148,36 @@ impl Btf {
             }
         }
         Ok(bits / 8)
+    }
+
+    /// Whether argument `index` of raw tracepoint `tracepoint` is a pointer (e.g. `mark_victim`
+    /// took an `int pid` before 6.8 and a `struct task_struct *` after). `None` when the kernel
+    /// has no such tracepoint.
+    pub fn tracepoint_arg_is_pointer(
+        &self,
+        tracepoint: &str,
+        index: usize,
+    ) -> Result<Option<bool>, BtfError> {
+        let Some(&typedef) = self.trace_typedefs.get(tracepoint) else {
+            return Ok(None);
+        };
+        // typedef -> pointer -> func proto(void *__data, args...)
+        let ptr = self.record(self.strip_modifiers(typedef)?)?;
+        if ptr.kind != KIND_PTR {
+            return Err(BtfError::Malformed("btf_trace_ typedef is not a pointer"));
+        }
+        let proto = self.record(self.strip_modifiers(ptr.size_or_type)?)?;
+        if proto.kind != KIND_FUNC_PROTO {
+            return Err(BtfError::Malformed("btf_trace_ typedef is not a function"));
+        }
+        let param = index + 1;
+        if param >= proto.vlen as usize {
+            return Ok(Some(false));
+        }
+        let type_id = read_u32(&self.data, proto.body + param * 8 + 4)?;
+        Ok(Some(
+            self.record(self.strip_modifiers(type_id)?)?.kind == KIND_PTR,
+        ))
     }
 
     /// (bit offset, member type id) of `member` in the struct/union `id`.
@@ -185,6 +222,12 @@ impl Btf {
         let t = self.record(self.strip_modifiers(type_id)?)?;
         Ok(match t.kind {
             KIND_PTR => 8,
+            KIND_ARRAY => {
+                // btf_array { type, index_type, nelems }
+                let elem = read_u32(&self.data, t.body)?;
+                let nelems = read_u32(&self.data, t.body + 8)?;
+                self.size_of(elem)?.saturating_mul(nelems)
+            }
             KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 => t.size_or_type,
             _ => 0,
         })
@@ -324,6 +367,36 @@ mod tests {
             btf.member_offset("task", "pid", Some(8)),
             Err(BtfError::UnexpectedSize(..))
         ));
+    }
+
+    #[test]
+    fn tracepoint_prototypes_of_the_running_kernel() {
+        let Ok(btf) = Btf::from_file(Path::new(super::super::offsets::VMLINUX_BTF)) else {
+            eprintln!("SKIP: no kernel BTF here");
+            return;
+        };
+        // sched_switch(bool preempt, struct task_struct *prev, ...): arg 0 is not a pointer,
+        // arg 1 is.
+        assert_eq!(
+            btf.tracepoint_arg_is_pointer("sched_switch", 0).unwrap(),
+            Some(false)
+        );
+        assert_eq!(
+            btf.tracepoint_arg_is_pointer("sched_switch", 1).unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            btf.tracepoint_arg_is_pointer("no_such_tracepoint", 0)
+                .unwrap(),
+            None
+        );
+        // An array member: task_struct.comm is char[16].
+        assert_eq!(
+            btf.member_offset("task_struct", "comm", Some(16))
+                .map(|_| ())
+                .ok(),
+            Some(())
+        );
     }
 
     #[test]

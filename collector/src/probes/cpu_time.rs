@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
-use collector_common::{RunningSlot, counter};
+use collector_common::RunningSlot;
 
 use super::ProbeError;
 
@@ -11,7 +11,6 @@ use super::ProbeError;
 pub struct CpuTimeReader {
     committed: PerCpuHashMap<MapData, u64, u64>,
     running: PerCpuArray<MapData, RunningSlot>,
-    counters: PerCpuArray<MapData, u64>,
 }
 
 /// One read: each cgroup's own on-CPU ns (its tasks only, not descendants), running intervals
@@ -25,13 +24,8 @@ impl CpuTimeReader {
     pub fn new(
         committed: PerCpuHashMap<MapData, u64, u64>,
         running: PerCpuArray<MapData, RunningSlot>,
-        counters: PerCpuArray<MapData, u64>,
     ) -> Self {
-        Self {
-            committed,
-            running,
-            counters,
-        }
+        Self { committed, running }
     }
 
     /// Committed time first, then the running slots and the clock: a switch between the two reads
@@ -68,18 +62,8 @@ impl CpuTimeReader {
         total
     }
 
-    /// Summed over CPUs: (insert failures, running-slot read failures).
-    pub fn drop_counters(&self) -> (u64, u64) {
-        let sum = |i| {
-            self.counters
-                .get(&i, 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0)
-        };
-        (
-            sum(counter::CPU_TIME_INSERT_FAILED),
-            sum(counter::RUNNING_READ_FAILED),
-        )
+    pub fn entries(&self) -> usize {
+        self.committed.keys().count()
     }
 }
 

@@ -1,24 +1,56 @@
 //! eBPF probes: loading, per-program status, and reading their maps.
+//!
+//! Every program is loaded and attached on its own, so the collector runs with any subset; what
+//! did not come up says why in its [`ProbeStatus`]. Families: CPU time (`sched_switch`), page
+//! faults (perf software events), run-queue latency (wakeup + switch), OOM kills
+//! (`mark_victim`) and cgroup lifecycle (`cgroup_mkdir`/`cgroup_rmdir`, cgroup2 only).
 
+pub mod attach;
 pub mod btf;
 pub mod cpu_time;
+pub mod events;
+pub mod maps;
 pub mod offsets;
+pub mod run_stats;
 pub mod status;
 
-use std::{io, path::PathBuf};
+use std::path::PathBuf;
 
-use aya::{Ebpf, EbpfLoader, maps::Map, programs::BtfTracePoint};
+use aya::{Ebpf, EbpfLoader, maps::Map, programs::perf_event::SoftwareEvent};
 use collector_common::names;
 
 pub use cpu_time::{CpuTimeRead, CpuTimeReader};
+pub use events::{EventReader, ProbeEvent};
+pub use maps::{DropCounters, Drops, FaultReader, RUNQ_VALUES, RunqReader};
+pub use run_stats::{ProgramRunStats, RunStats};
 pub use status::{ProbeState, ProbeStatus};
 
 /// The compiled eBPF object (built by build.rs from collector-ebpf).
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collector-ebpf"));
 
-/// What `sched_switch` fills.
+/// What each family fills, as reported beside each program's status.
 const CPU_PROVIDES: &str = "ebpf_cpu";
+const FAULTS_PROVIDES: &str = "ebpf_faults";
+const RUNQ_PROVIDES: &str = "runq_latency";
+const OOM_PROVIDES: &str = "oom_kills";
+const LIFECYCLE_PROVIDES: &str = "cgroup_lifecycle";
+
+/// The status name of the OOM program, whichever variant this kernel needs.
+pub const OOM_STATUS_NAME: &str = "oom_mark_victim";
+
+/// Every program, with what it provides, in the order statuses are reported.
+const ALL: &[(&str, &str)] = &[
+    (names::SCHED_SWITCH_PROG, CPU_PROVIDES),
+    (names::PAGE_FAULTS_MINOR_PROG, FAULTS_PROVIDES),
+    (names::PAGE_FAULTS_MAJOR_PROG, FAULTS_PROVIDES),
+    (names::SCHED_WAKEUP_PROG, RUNQ_PROVIDES),
+    (names::SCHED_WAKEUP_NEW_PROG, RUNQ_PROVIDES),
+    (names::RUNQ_SWITCH_PROG, RUNQ_PROVIDES),
+    (OOM_STATUS_NAME, OOM_PROVIDES),
+    (names::CGROUP_MKDIR_PROG, LIFECYCLE_PROVIDES),
+    (names::CGROUP_RMDIR_PROG, LIFECYCLE_PROVIDES),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -41,7 +73,7 @@ impl ProbeError {
 pub struct ProbeConfig {
     /// Load nothing: cgroupfs-only mode.
     pub disabled: bool,
-    /// Capacity of the per-cgroup maps.
+    /// Capacity of each per-cgroup map (CPU time, faults, run-queue latency).
     pub max_cgroups: u32,
     /// Forward aya-log records from the programs into our logs.
     pub ebpf_log: bool,
@@ -63,22 +95,36 @@ impl Default for ProbeConfig {
 /// which and why.
 pub struct Probes {
     pub cpu_time: Option<CpuTimeReader>,
+    pub faults: Option<FaultReader>,
+    pub runqueue: Option<RunqReader>,
+    pub events: Option<EventReader>,
+    pub drops: Option<DropCounters>,
     pub statuses: Vec<ProbeStatus>,
+    run_stats: Option<RunStats>,
     /// Keeps programs attached and maps open for as long as the probes live.
-    _ebpf: Option<Ebpf>,
+    ebpf: Option<Ebpf>,
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 impl Probes {
-    /// Loads and attaches every probe it can. Never fails: what cannot run is reported per
-    /// program, and the collector carries on with cgroupfs alone.
-    pub fn load(config: &ProbeConfig) -> Self {
-        let mut probes = Self {
+    fn none() -> Self {
+        Self {
             cpu_time: None,
+            faults: None,
+            runqueue: None,
+            events: None,
+            drops: None,
             statuses: Vec::new(),
-            _ebpf: None,
+            run_stats: None,
+            ebpf: None,
             logger: None,
-        };
+        }
+    }
+
+    /// Loads and attaches every probe it can. Never fails: what cannot run is reported per
+    /// program, and the collector carries on with what it has (cgroupfs at least).
+    pub fn load(config: &ProbeConfig) -> Self {
+        let mut probes = Self::none();
         if config.disabled {
             probes.set_all(ProbeState::Unsupported("disabled by --no-ebpf".into()));
             return probes;
@@ -99,13 +145,12 @@ impl Probes {
                 return probes;
             }
         };
-        let (offsets, note) = match offsets::task_offsets(&config.btf_path) {
+        let own_btf = btf::Btf::from_file(&config.btf_path);
+        let (offsets, offsets_error) = match offsets::task_offsets(&config.btf_path) {
             Ok(o) => (o, None),
             Err(e) => (
                 collector_common::TaskOffsets::default(),
-                Some(format!(
-                    "running intervals not visible until switch-out: {e}"
-                )),
+                Some(e.to_string()),
             ),
         };
         // aya-log level: 0 = off unless asked for (the programs still compile the calls in).
@@ -115,11 +160,13 @@ impl Probes {
             .override_global(names::TASK_OFFSETS_GLOBAL, &offsets, true)
             .override_global("AYA_LOG_LEVEL", &log_level, false)
             .map_max_entries(names::CPU_TIME_MAP, config.max_cgroups)
+            .map_max_entries(names::FAULTS_MAP, config.max_cgroups)
+            .map_max_entries(names::RUNQ_LATENCY_MAP, config.max_cgroups)
             .load(EBPF_OBJECT)
         {
             Ok(ebpf) => ebpf,
             Err(e) => {
-                probes.set_all(classify_load_error(&e, "creating maps"));
+                probes.set_all(attach::classify(&e, "creating maps"));
                 return probes;
             }
         };
@@ -129,33 +176,179 @@ impl Probes {
                 Err(e) => tracing::warn!("aya-log not available: {e}"),
             }
         }
-
-        let state =
-            attach_btf_tracepoint(&mut ebpf, names::SCHED_SWITCH_PROG, "sched_switch", &btf);
-        if matches!(state, ProbeState::Active { .. }) {
-            match cpu_time_reader(&mut ebpf) {
-                Ok(reader) => probes.cpu_time = Some(reader),
-                Err(e) => {
-                    probes.push(
-                        names::SCHED_SWITCH_PROG,
-                        CPU_PROVIDES,
-                        ProbeState::Failed(e.to_string()),
-                    );
-                    probes._ebpf = Some(ebpf);
-                    return probes;
-                }
-            }
-        }
-        let state = match state {
-            ProbeState::Active { .. } => ProbeState::Active { note },
-            other => other,
+        probes.drops = take_map(&mut ebpf, names::COUNTERS_MAP)
+            .ok()
+            .map(DropCounters::new);
+        let needs_offsets = |what: &str| {
+            offsets_error.as_ref().map(|e| {
+                ProbeState::Unsupported(format!("{what} needs kernel struct offsets: {e}"))
+            })
         };
-        probes.push(names::SCHED_SWITCH_PROG, CPU_PROVIDES, state);
-        probes._ebpf = Some(ebpf);
+
+        probes.load_cpu(&mut ebpf, &btf, offsets_error.as_deref());
+        probes.load_faults(&mut ebpf);
+        match needs_offsets("run-queue latency") {
+            Some(state) => probes.set_family(RUNQ_PROVIDES, state),
+            None => probes.load_runqueue(&mut ebpf, &btf),
+        }
+        let oom_variant = match &own_btf {
+            Ok(b) => b
+                .tracepoint_arg_is_pointer("mark_victim", 0)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        probes.load_events(
+            &mut ebpf,
+            &btf,
+            oom_variant,
+            needs_offsets("cgroup lifecycle"),
+        );
+        match RunStats::enable() {
+            Ok(stats) => probes.run_stats = Some(stats),
+            Err(e) => tracing::info!("bpf_stats unavailable, no per-program cost figures: {e}"),
+        }
+        probes.ebpf = Some(ebpf);
         probes
     }
 
+    fn load_cpu(&mut self, ebpf: &mut Ebpf, btf: &aya::Btf, offsets_error: Option<&str>) {
+        let state = attach::btf_tracepoint(ebpf, names::SCHED_SWITCH_PROG, "sched_switch", btf);
+        let state = match state {
+            ProbeState::Active { .. } => match cpu_time_reader(ebpf) {
+                Ok(reader) => {
+                    self.cpu_time = Some(reader);
+                    ProbeState::Active {
+                        note: offsets_error.map(|e| {
+                            format!("running intervals not visible until switch-out: {e}")
+                        }),
+                    }
+                }
+                Err(e) => ProbeState::Failed(e.to_string()),
+            },
+            other => other,
+        };
+        self.push(names::SCHED_SWITCH_PROG, CPU_PROVIDES, state);
+    }
+
+    fn load_faults(&mut self, ebpf: &mut Ebpf) {
+        let cpus = match aya::util::online_cpus() {
+            Ok(cpus) => cpus,
+            Err((_, e)) => {
+                self.set_family(
+                    FAULTS_PROVIDES,
+                    ProbeState::Failed(format!("reading the online CPUs: {e}")),
+                );
+                return;
+            }
+        };
+        let mut any = false;
+        for (prog, event) in [
+            (names::PAGE_FAULTS_MINOR_PROG, SoftwareEvent::PageFaultsMin),
+            (names::PAGE_FAULTS_MAJOR_PROG, SoftwareEvent::PageFaultsMaj),
+        ] {
+            let state = attach::software_event_per_cpu(ebpf, prog, event, &cpus);
+            any |= state.is_active();
+            self.push(prog, FAULTS_PROVIDES, state);
+        }
+        if any {
+            match take_map(ebpf, names::FAULTS_MAP) {
+                Ok(map) => self.faults = Some(FaultReader::new(map)),
+                Err(e) => self.set_family(FAULTS_PROVIDES, ProbeState::Failed(e.to_string())),
+            }
+        }
+    }
+
+    fn load_runqueue(&mut self, ebpf: &mut Ebpf, btf: &aya::Btf) {
+        let mut all = true;
+        for (prog, tracepoint) in [
+            (names::SCHED_WAKEUP_PROG, "sched_wakeup"),
+            (names::SCHED_WAKEUP_NEW_PROG, "sched_wakeup_new"),
+            (names::RUNQ_SWITCH_PROG, "sched_switch"),
+        ] {
+            let state = attach::btf_tracepoint(ebpf, prog, tracepoint, btf);
+            all &= state.is_active();
+            self.push(prog, RUNQ_PROVIDES, state);
+        }
+        // Without all three the waits are wrong, not just missing: report none.
+        if all {
+            match take_map(ebpf, names::RUNQ_LATENCY_MAP) {
+                Ok(map) => self.runqueue = Some(RunqReader::new(map)),
+                Err(e) => self.set_family(RUNQ_PROVIDES, ProbeState::Failed(e.to_string())),
+            }
+        }
+    }
+
+    fn load_events(
+        &mut self,
+        ebpf: &mut Ebpf,
+        btf: &aya::Btf,
+        oom_variant: Result<Option<bool>, String>,
+        lifecycle_blocked: Option<ProbeState>,
+    ) {
+        let oom = match oom_variant {
+            Ok(Some(true)) => {
+                attach::btf_tracepoint(ebpf, names::OOM_VICTIM_TASK_PROG, "mark_victim", btf)
+            }
+            Ok(Some(false)) => {
+                match attach::btf_tracepoint(ebpf, names::OOM_VICTIM_PID_PROG, "mark_victim", btf) {
+                    ProbeState::Active { .. } => ProbeState::Active {
+                        note: Some(
+                            "pre-6.8 mark_victim(pid): cgroup and comm are the allocating task's"
+                                .into(),
+                        ),
+                    },
+                    other => other,
+                }
+            }
+            Ok(None) => ProbeState::Unsupported("this kernel has no mark_victim tracepoint".into()),
+            Err(e) => {
+                ProbeState::Unsupported(format!("cannot tell the mark_victim signature: {e}"))
+            }
+        };
+        let mut any = oom.is_active();
+        self.push(OOM_STATUS_NAME, OOM_PROVIDES, oom);
+        for (prog, tracepoint) in [
+            (names::CGROUP_MKDIR_PROG, "cgroup_mkdir"),
+            (names::CGROUP_RMDIR_PROG, "cgroup_rmdir"),
+        ] {
+            let state = match &lifecycle_blocked {
+                Some(state) => state.clone(),
+                None => attach::btf_tracepoint(ebpf, prog, tracepoint, btf),
+            };
+            any |= state.is_active();
+            self.push(prog, LIFECYCLE_PROVIDES, state);
+        }
+        if any {
+            match take_map(ebpf, names::EVENTS_MAP) {
+                Ok(ring) => self.events = Some(EventReader::new(ring)),
+                Err(e) => {
+                    self.set_family(OOM_PROVIDES, ProbeState::Failed(e.to_string()));
+                    self.set_family(LIFECYCLE_PROVIDES, ProbeState::Failed(e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Whether cgroup creation/removal events are flowing (both programs active).
+    pub fn lifecycle_active(&self) -> bool {
+        self.events.is_some()
+            && self
+                .statuses
+                .iter()
+                .filter(|s| s.provides == LIFECYCLE_PROVIDES)
+                .all(ProbeStatus::is_active)
+    }
+
+    /// Run count and time of every loaded program, when bpf_stats could be enabled.
+    pub fn run_stats(&self) -> Vec<ProgramRunStats> {
+        match (&self.run_stats, &self.ebpf) {
+            (Some(stats), Some(ebpf)) => stats.read(ebpf),
+            _ => Vec::new(),
+        }
+    }
+
     fn push(&mut self, name: &'static str, provides: &'static str, state: ProbeState) {
+        self.statuses.retain(|s| s.name != name);
         self.statuses.push(ProbeStatus {
             name,
             provides,
@@ -163,122 +356,30 @@ impl Probes {
         });
     }
 
+    fn set_family(&mut self, provides: &'static str, state: ProbeState) {
+        for &(name, p) in ALL.iter().filter(|(_, p)| *p == provides) {
+            self.push(name, p, state.clone());
+        }
+    }
+
     fn set_all(&mut self, state: ProbeState) {
-        self.push(names::SCHED_SWITCH_PROG, CPU_PROVIDES, state);
+        for &(name, provides) in ALL {
+            self.push(name, provides, state.clone());
+        }
     }
 }
 
-fn attach_btf_tracepoint(
+fn take_map<T: TryFrom<Map, Error = aya::maps::MapError>>(
     ebpf: &mut Ebpf,
-    program: &str,
-    tracepoint: &str,
-    btf: &aya::Btf,
-) -> ProbeState {
-    let Some(prog) = ebpf.program_mut(program) else {
-        return ProbeState::Failed(format!("program {program} missing from the eBPF object"));
-    };
-    let prog: &mut BtfTracePoint = match prog.try_into() {
-        Ok(p) => p,
-        Err(e) => return ProbeState::Failed(format!("{program} is not a tp_btf program: {e}")),
-    };
-    if let Err(e) = prog.load(tracepoint, btf) {
-        return classify_load_error(&e, "loading");
-    }
-    match prog.attach() {
-        Ok(_link) => ProbeState::Active { note: None },
-        Err(e) => classify_load_error(&e, "attaching"),
-    }
+    name: &'static str,
+) -> Result<T, ProbeError> {
+    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+    T::try_from(map).map_err(ProbeError::map(name))
 }
 
 fn cpu_time_reader(ebpf: &mut Ebpf) -> Result<CpuTimeReader, ProbeError> {
-    let mut take = |name: &'static str| ebpf.take_map(name).ok_or(ProbeError::MissingMap(name));
-    let committed = take(names::CPU_TIME_MAP)?;
-    let running = take(names::RUNNING_MAP)?;
-    let counters = take(names::COUNTERS_MAP)?;
-    let conv = |name: &'static str| ProbeError::map(name);
     Ok(CpuTimeReader::new(
-        map_into(committed).map_err(conv(names::CPU_TIME_MAP))?,
-        map_into(running).map_err(conv(names::RUNNING_MAP))?,
-        map_into(counters).map_err(conv(names::COUNTERS_MAP))?,
+        take_map(ebpf, names::CPU_TIME_MAP)?,
+        take_map(ebpf, names::RUNNING_MAP)?,
     ))
-}
-
-fn map_into<T: TryFrom<Map, Error = aya::maps::MapError>>(
-    map: Map,
-) -> Result<T, aya::maps::MapError> {
-    T::try_from(map)
-}
-
-/// Longest failure reason carried in the stream; verifier logs can run to megabytes.
-const MAX_REASON_LEN: usize = 1024;
-
-/// EPERM/EACCES means "not allowed here" (Unsupported), anything else is a real failure.
-fn classify_load_error(error: &(dyn std::error::Error + 'static), doing: &str) -> ProbeState {
-    let mut text = format!("{doing}: {error}");
-    let mut permission = false;
-    let mut source: Option<&(dyn std::error::Error + 'static)> = error.source();
-    if let Some(io) = error.downcast_ref::<io::Error>() {
-        permission |= is_permission(io);
-    }
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            permission |= is_permission(io);
-        }
-        text.push_str(&format!(": {e}"));
-        source = e.source();
-    }
-    if permission {
-        text.push_str(
-            " (not permitted: run as root or with CAP_BPF + CAP_PERFMON + CAP_SYS_RESOURCE)",
-        );
-        return ProbeState::Unsupported(text);
-    }
-    tracing::debug!("full probe error: {text}");
-    if text.len() > MAX_REASON_LEN {
-        let cut = (0..=MAX_REASON_LEN)
-            .rev()
-            .find(|i| text.is_char_boundary(*i))
-            .unwrap_or(0);
-        text.truncate(cut);
-        text.push_str("… (truncated; run with RUST_LOG=debug for the full text)");
-    }
-    ProbeState::Failed(text)
-}
-
-fn is_permission(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("loading program")]
-    struct Outer(#[source] io::Error);
-
-    #[test]
-    fn permission_errors_anywhere_in_the_chain_are_unsupported() {
-        let e = Outer(io::Error::from_raw_os_error(libc::EPERM));
-        match classify_load_error(&e, "loading") {
-            ProbeState::Unsupported(why) => {
-                assert!(why.starts_with("loading: loading program"), "{why}");
-                assert!(why.contains("CAP_BPF"), "{why}");
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn other_errors_fail_with_a_bounded_reason() {
-        let huge = "verifier says no. ".repeat(10_000);
-        let e = Outer(io::Error::other(huge));
-        match classify_load_error(&e, "loading") {
-            ProbeState::Failed(why) => {
-                assert!(why.len() < MAX_REASON_LEN + 100, "{}", why.len());
-                assert!(why.ends_with("full text)"));
-            }
-            other => panic!("{other:?}"),
-        }
-    }
 }

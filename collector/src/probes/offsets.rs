@@ -18,5 +18,9 @@ pub fn task_offsets(btf_path: &Path) -> Result<TaskOffsets, BtfError> {
         cgroup_kn: btf.member_offset("cgroup", "kn", Some(8))?,
         kernfs_node_id: btf.member_offset("kernfs_node", "id", Some(8))?,
         valid: 1,
+        task_comm: btf.member_offset("task_struct", "comm", Some(16))?,
+        cgroup_root: btf.member_offset("cgroup", "root", Some(8))?,
+        root_hierarchy_id: btf.member_offset("cgroup_root", "hierarchy_id", Some(4))?,
+        _pad: 0,
     })
 }

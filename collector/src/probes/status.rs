@@ -13,6 +13,12 @@ pub enum ProbeState {
     Failed(String),
 }
 
+impl ProbeState {
+    pub fn is_active(&self) -> bool {
+        matches!(self, Self::Active { .. })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeStatus {
     /// The eBPF program's name.

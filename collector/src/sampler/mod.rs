@@ -7,9 +7,11 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-mod cpu_hierarchy;
+mod ebpf;
+mod hierarchy;
 
-use cpu_hierarchy::CpuHierarchy;
+use ebpf::EbpfMerge;
+pub use ebpf::{EbpfValues, MapStats, OomKill, Terminated};
 
 use crate::{
     cgroupfs::{self, CgroupMounts, reader::CgroupReader, reading::CgroupReading},
@@ -27,8 +29,8 @@ pub struct CgroupSample {
     /// forward (see [`Sampler::with_cgroupfs_interval`]).
     pub read_at: Instant,
     pub read_wall: SystemTime,
-    /// sched_switch probe, hierarchical; `None` when the probe is not active.
-    pub ebpf_cpu_ns: Option<u64>,
+    /// The probes' values, hierarchical; each `None` when its probe is not active.
+    pub ebpf: EbpfValues,
     /// When the cgroup was first seen (its directory's ctime then), Unix ns.
     pub created_unix_nano: Option<u64>,
 }
@@ -50,6 +52,10 @@ pub struct Sample {
     pub cgroups: Vec<CgroupSample>,
     /// `None` when /proc/meminfo could not be read.
     pub meminfo: Option<MemInfo>,
+    /// Cgroups removed since the last pass, with their final eBPF counters (sent once).
+    pub terminated: Vec<Terminated>,
+    /// OOM kills since the last pass.
+    pub oom_kills: Vec<OomKill>,
 }
 
 /// Counters about the sampler itself.
@@ -64,6 +70,11 @@ pub struct SamplerStats {
     pub ebpf_map_entries: u64,
     pub ebpf_dropped_intervals: u64,
     pub ebpf_running_read_failures: u64,
+    pub ebpf_fault_map_entries: u64,
+    pub ebpf_runq_map_entries: u64,
+    pub ebpf_dropped_faults: u64,
+    pub ebpf_dropped_runq_waits: u64,
+    pub ebpf_dropped_events: u64,
 }
 
 /// What the sampler remembers of a cgroup between passes.
@@ -82,7 +93,7 @@ pub struct Sampler {
     mount: PathBuf,
     probes: Probes,
     reader: CgroupReader,
-    cpu: CpuHierarchy,
+    ebpf: EbpfMerge,
     known: HashMap<u64, Known>,
     cgroupfs_interval: Duration,
     last_full: Option<Instant>,
@@ -97,7 +108,7 @@ impl Sampler {
             reader: CgroupReader::new(mount.clone(), mounts),
             mount,
             probes,
-            cpu: CpuHierarchy::default(),
+            ebpf: EbpfMerge::default(),
             known: HashMap::new(),
             cgroupfs_interval: DEFAULT_CGROUPFS_INTERVAL,
             last_full: None,
@@ -138,7 +149,17 @@ impl Sampler {
     pub fn sample(&mut self) -> std::io::Result<Sample> {
         let taken_at = Instant::now();
         let wall = SystemTime::now();
-        let nodes = cgroupfs::walk(&self.mount)?;
+        // Events first: a cgroup removed after the drain is still in this walk.
+        let events = self
+            .probes
+            .events
+            .as_mut()
+            .map(|e| e.drain())
+            .unwrap_or_default();
+        let mut oom_kills = self.ebpf.take_events(events, wall);
+        let mut nodes = cgroupfs::walk(&self.mount)?;
+        let walked = nodes.len();
+        self.ebpf.add_unseen(&mut nodes);
         let full = self.full_pass(taken_at);
         if full {
             self.reader.refresh_controllers();
@@ -147,7 +168,7 @@ impl Sampler {
         let mut cgroups = Vec::with_capacity(nodes.len());
         // Rebuilt each pass from the last one, so ids of removed cgroups drop out in O(n).
         let mut seen_before = std::mem::take(&mut self.known);
-        for node in &nodes {
+        for node in &nodes[..walked] {
             let known = match seen_before.remove(&node.id) {
                 Some(known) if !full => known,
                 earlier => {
@@ -174,34 +195,20 @@ impl Sampler {
                 reading: known.reading.clone(),
                 read_at: known.read_at,
                 read_wall: known.read_wall,
-                ebpf_cpu_ns: None,
+                ebpf: EbpfValues::default(),
                 created_unix_nano: known.created_unix_nano,
             });
             self.known.insert(node.id, known);
         }
-        if let Some(reader) = self.probes.cpu_time.as_mut() {
-            match reader.read() {
-                Ok(read) => {
-                    self.stats.ebpf_map_entries = read.own_ns.len() as u64;
-                    (
-                        self.stats.ebpf_dropped_intervals,
-                        self.stats.ebpf_running_read_failures,
-                    ) = reader.drop_counters();
-                    // Vanished cgroups still count for the hierarchy in this pass: their time
-                    // is folded into their parents on the next one.
-                    let totals = self
-                        .cpu
-                        .update(&nodes, read.own_ns, &mut |id| reader.take(id));
-                    let by_id: std::collections::HashMap<u64, u64> =
-                        nodes.iter().map(|n| n.id).zip(totals).collect();
-                    for sample in &mut cgroups {
-                        sample.ebpf_cpu_ns = by_id.get(&sample.id).copied();
-                    }
-                }
-                Err(e) => {
-                    self.stats.probe_read_errors += 1;
-                    tracing::warn!("reading the sched_switch maps failed: {e}");
-                }
+        let mut map_stats = MapStats::default();
+        let (values, terminated) =
+            self.ebpf
+                .merge(&nodes, &mut self.probes, &mut oom_kills, &mut map_stats);
+        self.record_probe_stats(map_stats);
+        let by_id: HashMap<u64, EbpfValues> = nodes.iter().map(|n| n.id).zip(values).collect();
+        for sample in &mut cgroups {
+            if let Some(v) = by_id.get(&sample.id) {
+                sample.ebpf = v.clone();
             }
         }
         cgroups.sort_unstable_by_key(|c| c.id);
@@ -215,7 +222,24 @@ impl Sampler {
             wall,
             cgroups,
             meminfo,
+            terminated,
+            oom_kills,
         })
+    }
+
+    fn record_probe_stats(&mut self, maps: MapStats) {
+        let s = &mut self.stats;
+        s.probe_read_errors += maps.read_errors;
+        s.ebpf_map_entries = maps.cpu_entries;
+        s.ebpf_fault_map_entries = maps.fault_entries;
+        s.ebpf_runq_map_entries = maps.runq_entries;
+        if let Some(drops) = self.probes.drops.as_ref().map(|d| d.read()) {
+            s.ebpf_dropped_intervals = drops.cpu_intervals;
+            s.ebpf_running_read_failures = drops.running_reads;
+            s.ebpf_dropped_faults = drops.faults;
+            s.ebpf_dropped_runq_waits = drops.runq_waits;
+            s.ebpf_dropped_events = drops.events;
+        }
     }
 }
 
@@ -289,7 +313,12 @@ mod tests {
         assert_eq!(cpu("/garbled").usage_ns, None);
         assert!(by_path("/vanished").is_none());
         // cgroupfs-only: the eBPF field is absent, never filled from cgroupfs.
-        assert!(sample.cgroups.iter().all(|c| c.ebpf_cpu_ns.is_none()));
+        assert!(
+            sample
+                .cgroups
+                .iter()
+                .all(|c| c.ebpf == EbpfValues::default())
+        );
         assert_eq!(sampler.stats.parse_errors, 1);
         // Sorted by id.
         assert!(sample.cgroups.windows(2).all(|w| w[0].id < w[1].id));

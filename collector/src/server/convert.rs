@@ -7,13 +7,12 @@ use std::sync::atomic::Ordering;
 use crate::{
     cgroupfs::reading::Source,
     node::NodeInfo,
-    probes::{ProbeState, ProbeStatus},
+    probes::{ProbeState, ProbeStatus, ProgramRunStats},
     proto,
-    sampler::CgroupSample,
-    sampler::SamplerStats,
+    sampler::{CgroupSample, OomKill, SamplerStats, Terminated},
     server::ServerStats,
     store::CgroupRates,
-    summary::Resources,
+    summary::{Resources, formulas},
 };
 
 pub fn unix_nanos(t: SystemTime) -> u64 {
@@ -38,7 +37,7 @@ pub fn cgroup_stats(c: &CgroupSample, rates: CgroupRates) -> proto::CgroupStats 
             throttled_nano_seconds: cpu.throttled_ns,
             usage_nano_cores: rates.cgroupfs_nano_cores,
         }),
-        ebpf_cpu: c.ebpf_cpu_ns.map(|ns| proto::EbpfCpu {
+        ebpf_cpu: c.ebpf.cpu_ns.map(|ns| proto::EbpfCpu {
             on_cpu_nano_seconds: ns,
             usage_nano_cores: rates.ebpf_nano_cores,
         }),
@@ -48,6 +47,9 @@ pub fn cgroup_stats(c: &CgroupSample, rates: CgroupRates) -> proto::CgroupStats 
         process_stats: Some(res.processes),
         cpu_psi: res.cpu.psi,
         cgroupfs_time_unix_nano: unix_nanos(c.read_wall),
+        ebpf_faults: formulas::ebpf_faults(&c.ebpf, Some(&rates)),
+        runq_latency: formulas::runq_latency(&c.ebpf, Some(&rates)),
+        ebpf_oom_kills: c.ebpf.oom_kills,
     }
 }
 
@@ -86,8 +88,26 @@ pub fn node_info(n: &NodeInfo) -> proto::NodeInfo {
     }
 }
 
-pub fn collector_stats(sampler: &SamplerStats, server: &ServerStats) -> proto::CollectorStats {
+pub fn collector_stats(
+    sampler: &SamplerStats,
+    programs: &[ProgramRunStats],
+    server: &ServerStats,
+) -> proto::CollectorStats {
     proto::CollectorStats {
+        ebpf_fault_map_entries: sampler.ebpf_fault_map_entries,
+        ebpf_runq_map_entries: sampler.ebpf_runq_map_entries,
+        ebpf_dropped_faults: sampler.ebpf_dropped_faults,
+        ebpf_dropped_runq_waits: sampler.ebpf_dropped_runq_waits,
+        ebpf_dropped_events: sampler.ebpf_dropped_events,
+        program_stats: programs
+            .iter()
+            .map(|p| proto::ProgramRunStats {
+                name: p.name.clone(),
+                run_count: p.run_count,
+                run_time_nano_seconds: p.run_time_ns,
+                average_nano_seconds: p.average_ns(),
+            })
+            .collect(),
         passes: sampler.passes,
         parse_errors: sampler.parse_errors,
         read_errors: sampler.read_errors,
@@ -97,5 +117,27 @@ pub fn collector_stats(sampler: &SamplerStats, server: &ServerStats) -> proto::C
         ebpf_running_read_failures: sampler.ebpf_running_read_failures,
         watch_subscribers: server.watch_subscribers.load(Ordering::Relaxed),
         dropped_subscribers: server.dropped_subscribers.load(Ordering::Relaxed),
+    }
+}
+
+pub fn terminated(t: &Terminated, time_unix_nano: u64) -> proto::TerminatedCgroup {
+    proto::TerminatedCgroup {
+        cgroup_id: t.id,
+        path: t.path.to_string(),
+        timestamp_unix_nano: time_unix_nano,
+        ebpf_cpu_nano_seconds: t.values.cpu_ns,
+        faults: formulas::ebpf_faults(&t.values, None),
+        runq_latency: formulas::runq_latency(&t.values, None),
+        oom_kills: t.values.oom_kills,
+    }
+}
+
+pub fn oom_kill(k: &OomKill) -> proto::OomKill {
+    proto::OomKill {
+        time_unix_nano: unix_nanos(k.time),
+        pid: k.pid,
+        comm: k.comm.clone(),
+        cgroup_id: k.cgroup_id,
+        cgroup_path: k.path.to_string(),
     }
 }

@@ -99,7 +99,23 @@ impl Collector for CollectorService {
                 .map(|(c, r)| convert::cgroup_stats(c, *r))
                 .collect(),
             probes: snap.probes.iter().map(convert::probe_status).collect(),
-            collector: Some(convert::collector_stats(&snap.stats, &self.stats)),
+            collector: Some(convert::collector_stats(
+                &snap.stats,
+                &snap.program_stats,
+                &self.stats,
+            )),
+            recently_terminated: snap
+                .recent
+                .terminated
+                .iter()
+                .map(|(_, t)| t.clone())
+                .collect(),
+            recent_oom_kills: snap
+                .recent
+                .oom_kills
+                .iter()
+                .map(|(_, k)| k.clone())
+                .collect(),
         }))
     }
 

@@ -60,7 +60,13 @@ pub async fn run(mut sub: Subscription, interval: Duration, ctx: Context, tx: Wa
         return End::Closed;
     };
     let mut state = SubscriberState::default();
-    let stats = |snap: &Snapshot| Some(convert::collector_stats(&snap.stats, &ctx.server_stats));
+    let stats = |snap: &Snapshot| {
+        Some(convert::collector_stats(
+            &snap.stats,
+            &snap.program_stats,
+            &ctx.server_stats,
+        ))
+    };
     let mut snapshot = state.snapshot(&first, &ctx.node);
     snapshot.collector = stats(&first);
     state.pods_snapshot(&first, &mut snapshot);
@@ -88,6 +94,7 @@ pub async fn run(mut sub: Subscription, interval: Duration, ctx: Context, tx: Wa
         }
         let mut update = state.update(&snap);
         update.collector = stats(&snap);
+        state.events_since(&snap, &mut update);
         state.pods_update(&snap, &mut update);
         if let Err(end) = send(&tx, update) {
             return end;
@@ -120,6 +127,8 @@ fn send(tx: &WatchSender, msg: proto::WatchResponse) -> Result<(), End> {
 
 struct SubscriberState {
     sequence: u64,
+    /// `seq` of the last snapshot sent: removals and OOM kills after it are still to send.
+    last_seq: u64,
     last_at: Instant,
     sent: HashMap<u64, (proto::CgroupStats, Sent)>,
     probes: Vec<proto::ProbeStatus>,
@@ -131,6 +140,7 @@ impl Default for SubscriberState {
     fn default() -> Self {
         Self {
             sequence: 0,
+            last_seq: 0,
             last_at: Instant::now(),
             sent: HashMap::new(),
             probes: Vec::new(),
@@ -178,6 +188,7 @@ impl SubscriberState {
         }
         self.probes = snap.probes.iter().map(convert::probe_status).collect();
         self.last_at = snap.sample.taken_at;
+        self.last_seq = snap.seq;
         proto::WatchResponse {
             sequence: self.next_sequence(),
             snapshot: true,
@@ -250,6 +261,27 @@ impl SubscriberState {
             collector: None,
             ..Default::default()
         }
+    }
+
+    /// Removals and OOM kills of every snapshot since the last message (none are lost when this
+    /// subscriber's interval spans several samples).
+    fn events_since(&mut self, snap: &Snapshot, update: &mut proto::WatchResponse) {
+        let newer = |seq: &u64| *seq > self.last_seq;
+        update.terminated = snap
+            .recent
+            .terminated
+            .iter()
+            .filter(|(seq, _)| newer(seq))
+            .map(|(_, t)| t.clone())
+            .collect();
+        update.oom_kills = snap
+            .recent
+            .oom_kills
+            .iter()
+            .filter(|(seq, _)| newer(seq))
+            .map(|(_, k)| k.clone())
+            .collect();
+        self.last_seq = snap.seq;
     }
 
     fn next_sequence(&mut self) -> u64 {

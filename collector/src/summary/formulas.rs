@@ -5,7 +5,8 @@ use crate::{
         parse::{Io, Limit, Psi, PsiData},
         reading::{CgroupReading, CpuReading, MemoryReading, Source},
     },
-    proto,
+    proto, runq,
+    sampler::EbpfValues,
     store::CgroupRates,
 };
 
@@ -110,10 +111,44 @@ pub fn processes(r: &CgroupReading) -> proto::ProcessStats {
     }
 }
 
-pub fn ebpf(on_cpu_ns: Option<u64>, rates: &CgroupRates) -> Option<proto::EbpfStats> {
-    on_cpu_ns.map(|ns| proto::EbpfStats {
-        on_cpu_nano_seconds: Some(ns),
-        usage_nano_cores: rates.ebpf_nano_cores,
+/// Everything the probes measured for one cgroup; `None` when no probe is active.
+pub fn ebpf(v: &EbpfValues, rates: &CgroupRates) -> Option<proto::EbpfStats> {
+    let stats = proto::EbpfStats {
+        on_cpu_nano_seconds: v.cpu_ns,
+        usage_nano_cores: v.cpu_ns.and(rates.ebpf_nano_cores),
+        faults: ebpf_faults(v, Some(rates)),
+        runq_latency: runq_latency(v, Some(rates)),
+        oom_kills: v.oom_kills,
+    };
+    (stats != proto::EbpfStats::default()).then_some(stats)
+}
+
+/// Fault counts, with per-second rates when `rates` is given.
+pub fn ebpf_faults(v: &EbpfValues, rates: Option<&CgroupRates>) -> Option<proto::EbpfFaults> {
+    let [minor, major] = v.faults?;
+    Some(proto::EbpfFaults {
+        minor,
+        major,
+        minor_per_second: rates.and_then(|r| r.ebpf_minor_faults_per_second),
+        major_per_second: rates.and_then(|r| r.ebpf_major_faults_per_second),
+    })
+}
+
+/// Cumulative waits, with the last window when `rates` is given.
+pub fn runq_latency(v: &EbpfValues, rates: Option<&CgroupRates>) -> Option<proto::RunqLatency> {
+    let (waits, total) = runq::totals(v.runq.as_deref()?);
+    Some(proto::RunqLatency {
+        waits,
+        total_wait_nano_seconds: total,
+        window: rates.and_then(|r| r.runq).map(|w| proto::RunqWindow {
+            duration_nano_seconds: w.duration_ns,
+            waits: w.waits,
+            total_wait_nano_seconds: w.total_wait_ns,
+            p50_nano_seconds: w.p50_ns,
+            p90_nano_seconds: w.p90_ns,
+            p99_nano_seconds: w.p99_ns,
+            max_nano_seconds: w.max_ns,
+        }),
     })
 }
 

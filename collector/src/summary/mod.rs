@@ -133,7 +133,7 @@ fn node_root(
         }),
         io: formulas::io(r.io, r.io_psi, time),
         process_stats: Some(formulas::processes(r)),
-        ebpf: formulas::ebpf(root.ebpf_cpu_ns, rates),
+        ebpf: formulas::ebpf(&root.ebpf, rates),
         ..base
     }
 }
@@ -162,7 +162,7 @@ impl Resources {
             swap: r.memory.map(|m| formulas::swap(&m, r.memory_source, time)),
             processes: formulas::processes(r),
             io: formulas::io(r.io, r.io_psi, time),
-            ebpf: formulas::ebpf(c.ebpf_cpu_ns, rates),
+            ebpf: formulas::ebpf(&c.ebpf, rates),
         }
     }
 }

@@ -1,0 +1,312 @@
+//! Merging the probes' maps and events into one pass: hierarchical totals per cgroup, one-time
+//! records of removed cgroups (short-lived ones included), and OOM kills.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use super::hierarchy::{CounterHierarchy, Totals};
+use crate::{
+    cgroupfs::CgroupNode,
+    probes::{ProbeEvent, Probes, RUNQ_VALUES, cpu_time::monotonic_ns},
+};
+
+/// A cgroup's eBPF values in one pass (hierarchical, like cgroupfs), each `None` when its probe
+/// is not active.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EbpfValues {
+    pub cpu_ns: Option<u64>,
+    /// [minor, major].
+    pub faults: Option<[u64; 2]>,
+    /// Cumulative run-queue wait histogram: log2 buckets, then total wait ns, then count.
+    pub runq: Option<Arc<[u64; RUNQ_VALUES]>>,
+    /// OOM kills of this cgroup's own tasks seen since the collector started.
+    pub oom_kills: Option<u64>,
+}
+
+/// The final eBPF counters of a cgroup that was removed, sent once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Terminated {
+    pub id: u64,
+    pub path: Arc<str>,
+    pub values: EbpfValues,
+}
+
+/// One OOM kill, from `mark_victim`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OomKill {
+    pub time: SystemTime,
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    /// The cgroup's path when known ("" otherwise).
+    pub path: Arc<str>,
+}
+
+/// Counts about the maps, for the collector's own stats.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MapStats {
+    pub cpu_entries: u64,
+    pub fault_entries: u64,
+    pub runq_entries: u64,
+    pub read_errors: u64,
+}
+
+#[derive(Default)]
+pub struct EbpfMerge {
+    cpu: CounterHierarchy<1>,
+    faults: CounterHierarchy<2>,
+    runq: CounterHierarchy<RUNQ_VALUES>,
+    /// Paths of the previous pass's nodes: removed cgroups are named by them.
+    paths: HashMap<u64, Arc<str>>,
+    /// Cgroups removed since the last pass that no pass ever saw (created and removed in
+    /// between): added to this pass so their counts reach their parents and a terminated record.
+    unseen_removed: Vec<(u64, Arc<str>)>,
+    oom_own: HashMap<u64, u64>,
+}
+
+impl EbpfMerge {
+    /// Applies the drained events: remembers short-lived cgroups and returns the OOM kills.
+    pub fn take_events(&mut self, events: Vec<ProbeEvent>, wall: SystemTime) -> Vec<OomKill> {
+        let mono_now = monotonic_ns();
+        let mut kills = Vec::new();
+        for event in events {
+            match event {
+                ProbeEvent::CgroupCreated { .. } => {}
+                ProbeEvent::CgroupRemoved { cgroup_id, path } => {
+                    if !self.paths.contains_key(&cgroup_id) && !path.is_empty() {
+                        self.unseen_removed.push((cgroup_id, Arc::from(path)));
+                    }
+                }
+                ProbeEvent::OomKill {
+                    time_ns,
+                    pid,
+                    comm,
+                    cgroup_id,
+                } => {
+                    *self.oom_own.entry(cgroup_id).or_default() += 1;
+                    let age = Duration::from_nanos(mono_now.saturating_sub(time_ns));
+                    kills.push(OomKill {
+                        time: wall.checked_sub(age).unwrap_or(wall),
+                        pid,
+                        comm,
+                        cgroup_id,
+                        path: Arc::from(""),
+                    });
+                }
+            }
+        }
+        kills
+    }
+
+    /// Adds the removed-but-never-seen cgroups to `nodes` under their nearest present ancestor
+    /// (shallowest first, so a short-lived parent is there before its child). Returns how many
+    /// were added; they are the last nodes and have no cgroupfs reading.
+    pub fn add_unseen(&mut self, nodes: &mut Vec<CgroupNode>) -> usize {
+        let mut unseen = std::mem::take(&mut self.unseen_removed);
+        unseen.sort_by_key(|(_, p)| p.matches('/').count());
+        let mut index: HashMap<Arc<str>, usize> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.path.clone(), i))
+            .collect();
+        let before = nodes.len();
+        for (id, path) in unseen {
+            if index.contains_key(&path) || nodes.iter().any(|n| n.id == id) {
+                continue;
+            }
+            let parent = ancestors(&path).find_map(|a| index.get(a).copied());
+            index.insert(path.clone(), nodes.len());
+            nodes.push(CgroupNode { id, path, parent });
+        }
+        nodes.len() - before
+    }
+
+    /// Reads every active probe's map and merges it over `nodes`. Per-node values come back in
+    /// `nodes` order.
+    pub fn merge(
+        &mut self,
+        nodes: &[CgroupNode],
+        probes: &mut Probes,
+        oom_kills: &mut [OomKill],
+        stats: &mut MapStats,
+    ) -> (Vec<EbpfValues>, Vec<Terminated>) {
+        let mut values = vec![EbpfValues::default(); nodes.len()];
+        let mut finals: HashMap<u64, EbpfValues> = HashMap::new();
+
+        if let Some(reader) = probes.cpu_time.as_mut() {
+            match reader.read() {
+                Ok(read) => {
+                    let own = read.own_ns.into_iter().map(|(k, v)| (k, [v])).collect();
+                    let t = self.cpu.update(nodes, own, &mut |id| [reader.take(id)]);
+                    stats.cpu_entries = reader.entries() as u64;
+                    apply(t, &mut values, &mut finals, |v, [ns]| v.cpu_ns = Some(ns));
+                }
+                Err(e) => read_failed(stats, "sched_switch", &e),
+            }
+        }
+        if let Some(reader) = probes.faults.as_mut() {
+            match reader.read() {
+                Ok(own) => {
+                    let t = self.faults.update(nodes, own, &mut |id| reader.take(id));
+                    stats.fault_entries = reader.entries() as u64;
+                    apply(t, &mut values, &mut finals, |v, f| v.faults = Some(f));
+                }
+                Err(e) => read_failed(stats, "page fault", &e),
+            }
+        }
+        if let Some(reader) = probes.runqueue.as_mut() {
+            match reader.read() {
+                Ok(own) => {
+                    let t = self.runq.update(nodes, own, &mut |id| reader.take(id));
+                    stats.runq_entries = reader.entries() as u64;
+                    apply(t, &mut values, &mut finals, |v, h| {
+                        v.runq = Some(Arc::new(h))
+                    });
+                }
+                Err(e) => read_failed(stats, "run-queue", &e),
+            }
+        }
+        if probes.events.is_some() {
+            for (node, v) in nodes.iter().zip(values.iter_mut()) {
+                v.oom_kills = Some(self.oom_own.get(&node.id).copied().unwrap_or(0));
+            }
+        }
+        let here: HashMap<u64, &Arc<str>> = nodes.iter().map(|n| (n.id, &n.path)).collect();
+        for kill in oom_kills.iter_mut() {
+            if let Some(path) = here
+                .get(&kill.cgroup_id)
+                .copied()
+                .or_else(|| self.paths.get(&kill.cgroup_id))
+            {
+                kill.path = path.clone();
+            }
+        }
+        let mut out: Vec<Terminated> = finals
+            .into_iter()
+            .filter_map(|(id, mut values)| {
+                let path = self.paths.get(&id)?.clone();
+                values.oom_kills = self.oom_own.remove(&id).or(values.oom_kills);
+                Some(Terminated { id, path, values })
+            })
+            .collect();
+        out.sort_by_key(|t| t.id);
+        self.paths = nodes.iter().map(|n| (n.id, n.path.clone())).collect();
+        (values, out)
+    }
+}
+
+fn apply<const N: usize>(
+    t: Totals<N>,
+    values: &mut [EbpfValues],
+    finals: &mut HashMap<u64, EbpfValues>,
+    set: impl Fn(&mut EbpfValues, [u64; N]),
+) {
+    for (v, total) in values.iter_mut().zip(t.totals) {
+        set(v, total);
+    }
+    for (id, total) in t.terminated {
+        set(finals.entry(id).or_default(), total);
+    }
+}
+
+fn read_failed(stats: &mut MapStats, what: &str, e: &dyn std::error::Error) {
+    stats.read_errors += 1;
+    tracing::warn!("reading the {what} maps failed: {e}");
+}
+
+/// `/a/b/c` -> `/a/b`, `/a`, `/`.
+fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(path);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        let parent = match current.rfind('/') {
+            Some(0) if current.len() > 1 => "/",
+            Some(0) | None => {
+                rest = None;
+                return None;
+            }
+            Some(i) => &current[..i],
+        };
+        rest = Some(parent);
+        Some(parent)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ancestors_walk_up_to_the_root() {
+        assert_eq!(ancestors("/a/b/c").collect::<Vec<_>>(), ["/a/b", "/a", "/"]);
+        assert_eq!(ancestors("/a").collect::<Vec<_>>(), ["/"]);
+        assert!(ancestors("/").next().is_none());
+    }
+
+    fn node(id: u64, path: &str, parent: Option<usize>) -> CgroupNode {
+        CgroupNode {
+            id,
+            path: Arc::from(path),
+            parent,
+        }
+    }
+
+    #[test]
+    fn a_cgroup_removed_before_any_pass_saw_it_joins_under_its_parent_once() {
+        let mut merge = EbpfMerge::default();
+        let mut nodes = vec![node(1, "/", None), node(2, "/pod", Some(0))];
+        merge.paths = nodes.iter().map(|n| (n.id, n.path.clone())).collect();
+        merge.take_events(
+            vec![
+                ProbeEvent::CgroupCreated {
+                    cgroup_id: 9,
+                    path: "/pod/short/inner".into(),
+                },
+                ProbeEvent::CgroupRemoved {
+                    cgroup_id: 9,
+                    path: "/pod/short/inner".into(),
+                },
+                ProbeEvent::CgroupRemoved {
+                    cgroup_id: 8,
+                    path: "/pod/short".into(),
+                },
+                // Seen by an earlier pass: the ordinary removal path handles it.
+                ProbeEvent::CgroupRemoved {
+                    cgroup_id: 2,
+                    path: "/pod".into(),
+                },
+            ],
+            SystemTime::now(),
+        );
+        assert_eq!(merge.add_unseen(&mut nodes), 2);
+        assert_eq!(nodes[2], node(8, "/pod/short", Some(1)));
+        assert_eq!(nodes[3], node(9, "/pod/short/inner", Some(2)));
+        let mut again = nodes.clone();
+        assert_eq!(merge.add_unseen(&mut again), 0, "added once only");
+    }
+
+    #[test]
+    fn oom_kills_are_counted_per_cgroup_and_dated_from_the_monotonic_clock() {
+        let mut merge = EbpfMerge::default();
+        let wall = SystemTime::now();
+        let kills = merge.take_events(
+            vec![ProbeEvent::OomKill {
+                time_ns: monotonic_ns() - 2_000_000_000,
+                pid: 7,
+                comm: "hog".into(),
+                cgroup_id: 5,
+            }],
+            wall,
+        );
+        assert_eq!(kills.len(), 1);
+        let age = wall.duration_since(kills[0].time).unwrap();
+        assert!(
+            age >= Duration::from_secs(2) && age < Duration::from_secs(3),
+            "{age:?}"
+        );
+        assert_eq!(merge.oom_own.get(&5), Some(&1));
+    }
+}
