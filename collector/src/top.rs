@@ -20,6 +20,7 @@ pub struct TopConfig {
 pub struct Table {
     cgroups: HashMap<u64, proto::CgroupStats>,
     probes: Vec<proto::ProbeStatus>,
+    programs: Vec<proto::ProgramRunStats>,
     hostname: String,
 }
 
@@ -33,6 +34,9 @@ impl Table {
         }
         if !msg.probes.is_empty() {
             self.probes = msg.probes;
+        }
+        if let Some(stats) = msg.collector {
+            self.programs = stats.program_stats;
         }
         for id in msg.removed_cgroup_ids {
             self.cgroups.remove(&id);
@@ -55,23 +59,38 @@ impl Table {
                 let _ = writeln!(out, "  probe {}: {:?} {}", p.name, p.state(), p.reason);
             }
         }
+        let costs: Vec<String> = self
+            .programs
+            .iter()
+            .filter_map(|p| Some(format!("{} {} ns", p.name, p.average_nano_seconds?)))
+            .collect();
+        if !costs.is_empty() {
+            let _ = writeln!(out, "  probe cost per run: {}", costs.join(", "));
+        }
         let _ = writeln!(
             out,
-            "{:>10} {:>10} {:>12} {:>12}  CGROUP",
-            "EBPF CPU", "FS CPU", "EBPF CPU-S", "FS CPU-S"
+            "{:>10} {:>10} {:>12} {:>12} {:>10} {:>10}  CGROUP",
+            "EBPF CPU", "FS CPU", "EBPF CPU-S", "FS CPU-S", "FAULTS/S", "RUNQ P99"
         );
         let mut sorted: Vec<&proto::CgroupStats> = self.cgroups.values().collect();
         sorted.sort_by_key(|c| std::cmp::Reverse((sort_key(c), c.cgroup_id)));
         for c in sorted.into_iter().take(rows) {
             let ebpf = c.ebpf_cpu.as_ref();
             let fs = c.cgroupfs_cpu.as_ref();
+            let faults = c.ebpf_faults.and_then(|f| f.minor_per_second);
+            let p99 = c
+                .runq_latency
+                .and_then(|r| r.window?.p99_nano_seconds)
+                .map(|ns| format!("{:.2}ms", ns as f64 / 1e6));
             let _ = writeln!(
                 out,
-                "{:>10} {:>10} {:>12} {:>12}  {}",
+                "{:>10} {:>10} {:>12} {:>12} {:>10} {:>10}  {}",
                 cores(ebpf.and_then(|e| e.usage_nano_cores)),
                 cores(fs.and_then(|f| f.usage_nano_cores)),
                 seconds(ebpf.map(|e| e.on_cpu_nano_seconds)),
                 seconds(fs.and_then(|f| f.usage_core_nano_seconds)),
+                faults.map_or("-".into(), |f| f.to_string()),
+                p99.unwrap_or_else(|| "-".into()),
                 c.path
             );
         }

@@ -187,6 +187,25 @@ async fn get_summary_health_and_reflection() {
         .unwrap()
         .into_inner();
     assert_eq!(status.status(), ServingStatus::Serving);
+    // Each probe has its own health entry; with --no-ebpf none is serving.
+    // Set once the first sample is published: give it a moment.
+    let mut probe = None;
+    for _ in 0..50 {
+        let request = HealthCheckRequest {
+            service: collector::server::probe_health_name("sched_switch"),
+        };
+        match health.check(request).await {
+            Ok(r) => {
+                probe = Some(r.into_inner().status());
+                break;
+            }
+            Err(e) if e.code() == Code::NotFound => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(probe, Some(ServingStatus::NotServing));
 
     let mut reflection = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {

@@ -12,6 +12,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+pub mod watch;
+
 /// With COLLECTOR_REQUIRE_BPF=1 (CI), a test that cannot run is a failure, not a skip.
 pub fn bpf_required() -> bool {
     std::env::var("COLLECTOR_REQUIRE_BPF").is_ok_and(|v| v == "1")
@@ -247,6 +249,48 @@ pub fn drop_thread_capabilities() -> io::Result<()> {
     let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes `command` run on `cpu` only (set between fork and exec).
+pub fn pin_to_cpu(command: &mut Command, cpu: usize) {
+    // SAFETY: sched_setaffinity is async-signal-safe; the set is built on the child's stack.
+    unsafe {
+        command.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// (minflt, majflt) of a live process, from /proc/<pid>/stat: the kernel's own fault counts.
+pub fn process_faults(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command (which may contain spaces) start at state (field 3).
+    let rest = stat.rsplit_once(')').context("no comm in stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field =
+        |n: usize| -> anyhow::Result<u64> { Ok(fields.get(n - 3).context("short stat")?.parse()?) };
+    Ok((field(10)?, field(12)?))
+}
+
+/// Moves every thread of this process (and so the threads they spawn later) to `cpu`, so a test
+/// can leave another CPU to its workload alone.
+pub fn pin_this_process_to_cpu(cpu: usize) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays within it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    for task in fs::read_dir("/proc/self/task")? {
+        let tid: libc::pid_t = task?.file_name().to_string_lossy().parse()?;
+        // SAFETY: plain syscall on a thread of ours.
+        if unsafe { libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &set) } != 0 {
+            bail!("sched_setaffinity({tid}): {}", io::Error::last_os_error());
+        }
     }
     Ok(())
 }

@@ -1,121 +1,17 @@
 //! Root + BPF: per-cgroup CPU time streamed over gRPC agrees with the kernel's own counters.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     process::Command,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
-use collector::{
-    app::{self, Running, ServeConfig},
-    proto::{
-        CgroupStats, WatchRequest, WatchResponse, collector_client::CollectorClient,
-        probe_status::State,
-    },
+use collector_integration_tests::{
+    TestCgroup, relative_diff, wait_cpu_ns,
+    watch::{catch_up, next, start_watching, start_watching_with},
 };
-use collector_integration_tests::{TestCgroup, can_run, relative_diff, skip, wait_cpu_ns};
-use tonic::Streaming;
 
 const BURN_MS: u64 = 2000;
-
-/// The stream's view of every cgroup, updated message by message.
-#[derive(Default)]
-struct View(HashMap<u64, CgroupStats>, HashSet<u64>);
-
-impl View {
-    fn apply(&mut self, msg: WatchResponse) {
-        for id in msg.removed_cgroup_ids {
-            self.0.remove(&id);
-            // Every removal the stream announced.
-            self.1.insert(id);
-        }
-        for c in msg.cgroups {
-            self.0.insert(c.cgroup_id, c);
-        }
-    }
-
-    /// (eBPF ns, cgroupfs ns) of one cgroup.
-    fn cpu(&self, id: u64) -> Option<(u64, u64)> {
-        let c = self.0.get(&id)?;
-        Some((
-            c.ebpf_cpu.as_ref()?.on_cpu_nano_seconds,
-            c.cgroupfs_cpu.as_ref()?.usage_core_nano_seconds?,
-        ))
-    }
-}
-
-/// Applies the next message and returns its sample time (Unix ns).
-async fn next(stream: &mut Streaming<WatchResponse>, view: &mut View) -> u64 {
-    let msg = tokio::time::timeout(Duration::from_secs(10), stream.message())
-        .await
-        .expect("no Watch message within 10 s")
-        .expect("Watch stream error")
-        .expect("Watch stream ended");
-    let at = msg.timestamp_unix_nano;
-    view.apply(msg);
-    at
-}
-
-/// Reads until the view reflects a sample taken at least `margin` after now.
-async fn catch_up(stream: &mut Streaming<WatchResponse>, view: &mut View, margin: Duration) {
-    let target = unix_ns(SystemTime::now() + margin);
-    while next(stream, view).await < target {}
-}
-
-fn unix_ns(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
-}
-
-/// Starts an in-process collector on loopback and subscribes over gRPC. `None` (after a skip
-/// message, or a failure under COLLECTOR_REQUIRE_BPF=1) when sched_switch is not active.
-async fn start_watching(
-    test: &str,
-    interval_ms: u32,
-) -> Option<(Running, Streaming<WatchResponse>, View)> {
-    // These tests compare both sources live, so cgroupfs is read on every pass.
-    start_watching_with(test, interval_ms, Duration::ZERO).await
-}
-
-async fn start_watching_with(
-    test: &str,
-    interval_ms: u32,
-    cgroupfs_interval: Duration,
-) -> Option<(Running, Streaming<WatchResponse>, View)> {
-    if !can_run(test) {
-        return None;
-    }
-    let running = app::start(ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        cgroupfs_interval,
-        ..ServeConfig::default()
-    })
-    .await
-    .expect("collector starts");
-    let mut client = CollectorClient::connect(format!("http://{}", running.addr))
-        .await
-        .unwrap();
-    let mut stream = client
-        .watch(WatchRequest {
-            interval_ms: Some(interval_ms),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let first = stream.message().await.unwrap().unwrap();
-    let probe = first
-        .probes
-        .iter()
-        .find(|p| p.name == "sched_switch")
-        .expect("sched_switch status reported")
-        .clone();
-    if probe.state() != State::Active {
-        skip(test, &format!("sched_switch not active: {}", probe.reason));
-        return None;
-    }
-    let mut view = View::default();
-    view.apply(first);
-    Some((running, stream, view))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ebpf_and_cgroupfs_cpu_time_match_the_process() {
@@ -216,10 +112,10 @@ async fn removed_cgroup_is_announced_and_its_time_moves_to_the_parent() {
     // The removal is announced, and the parent keeps the child's time (as cpu.stat does).
     catch_up(&mut stream, &mut view, Duration::from_millis(100)).await;
     assert!(
-        view.1.contains(&child_id),
+        view.removed.contains(&child_id),
         "child cgroup removal never announced"
     );
-    assert!(!view.0.contains_key(&child_id));
+    assert!(!view.cgroups.contains_key(&child_id));
     let (parent_ebpf, parent_fs) = view.cpu(parent.id()).expect("parent in stream");
     eprintln!(
         "parent after child removal: ebpf {parent_ebpf}, cgroupfs {parent_fs}, child rusage {truth}"
@@ -240,6 +136,7 @@ async fn cgroupfs_is_read_at_its_own_pace_while_ebpf_moves_every_sample() {
         "cgroupfs_is_read_at_its_own_pace_while_ebpf_moves_every_sample",
         100,
         CGROUPFS_INTERVAL,
+        &["sched_switch"],
     )
     .await
     else {
@@ -256,7 +153,9 @@ async fn cgroupfs_is_read_at_its_own_pace_while_ebpf_moves_every_sample() {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(2) {
         next(&mut stream, &mut view).await;
-        let Some(c) = view.0.get(&id) else { continue };
+        let Some(c) = view.cgroups.get(&id) else {
+            continue;
+        };
         ebpf_values.insert(c.ebpf_cpu.as_ref().map(|e| e.on_cpu_nano_seconds));
         read_times.insert(c.cgroupfs_time_unix_nano);
         last_cgroupfs_rate = c.cgroupfs_cpu.as_ref().and_then(|f| f.usage_nano_cores);

@@ -11,12 +11,12 @@ use std::{
 };
 
 use collector::{
-    app::{self, ServeConfig},
+    app::ServeConfig,
     cgroupfs::CgroupMounts,
     probes::ProbeConfig,
-    proto::{CgroupStats, GetSummaryRequest, collector_client::CollectorClient},
+    proto::{CgroupStats, GetSummaryRequest},
 };
-use collector_integration_tests::{TestCgroup, can_run, relative_diff};
+use collector_integration_tests::{TestCgroup, can_run, relative_diff, watch::start_local};
 
 const TOUCH_MIB: u64 = 64;
 const BURN_MS: u64 = 700;
@@ -94,8 +94,7 @@ async fn memory_from_its_own_hierarchy_and_cpu_from_cgroup2() {
         .unwrap();
     assert_eq!(ready.trim(), "ready", "workload did not start");
 
-    let running = app::start(ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
+    let (running, mut client) = start_local(ServeConfig {
         // The kernel's own accounting is under test here, not the probes.
         probes: ProbeConfig {
             disabled: true,
@@ -103,11 +102,7 @@ async fn memory_from_its_own_hierarchy_and_cpu_from_cgroup2() {
         },
         ..ServeConfig::default()
     })
-    .await
-    .expect("collector starts");
-    let mut client = CollectorClient::connect(format!("http://{}", running.addr))
-        .await
-        .unwrap();
+    .await;
     let summary = client
         .get_summary(GetSummaryRequest {})
         .await

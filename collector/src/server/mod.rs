@@ -161,12 +161,36 @@ pub async fn serve(
     health_reporter
         .set_serving::<CollectorServer<CollectorService>>()
         .await;
+    tokio::spawn(report_probe_health(service.store.clone(), health_reporter));
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
         .add_service(CollectorServer::new(service))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
+}
+
+/// Health service name of each probe program: SERVING when active, NOT_SERVING otherwise (the
+/// reason is in the `probes` of every snapshot).
+pub fn probe_health_name(program: &str) -> String {
+    format!("collector.v1.probe.{program}")
+}
+
+async fn report_probe_health(store: StoreHandle, reporter: tonic_health::server::HealthReporter) {
+    use tonic_health::ServingStatus;
+    let Some(snap) = store.first_or_latest(Duration::from_secs(60)).await else {
+        return;
+    };
+    for probe in &snap.probes {
+        let status = if probe.is_active() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        reporter
+            .set_service_status(probe_health_name(probe.name), status)
+            .await;
+    }
 }
 
 /// Binds the API address, with the address in the error.
