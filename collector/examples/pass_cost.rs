@@ -113,7 +113,7 @@ fn main() -> anyhow::Result<()> {
     let (_, fast) = measure(probes, Duration::from_secs(3600))?;
     let every_10s = fast + full / 10;
     println!(
-        "eBPF pass (walk + maps): {:.1} µs CPU ({:.2} µs per cgroup)",
+        "probe-only pass (lifecycle events + maps): {:.1} µs CPU ({:.2} µs per cgroup)",
         fast.as_secs_f64() * 1e6,
         per_cgroup(fast)
     );

@@ -286,3 +286,35 @@ async fn map_entries_return_to_their_level_after_cgroup_churn() {
     );
     running.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_events_discover_cgroups_between_walks() {
+    let test = "lifecycle_events_discover_cgroups_between_walks";
+    let needs = ["sched_switch", "cgroup_mkdir", "cgroup_rmdir"];
+    // Full reads (and walks) a minute apart: only the events can show these changes.
+    let Some((running, mut stream, mut view)) =
+        start_watching_with(test, 200, Duration::from_secs(60), &needs).await
+    else {
+        return;
+    };
+    next(&mut stream, &mut view).await;
+    let cgroup = TestCgroup::create("events").unwrap();
+    let id = cgroup.id();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !view.cgroups.contains_key(&id) {
+        assert!(
+            Instant::now() < deadline,
+            "created cgroup not discovered from its event"
+        );
+        next(&mut stream, &mut view).await;
+    }
+    assert_eq!(view.cgroups[&id].path, cgroup.relative);
+    drop(cgroup);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !view.removed.contains(&id) {
+        assert!(Instant::now() < deadline, "removal not seen from its event");
+        next(&mut stream, &mut view).await;
+    }
+    assert!(view.terminated.iter().any(|t| t.cgroup_id == id));
+    running.stop().await.unwrap();
+}

@@ -2,7 +2,7 @@
 //! records of removed cgroups (short-lived ones included), and OOM kills.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -67,15 +67,31 @@ pub struct EbpfMerge {
     oom_own: HashMap<u64, u64>,
 }
 
+/// Cgroup creations and removals drained in one pass, for discovery without a walk.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Lifecycle {
+    pub created: Vec<(u64, Arc<str>)>,
+    pub removed: HashSet<u64>,
+}
+
 impl EbpfMerge {
-    /// Applies the drained events: remembers short-lived cgroups and returns the OOM kills.
-    pub fn take_events(&mut self, events: Vec<ProbeEvent>, wall: SystemTime) -> Vec<OomKill> {
+    /// Applies the drained events: remembers short-lived cgroups, returns the OOM kills and the
+    /// creations/removals.
+    pub fn take_events(
+        &mut self,
+        events: Vec<ProbeEvent>,
+        wall: SystemTime,
+    ) -> (Vec<OomKill>, Lifecycle) {
         let mono_now = monotonic_ns();
         let mut kills = Vec::new();
+        let mut lifecycle = Lifecycle::default();
         for event in events {
             match event {
-                ProbeEvent::CgroupCreated { .. } => {}
+                ProbeEvent::CgroupCreated { cgroup_id, path } => {
+                    lifecycle.created.push((cgroup_id, Arc::from(path)));
+                }
                 ProbeEvent::CgroupRemoved { cgroup_id, path } => {
+                    lifecycle.removed.insert(cgroup_id);
                     if !self.paths.contains_key(&cgroup_id) && !path.is_empty() {
                         self.unseen_removed.push((cgroup_id, Arc::from(path)));
                     }
@@ -98,7 +114,7 @@ impl EbpfMerge {
                 }
             }
         }
-        kills
+        (kills, lifecycle)
     }
 
     /// Adds the removed-but-never-seen cgroups to `nodes` under their nearest present ancestor
@@ -198,6 +214,59 @@ impl EbpfMerge {
     }
 }
 
+/// The previous pass's nodes updated by creation/removal events, in pre-order with parent
+/// indices, as a walk would give them: removed cgroups (and anything below them) leave, created
+/// ones join under their parent (found by path) after it. A created cgroup whose parent is
+/// unknown is left for the next walk.
+pub fn apply_lifecycle(previous: &[CgroupNode], events: &Lifecycle) -> Vec<CgroupNode> {
+    let mut nodes: Vec<CgroupNode> = Vec::with_capacity(previous.len() + events.created.len());
+    let mut new_index: Vec<Option<usize>> = vec![None; previous.len()];
+    for (i, node) in previous.iter().enumerate() {
+        if events.removed.contains(&node.id) {
+            continue;
+        }
+        let parent = match node.parent {
+            None => None,
+            // A parent that left takes its subtree with it.
+            Some(p) => match new_index[p] {
+                Some(np) => Some(np),
+                None => continue,
+            },
+        };
+        new_index[i] = Some(nodes.len());
+        nodes.push(CgroupNode {
+            parent,
+            ..node.clone()
+        });
+    }
+    let mut by_path: HashMap<Arc<str>, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.path.clone(), i))
+        .collect();
+    let mut created: Vec<&(u64, Arc<str>)> = events
+        .created
+        .iter()
+        .filter(|(id, _)| !events.removed.contains(id))
+        .collect();
+    created.sort_by_key(|(_, p)| p.matches('/').count());
+    for (id, path) in created {
+        if by_path.contains_key(path) {
+            continue;
+        }
+        let Some(parent) = ancestors(path).next().and_then(|p| by_path.get(p).copied()) else {
+            continue;
+        };
+        by_path.insert(path.clone(), nodes.len());
+        nodes.push(CgroupNode {
+            id: *id,
+            path: path.clone(),
+            parent: Some(parent),
+        });
+    }
+    nodes
+}
+
 fn apply<const N: usize>(
     t: Totals<N>,
     values: &mut [EbpfValues],
@@ -259,7 +328,7 @@ mod tests {
         let mut merge = EbpfMerge::default();
         let mut nodes = vec![node(1, "/", None), node(2, "/pod", Some(0))];
         merge.paths = nodes.iter().map(|n| (n.id, n.path.clone())).collect();
-        merge.take_events(
+        let _ = merge.take_events(
             vec![
                 ProbeEvent::CgroupCreated {
                     cgroup_id: 9,
@@ -289,10 +358,39 @@ mod tests {
     }
 
     #[test]
+    fn lifecycle_events_update_the_tree_like_a_walk() {
+        let previous = vec![
+            node(1, "/", None),
+            node(2, "/a", Some(0)),
+            node(3, "/a/x", Some(1)),
+            node(4, "/b", Some(0)),
+        ];
+        let events = Lifecycle {
+            created: vec![
+                (6, Arc::from("/b/y/z")),
+                (5, Arc::from("/b/y")),
+                (7, Arc::from("/gone")),
+                (8, Arc::from("/orphan/child")),
+            ],
+            removed: [3, 2, 7].into_iter().collect(),
+        };
+        let nodes = apply_lifecycle(&previous, &events);
+        assert_eq!(
+            nodes,
+            vec![
+                node(1, "/", None),
+                node(4, "/b", Some(0)),
+                node(5, "/b/y", Some(1)),
+                node(6, "/b/y/z", Some(2)),
+            ]
+        );
+    }
+
+    #[test]
     fn oom_kills_are_counted_per_cgroup_and_dated_from_the_monotonic_clock() {
         let mut merge = EbpfMerge::default();
         let wall = SystemTime::now();
-        let kills = merge.take_events(
+        let (kills, _) = merge.take_events(
             vec![ProbeEvent::OomKill {
                 time_ns: monotonic_ns() - 2_000_000_000,
                 pid: 7,

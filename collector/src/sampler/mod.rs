@@ -97,6 +97,8 @@ pub struct Sampler {
     known: HashMap<u64, Known>,
     cgroupfs_interval: Duration,
     last_full: Option<Instant>,
+    /// The tree as of the last pass (walked or updated from lifecycle events).
+    last_nodes: Vec<cgroupfs::CgroupNode>,
     proc_root: PathBuf,
     pub stats: SamplerStats,
 }
@@ -112,6 +114,7 @@ impl Sampler {
             known: HashMap::new(),
             cgroupfs_interval: DEFAULT_CGROUPFS_INTERVAL,
             last_full: None,
+            last_nodes: Vec::new(),
             proc_root: PathBuf::from("/proc"),
             stats: SamplerStats::default(),
         }
@@ -156,11 +159,18 @@ impl Sampler {
             .as_mut()
             .map(|e| e.drain())
             .unwrap_or_default();
-        let mut oom_kills = self.ebpf.take_events(events, wall);
-        let mut nodes = cgroupfs::walk(&self.mount)?;
-        let walked = nodes.len();
-        self.ebpf.add_unseen(&mut nodes);
+        let (mut oom_kills, lifecycle) = self.ebpf.take_events(events, wall);
         let full = self.full_pass(taken_at);
+        // Between full passes, creation/removal events keep the tree current; the walk on full
+        // passes is the safety net (lost events, cgroups outside the events' view).
+        let mut nodes = if !full && self.probes.lifecycle_active() && !self.last_nodes.is_empty() {
+            ebpf::apply_lifecycle(&self.last_nodes, &lifecycle)
+        } else {
+            cgroupfs::walk(&self.mount)?
+        };
+        let walked = nodes.len();
+        self.last_nodes = nodes.clone();
+        self.ebpf.add_unseen(&mut nodes);
         if full {
             self.reader.refresh_controllers();
             self.last_full = Some(taken_at);
