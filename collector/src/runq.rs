@@ -29,9 +29,35 @@ fn bucket_edge(i: usize) -> u64 {
     (1u64 << (i + 1).min(63)) - 1
 }
 
-/// The window between two cumulative histograms; `None` when a counter went backwards (the
-/// cgroup was recreated under the same id) or no time passed.
-pub fn window(
+/// Turns histogram deltas into windows, reusing one `hdrhistogram` for every cgroup and pass.
+pub struct Summarizer {
+    hist: Histogram<u64>,
+}
+
+impl Default for Summarizer {
+    fn default() -> Self {
+        Self {
+            // Three significant digits are plenty for values that are bucket edges.
+            hist: Histogram::new(3).expect("3 significant digits is a valid precision"),
+        }
+    }
+}
+
+impl Summarizer {
+    /// The window between two cumulative histograms; `None` when a counter went backwards
+    /// (the cgroup was recreated under the same id) or no time passed.
+    pub fn window(
+        &mut self,
+        prev: &[u64; RUNQ_VALUES],
+        cur: &[u64; RUNQ_VALUES],
+        duration_ns: u64,
+    ) -> Option<RunqWindow> {
+        window(&mut self.hist, prev, cur, duration_ns)
+    }
+}
+
+fn window(
+    hist: &mut Histogram<u64>,
     prev: &[u64; RUNQ_VALUES],
     cur: &[u64; RUNQ_VALUES],
     duration_ns: u64,
@@ -47,10 +73,7 @@ pub fn window(
         total_wait_ns: total - prev_total,
         ..RunqWindow::default()
     };
-    // Three significant digits are plenty for values that are bucket edges.
-    let Ok(mut hist) = Histogram::<u64>::new(3) else {
-        return Some(w);
-    };
+    hist.reset();
     let mut any = false;
     for i in 0..RUNQ_BUCKETS {
         let n = cur[i] - prev[i];
@@ -91,7 +114,9 @@ mod tests {
             &[(10, 1090), (21, 10)],
             1_000_000 + 90 * 1500 + 10 * 3_000_000,
         );
-        let w = window(&prev, &cur, 1_000_000_000).unwrap();
+        let w = Summarizer::default()
+            .window(&prev, &cur, 1_000_000_000)
+            .unwrap();
         assert_eq!(w.waits, 100);
         assert_eq!(w.total_wait_ns, 90 * 1500 + 10 * 3_000_000);
         let within = |v: Option<u64>, edge: u64| {
@@ -107,9 +132,12 @@ mod tests {
     #[test]
     fn no_waits_no_percentiles_and_a_restart_is_absent() {
         let h = hist(&[(5, 3)], 100);
-        let w = window(&h, &h, 1).unwrap();
+        let mut s = Summarizer::default();
+        // After a window with waits, the reused histogram starts empty again.
+        s.window(&hist(&[], 0), &h, 1).unwrap();
+        let w = s.window(&h, &h, 1).unwrap();
         assert_eq!((w.waits, w.p50_ns), (0, None));
-        assert_eq!(window(&h, &hist(&[(5, 1)], 10), 1), None);
-        assert_eq!(window(&h, &h, 0), None);
+        assert_eq!(s.window(&h, &hist(&[(5, 1)], 10), 1), None);
+        assert_eq!(s.window(&h, &h, 0), None);
     }
 }

@@ -197,7 +197,7 @@ async fn run(
     base_period: Duration,
 ) {
     let mut seq = 0;
-    let mut previous: HashMap<u64, Counters> = HashMap::new();
+    let mut previous = RateState::default();
     let mut recent = Arc::new(Recent::default());
     loop {
         let started = Instant::now();
@@ -259,8 +259,17 @@ async fn run(
     }
 }
 
+/// What rates are computed against: each cgroup's counters as last read.
+#[derive(Default)]
+struct RateState {
+    counters: HashMap<u64, Counters>,
+    runq: runq::Summarizer,
+}
+
 /// Rates against the previous sample, updating the baseline.
-fn rates_since(previous: &mut HashMap<u64, Counters>, sample: &Sample) -> Vec<CgroupRates> {
+fn rates_since(state: &mut RateState, sample: &Sample) -> Vec<CgroupRates> {
+    let previous = &mut state.counters;
+    let summarizer = &mut state.runq;
     let reading = |value: Option<u64>, at| value.map(|value| Reading { value, at });
     let rate = |prev: Option<Reading>, cur: Option<Reading>| cur.and_then(|c| per_second(prev, c));
     let mut next = HashMap::with_capacity(sample.cgroups.len());
@@ -289,7 +298,7 @@ fn rates_since(previous: &mut HashMap<u64, Counters>, sample: &Sample) -> Vec<Cg
             now.rates.runq = match (&prev.runq, &now.runq) {
                 (Some((t0, h0)), Some((t1, h1))) => {
                     let dt = t1.saturating_duration_since(*t0).as_nanos();
-                    runq::window(h0, h1, u64::try_from(dt).unwrap_or(u64::MAX))
+                    summarizer.window(h0, h1, u64::try_from(dt).unwrap_or(u64::MAX))
                 }
                 _ => None,
             };
@@ -367,7 +376,7 @@ mod tests {
     fn first_sample_absent_then_rates_then_restart_absent() {
         let t0 = Instant::now();
         let second = Duration::from_secs(1);
-        let mut previous = HashMap::new();
+        let mut previous = RateState::default();
         let r = rates_since(&mut previous, &sample(t0, 1_000, 100, Some(5)));
         assert_eq!(r[0], CgroupRates::default());
 
@@ -396,7 +405,7 @@ mod tests {
     fn a_carried_reading_keeps_its_rates_while_ebpf_moves_on() {
         let t0 = Instant::now();
         let second = Duration::from_secs(1);
-        let mut previous = HashMap::new();
+        let mut previous = RateState::default();
         rates_since(&mut previous, &sample(t0, 0, 0, Some(0)));
         let r = rates_since(
             &mut previous,

@@ -29,6 +29,8 @@ pub fn run(targets: Vec<String>, seconds: u64) -> anyhow::Result<()> {
         let corpus = format!("corpus/{target}");
         fs::create_dir_all(Path::new(FUZZ_DIR).join(&corpus))?;
         eprintln!("==> fuzzing {target} for {seconds} s");
+        let artifacts = Path::new(FUZZ_DIR).join("artifacts").join(target);
+        let saved_before = count_files(&artifacts);
         let output = Command::new("cargo")
             .current_dir("collector")
             // The fuzzers test parsers only; the eBPF object is not needed.
@@ -43,9 +45,8 @@ pub fn run(targets: Vec<String>, seconds: u64) -> anyhow::Result<()> {
         let log = String::from_utf8_lossy(&output.stderr);
         if !output.status.success() {
             eprintln!("{log}");
-            let artifacts = Path::new(FUZZ_DIR).join("artifacts").join(target);
-            let crashed = fs::read_dir(&artifacts).is_ok_and(|mut d| d.next().is_some());
-            if crashed {
+            // A new file there is this run's failing input (old ones are earlier runs').
+            if count_files(&artifacts) > saved_before {
                 bail!(
                     "fuzz target {target} found a failing input, saved under {}",
                     artifacts.display()
@@ -73,6 +74,10 @@ pub fn run(targets: Vec<String>, seconds: u64) -> anyhow::Result<()> {
         eprintln!("    {line}");
     }
     Ok(())
+}
+
+fn count_files(dir: &Path) -> usize {
+    fs::read_dir(dir).map_or(0, |d| d.count())
 }
 
 fn list_targets() -> anyhow::Result<Vec<String>> {

@@ -1,7 +1,5 @@
 //! The events ring buffer: OOM kills and cgroup creation/removal, drained once per pass.
 
-use std::os::fd::AsRawFd as _;
-
 use aya::maps::{MapData, RingBuf};
 use collector_common::{Event, event};
 
@@ -44,10 +42,6 @@ impl EventReader {
             }
         }
         out
-    }
-
-    pub fn fd(&self) -> i32 {
-        self.ring.as_raw_fd()
     }
 }
 

@@ -145,13 +145,15 @@ impl Probes {
                 return probes;
             }
         };
+        // Parsed once: struct offsets and tracepoint prototypes both come from it.
         let own_btf = btf::Btf::from_file(&config.btf_path);
-        let (offsets, offsets_error) = match offsets::task_offsets(&config.btf_path) {
+        let offsets = own_btf
+            .as_ref()
+            .map_err(|e| e.to_string())
+            .and_then(|b| offsets::task_offsets(b).map_err(|e| e.to_string()));
+        let (offsets, offsets_error) = match offsets {
             Ok(o) => (o, None),
-            Err(e) => (
-                collector_common::TaskOffsets::default(),
-                Some(e.to_string()),
-            ),
+            Err(e) => (collector_common::TaskOffsets::default(), Some(e)),
         };
         // aya-log level: 0 = off unless asked for (the programs still compile the calls in).
         let log_level: u8 = if config.ebpf_log { 0xff } else { 0 };

@@ -1,16 +1,14 @@
 //! Kernel struct offsets for the eBPF programs, computed from the running kernel's BTF.
 
-use std::path::Path;
-
 use collector_common::TaskOffsets;
 
 use super::btf::{Btf, BtfError};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Offsets to follow `task_struct *` -> pid and -> cgroups->dfl_cgrp->kn->id.
-pub fn task_offsets(btf_path: &Path) -> Result<TaskOffsets, BtfError> {
-    let btf = Btf::from_file(btf_path)?;
+/// Offsets to follow `task_struct *` -> pid, comm and cgroups->dfl_cgrp->kn->id, and
+/// `cgroup` -> root->hierarchy_id.
+pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets, BtfError> {
     Ok(TaskOffsets {
         task_pid: btf.member_offset("task_struct", "pid", Some(4))?,
         task_cgroups: btf.member_offset("task_struct", "cgroups", Some(8))?,

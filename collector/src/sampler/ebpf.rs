@@ -121,22 +121,12 @@ impl EbpfMerge {
     /// (shallowest first, so a short-lived parent is there before its child). Returns how many
     /// were added; they are the last nodes and have no cgroupfs reading.
     pub fn add_unseen(&mut self, nodes: &mut Vec<CgroupNode>) -> usize {
-        let mut unseen = std::mem::take(&mut self.unseen_removed);
-        unseen.sort_by_key(|(_, p)| p.matches('/').count());
-        let mut index: HashMap<Arc<str>, usize> = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.path.clone(), i))
-            .collect();
         let before = nodes.len();
-        for (id, path) in unseen {
-            if index.contains_key(&path) || nodes.iter().any(|n| n.id == id) {
-                continue;
-            }
-            let parent = ancestors(&path).find_map(|a| index.get(a).copied());
-            index.insert(path.clone(), nodes.len());
-            nodes.push(CgroupNode { id, path, parent });
-        }
+        graft(
+            nodes,
+            std::mem::take(&mut self.unseen_removed),
+            Parent::NearestPresent,
+        );
         nodes.len() - before
     }
 
@@ -190,7 +180,11 @@ impl EbpfMerge {
                 v.oom_kills = Some(self.oom_own.get(&node.id).copied().unwrap_or(0));
             }
         }
-        let here: HashMap<u64, &Arc<str>> = nodes.iter().map(|n| (n.id, &n.path)).collect();
+        let here: HashMap<u64, &Arc<str>> = if oom_kills.is_empty() {
+            HashMap::new()
+        } else {
+            nodes.iter().map(|n| (n.id, &n.path)).collect()
+        };
         for kill in oom_kills.iter_mut() {
             if let Some(path) = here
                 .get(&kill.cgroup_id)
@@ -218,11 +212,29 @@ impl EbpfMerge {
 /// indices, as a walk would give them: removed cgroups (and anything below them) leave, created
 /// ones join under their parent (found by path) after it. A created cgroup whose parent is
 /// unknown is left for the next walk.
-pub fn apply_lifecycle(previous: &[CgroupNode], events: &Lifecycle) -> Vec<CgroupNode> {
-    let mut nodes: Vec<CgroupNode> = Vec::with_capacity(previous.len() + events.created.len());
+pub fn apply_lifecycle(previous: Vec<CgroupNode>, events: &Lifecycle) -> Vec<CgroupNode> {
+    // Most passes remove nothing: keep the tree as it is then.
+    let mut nodes = if previous.iter().any(|n| events.removed.contains(&n.id)) {
+        without_removed(previous, &events.removed)
+    } else {
+        previous
+    };
+    let created = events
+        .created
+        .iter()
+        .filter(|(id, _)| !events.removed.contains(id))
+        .cloned()
+        .collect();
+    graft(&mut nodes, created, Parent::Direct);
+    nodes
+}
+
+/// `previous` without the removed cgroups and their subtrees, parent indices renumbered.
+fn without_removed(previous: Vec<CgroupNode>, removed: &HashSet<u64>) -> Vec<CgroupNode> {
+    let mut nodes: Vec<CgroupNode> = Vec::with_capacity(previous.len());
     let mut new_index: Vec<Option<usize>> = vec![None; previous.len()];
-    for (i, node) in previous.iter().enumerate() {
-        if events.removed.contains(&node.id) {
+    for (i, node) in previous.into_iter().enumerate() {
+        if removed.contains(&node.id) {
             continue;
         }
         let parent = match node.parent {
@@ -234,37 +246,50 @@ pub fn apply_lifecycle(previous: &[CgroupNode], events: &Lifecycle) -> Vec<Cgrou
             },
         };
         new_index[i] = Some(nodes.len());
-        nodes.push(CgroupNode {
-            parent,
-            ..node.clone()
-        });
+        nodes.push(CgroupNode { parent, ..node });
     }
+    nodes
+}
+
+/// Where a grafted cgroup attaches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Parent {
+    /// Its direct parent; without it the cgroup is left out (the next walk finds it).
+    Direct,
+    /// The nearest ancestor present (for removed cgroups, whose parents may be gone too).
+    NearestPresent,
+}
+
+/// Appends `new` cgroups to `nodes` under their parents, found by path, shallowest first so a
+/// new parent precedes its children. Paths or ids already present are skipped.
+fn graft(nodes: &mut Vec<CgroupNode>, mut new: Vec<(u64, Arc<str>)>, attach: Parent) {
+    if new.is_empty() {
+        return;
+    }
+    new.sort_by_key(|(_, p)| p.matches('/').count());
     let mut by_path: HashMap<Arc<str>, usize> = nodes
         .iter()
         .enumerate()
         .map(|(i, n)| (n.path.clone(), i))
         .collect();
-    let mut created: Vec<&(u64, Arc<str>)> = events
-        .created
-        .iter()
-        .filter(|(id, _)| !events.removed.contains(id))
-        .collect();
-    created.sort_by_key(|(_, p)| p.matches('/').count());
-    for (id, path) in created {
-        if by_path.contains_key(path) {
+    let ids: HashSet<u64> = nodes.iter().map(|n| n.id).collect();
+    for (id, path) in new {
+        if by_path.contains_key(&path) || ids.contains(&id) {
             continue;
         }
-        let Some(parent) = ancestors(path).next().and_then(|p| by_path.get(p).copied()) else {
-            continue;
+        let parent = {
+            let mut up = ancestors(&path);
+            match attach {
+                Parent::Direct => match up.next().and_then(|p| by_path.get(p).copied()) {
+                    Some(p) => Some(p),
+                    None => continue,
+                },
+                Parent::NearestPresent => up.find_map(|a| by_path.get(a).copied()),
+            }
         };
         by_path.insert(path.clone(), nodes.len());
-        nodes.push(CgroupNode {
-            id: *id,
-            path: path.clone(),
-            parent: Some(parent),
-        });
+        nodes.push(CgroupNode { id, path, parent });
     }
-    nodes
 }
 
 fn apply<const N: usize>(
@@ -374,7 +399,7 @@ mod tests {
             ],
             removed: [3, 2, 7].into_iter().collect(),
         };
-        let nodes = apply_lifecycle(&previous, &events);
+        let nodes = apply_lifecycle(previous, &events);
         assert_eq!(
             nodes,
             vec![

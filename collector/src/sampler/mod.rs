@@ -127,8 +127,9 @@ impl Sampler {
     }
 
     /// How often every cgroupfs file is read while the eBPF CPU probe is active. Passes in
-    /// between read only the eBPF maps and walk the tree (new cgroups get a full read at once);
-    /// each cgroup keeps its last reading with the time it was taken. Without the probe every
+    /// between read only the eBPF maps, and keep the tree current from the lifecycle events when
+    /// those probes run (a walk otherwise); new cgroups get a full read at once, and each cgroup
+    /// keeps its last reading with the time it was taken. Without the probe every
     /// pass is a full read, since CPU time must then come from cgroupfs.
     pub fn with_cgroupfs_interval(mut self, interval: Duration) -> Self {
         self.cgroupfs_interval = interval;
@@ -164,21 +165,22 @@ impl Sampler {
         // Between full passes, creation/removal events keep the tree current; the walk on full
         // passes is the safety net (lost events, cgroups outside the events' view).
         let mut nodes = if !full && self.probes.lifecycle_active() && !self.last_nodes.is_empty() {
-            ebpf::apply_lifecycle(&self.last_nodes, &lifecycle)
+            ebpf::apply_lifecycle(std::mem::take(&mut self.last_nodes), &lifecycle)
         } else {
             cgroupfs::walk(&self.mount)?
         };
         let walked = nodes.len();
-        self.last_nodes = nodes.clone();
         self.ebpf.add_unseen(&mut nodes);
         if full {
             self.reader.refresh_controllers();
             self.last_full = Some(taken_at);
         }
         let mut cgroups = Vec::with_capacity(nodes.len());
+        // The node each sample came from, to hand it its eBPF values without a lookup.
+        let mut node_of = Vec::with_capacity(nodes.len());
         // Rebuilt each pass from the last one, so ids of removed cgroups drop out in O(n).
         let mut seen_before = std::mem::take(&mut self.known);
-        for node in &nodes[..walked] {
+        for (index, node) in nodes[..walked].iter().enumerate() {
             let known = match seen_before.remove(&node.id) {
                 Some(known) if !full => known,
                 earlier => {
@@ -208,19 +210,20 @@ impl Sampler {
                 ebpf: EbpfValues::default(),
                 created_unix_nano: known.created_unix_nano,
             });
+            node_of.push(index);
             self.known.insert(node.id, known);
         }
         let mut map_stats = MapStats::default();
-        let (values, terminated) =
+        let (mut values, terminated) =
             self.ebpf
                 .merge(&nodes, &mut self.probes, &mut oom_kills, &mut map_stats);
         self.record_probe_stats(map_stats);
-        let by_id: HashMap<u64, EbpfValues> = nodes.iter().map(|n| n.id).zip(values).collect();
-        for sample in &mut cgroups {
-            if let Some(v) = by_id.get(&sample.id) {
-                sample.ebpf = v.clone();
-            }
+        for (sample, &index) in cgroups.iter_mut().zip(&node_of) {
+            sample.ebpf = std::mem::take(&mut values[index]);
         }
+        // The next pass starts from this tree, without the removed cgroups added for one pass.
+        nodes.truncate(walked);
+        self.last_nodes = nodes;
         cgroups.sort_unstable_by_key(|c| c.id);
         self.stats.passes += 1;
         let meminfo = read_meminfo(&self.proc_root.join("meminfo"));

@@ -266,19 +266,19 @@ impl SubscriberState {
     /// Removals and OOM kills of every snapshot since the last message (none are lost when this
     /// subscriber's interval spans several samples).
     fn events_since(&mut self, snap: &Snapshot, update: &mut proto::WatchResponse) {
-        let newer = |seq: &u64| *seq > self.last_seq;
-        update.terminated = snap
-            .recent
+        // Both logs are in seq order: skip what was sent without scanning it.
+        let last = self.last_seq;
+        let recent = &snap.recent;
+        let from = recent.terminated.partition_point(|(seq, _)| *seq <= last);
+        update.terminated = recent
             .terminated
-            .iter()
-            .filter(|(seq, _)| newer(seq))
+            .range(from..)
             .map(|(_, t)| t.clone())
             .collect();
-        update.oom_kills = snap
-            .recent
+        let from = recent.oom_kills.partition_point(|(seq, _)| *seq <= last);
+        update.oom_kills = recent
             .oom_kills
-            .iter()
-            .filter(|(seq, _)| newer(seq))
+            .range(from..)
             .map(|(_, k)| k.clone())
             .collect();
         self.last_seq = snap.seq;
