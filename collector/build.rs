@@ -13,8 +13,12 @@ fn main() -> anyhow::Result<()> {
 
 fn build_proto() -> anyhow::Result<()> {
     let proto_root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../proto");
-    let files =
-        ["collector/v1/collector.proto", "collector/v1/summary.proto"].map(|f| proto_root.join(f));
+    let files = [
+        "collector/v1/collector.proto",
+        "collector/v1/summary.proto",
+        "collector/v1/aggregator.proto",
+    ]
+    .map(|f| proto_root.join(f));
     println!("cargo:rerun-if-changed={}", proto_root.display());
     let fds =
         protox::compile(&files, [&proto_root]).context("compiling the collector.v1 protos")?;

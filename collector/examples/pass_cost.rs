@@ -78,7 +78,7 @@ fn main() -> anyhow::Result<()> {
         .clone()
         .ok_or_else(|| anyhow::anyhow!("no cgroup2 mount"))?;
     let _extra = Extra::create(&mounts, create)?;
-    let node = NodeInfo::discover(mounts.clone());
+    let node = NodeInfo::discover(mounts.clone(), None);
     let measure =
         |probes: Probes, cgroupfs_interval: Duration| -> anyhow::Result<(usize, Duration)> {
             let mut sampler = Sampler::new(mount.clone(), &mounts, probes)

@@ -10,7 +10,10 @@ use crate::{
     node::NodeInfo,
     probes::{ProbeConfig, Probes},
     sampler::{self, Sampler},
-    server::{self, CollectorService, ServerStats},
+    server::{
+        self, CollectorService, ServerStats, chunk,
+        tls::{ServerTlsFiles, TlsReloader},
+    },
     store::{self, StoreHandle},
 };
 
@@ -26,6 +29,14 @@ pub struct ServeConfig {
     pub base_period: Duration,
     /// Pace of full cgroupfs reads while the eBPF CPU probe is active.
     pub cgroupfs_interval: Duration,
+    /// Serve over TLS (mutual TLS with a client CA).
+    pub tls: Option<ServerTlsFiles>,
+    /// Allow plaintext on a non-loopback address.
+    pub allow_insecure_listen: bool,
+    /// The Kubernetes node name; the hostname when unset.
+    pub node_name: Option<String>,
+    /// Watch messages above this are split into chunks.
+    pub max_message_bytes: usize,
 }
 
 impl Default for ServeConfig {
@@ -36,6 +47,10 @@ impl Default for ServeConfig {
             cgroup2_mount: None,
             base_period: server::DEFAULT_INTERVAL,
             cgroupfs_interval: sampler::DEFAULT_CGROUPFS_INTERVAL,
+            tls: None,
+            allow_insecure_listen: false,
+            node_name: None,
+            max_message_bytes: chunk::DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -84,7 +99,42 @@ impl Running {
     }
 }
 
+/// Plaintext is for loopback; anything else needs TLS or an explicit opt-out, which is logged.
+pub fn check_listen_policy(
+    addr: SocketAddr,
+    tls: bool,
+    allow_insecure: bool,
+) -> anyhow::Result<()> {
+    if tls || addr.ip().is_loopback() {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        allow_insecure,
+        "refusing to serve plaintext gRPC on non-loopback {addr}: pass --tls-cert and --tls-key \
+         (and --tls-client-ca for mutual TLS), or --allow-insecure-listen if the network is \
+         trusted"
+    );
+    tracing::warn!(
+        "serving plaintext gRPC on non-loopback {addr} (--allow-insecure-listen): anyone who can \
+         reach it can read this node's metrics"
+    );
+    Ok(())
+}
+
+/// Loads the TLS files when configured; a bad file stops startup with its path in the error.
+pub fn load_tls(files: Option<&ServerTlsFiles>) -> anyhow::Result<Option<Arc<TlsReloader>>> {
+    files
+        .map(|f| TlsReloader::load(f.clone()).context("loading TLS certificates"))
+        .transpose()
+}
+
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
+    check_listen_policy(
+        config.listen,
+        config.tls.is_some(),
+        config.allow_insecure_listen,
+    )?;
+    let tls = load_tls(config.tls.as_ref())?;
     let mounts = CgroupMounts::discover().context("reading /proc/self/mountinfo")?;
     let mount = config
         .cgroup2_mount
@@ -95,7 +145,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
              yet); mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) or pass \
              --cgroup2-mount",
         )?;
-    let node = NodeInfo::discover(mounts.clone());
+    let node = NodeInfo::discover(mounts.clone(), config.node_name.clone());
     // Bind before loading probes: a taken port should fail fast, not after BPF setup.
     let listener = server::bind(config.listen).await?;
     let addr = listener.local_addr()?;
@@ -112,8 +162,12 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let (store, store_task) = store::spawn(sampler, node, config.base_period);
     let (tx, rx) = oneshot::channel();
     let server_stats = Arc::new(ServerStats::default());
-    let service = CollectorService::new(store.clone(), server_stats.clone());
-    let server = tokio::spawn(server::serve(listener, service, async {
+    let service = CollectorService::new(
+        store.clone(),
+        server_stats.clone(),
+        config.max_message_bytes,
+    );
+    let server = tokio::spawn(server::serve(listener, service, tls, async {
         let _ = rx.await;
     }));
     tracing::info!(%addr, cgroup2 = %mount.display(), "serving collector.v1.Collector");

@@ -4,8 +4,10 @@
 //! [`store`] task owns and publishes as snapshots, which the [`server`] streams to subscribers
 //! such as [`top`].
 
+pub mod aggregate;
 pub mod app;
 pub mod cgroupfs;
+pub mod client;
 pub mod k8s;
 pub mod node;
 pub mod probes;

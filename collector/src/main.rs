@@ -1,12 +1,16 @@
-//! `collector`: the node agent (`serve`, the default) and its client (`top`).
+//! `collector`: the node agent (`serve`, the default), the cluster aggregator (`aggregate`) and
+//! their client (`top`).
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use collector::{
+    aggregate::{self, AggregateConfig, cluster::Freshness, discovery::Targets},
     app::{self, ServeConfig},
+    client::ClientTls,
     probes::ProbeConfig,
-    top::{self, TopConfig},
+    server::{chunk, tls::ServerTlsFiles},
+    top::{self, SortBy, TopConfig, View},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -23,8 +27,108 @@ struct Cli {
 enum Command {
     /// Run the collector (the default).
     Serve(ServeArgs),
-    /// Show the busiest cgroups of a running collector, refreshing.
+    /// Tables like `kubectl top` (nodes, pods, cgroups) from a collector or an aggregator.
     Top(TopArgs),
+    /// Subscribe to many collectors and serve the cluster view (gRPC and metrics.k8s.io JSON).
+    Aggregate(AggregateArgs),
+}
+
+#[derive(Args, Clone)]
+struct ServerTlsArgs {
+    /// PEM certificate chain: serve gRPC over TLS. Reloaded when the file changes.
+    #[arg(long, env = "COLLECTOR_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "COLLECTOR_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle: require client certificates signed by it (mutual TLS).
+    #[arg(long, env = "COLLECTOR_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Serve plaintext on a non-loopback address (refused otherwise). Logs a warning.
+    #[arg(long, env = "COLLECTOR_ALLOW_INSECURE_LISTEN")]
+    allow_insecure_listen: bool,
+}
+
+impl ServerTlsArgs {
+    fn files(&self) -> Option<ServerTlsFiles> {
+        Some(ServerTlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
+    }
+}
+
+#[derive(Args, Clone)]
+struct ClientTlsArgs {
+    /// CA of the server's certificate: connect over TLS.
+    #[arg(long = "tls-ca", env = "COLLECTOR_CLIENT_TLS_CA")]
+    ca: Option<PathBuf>,
+    /// Client certificate, for servers that require mutual TLS.
+    #[arg(
+        long = "tls-client-cert",
+        env = "COLLECTOR_CLIENT_TLS_CERT",
+        requires = "key"
+    )]
+    cert: Option<PathBuf>,
+    #[arg(
+        long = "tls-client-key",
+        env = "COLLECTOR_CLIENT_TLS_KEY",
+        requires = "cert"
+    )]
+    key: Option<PathBuf>,
+    /// Name the server certificate must carry (default: the endpoint's host).
+    #[arg(long = "tls-server-name", env = "COLLECTOR_CLIENT_TLS_SERVER_NAME")]
+    domain: Option<String>,
+}
+
+impl ClientTlsArgs {
+    fn config(&self) -> ClientTls {
+        ClientTls {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            domain: self.domain.clone(),
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct AggregateArgs {
+    /// Collectors to subscribe to: host:port, comma-separated.
+    #[arg(long, env = "AGGREGATOR_COLLECTORS", value_delimiter = ',')]
+    collectors: Vec<String>,
+    /// DNS names (name:port) resolved to every address they have, e.g. a headless Service.
+    #[arg(long, env = "AGGREGATOR_DISCOVER", value_delimiter = ',')]
+    discover: Vec<String>,
+    /// How often --discover names are resolved again, in seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    resolve_every_s: u64,
+    /// Watch interval asked of each collector, in ms (metrics-server's resolution).
+    #[arg(long, env = "AGGREGATOR_INTERVAL_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    interval_ms: u64,
+    /// A node silent for this long is marked stale (and left out of metrics.k8s.io), in ms.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
+    stale_after_ms: u64,
+    /// A node silent for this long is forgotten, in ms.
+    #[arg(long, default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(100..))]
+    forget_after_ms: u64,
+    /// Reconnect backoff: first delay and cap, in ms (each delay is jittered).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..))]
+    backoff_min_ms: u64,
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(10..))]
+    backoff_max_ms: u64,
+    /// gRPC listen address of the cluster API.
+    #[arg(long, env = "AGGREGATOR_LISTEN", default_value = aggregate::DEFAULT_GRPC_LISTEN)]
+    listen: SocketAddr,
+    /// metrics.k8s.io JSON listen address ("off" to disable).
+    #[arg(long, env = "AGGREGATOR_HTTP_LISTEN", default_value = aggregate::DEFAULT_HTTP_LISTEN)]
+    http_listen: String,
+    #[command(flatten)]
+    server_tls: ServerTlsArgs,
+    #[command(flatten)]
+    client_tls: ClientTlsArgs,
 }
 
 #[derive(Args, Clone)]
@@ -53,16 +157,25 @@ struct ServeArgs {
     #[arg(long, env = "COLLECTOR_CGROUPFS_INTERVAL_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     cgroupfs_interval_ms: u64,
+    /// The Kubernetes node name reported to aggregators (in a DaemonSet: spec.nodeName via the
+    /// downward API). Default: the hostname.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Watch messages larger than this are split into chunks.
+    #[arg(long, env = "COLLECTOR_MAX_MESSAGE_BYTES", default_value_t = chunk::DEFAULT_MAX_MESSAGE_BYTES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16_384..=(64 << 20)))]
+    max_message_bytes: usize,
+    #[command(flatten)]
+    tls: ServerTlsArgs,
 }
 
 #[derive(Args)]
 struct TopArgs {
-    /// Collector to watch.
-    #[arg(
-        long,
-        env = "COLLECTOR_ENDPOINT",
-        default_value = "http://127.0.0.1:50051"
-    )]
+    /// What to list.
+    #[arg(value_enum, default_value_t = View::Cgroups)]
+    view: View,
+    /// Collector or aggregator to read (host:port or URL); the kind is detected.
+    #[arg(long, env = "COLLECTOR_ENDPOINT", default_value = "127.0.0.1:50051")]
     endpoint: String,
     /// Refresh interval in ms (100..=60000).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
@@ -70,9 +183,20 @@ struct TopArgs {
     /// Rows to show.
     #[arg(long, default_value_t = 25)]
     rows: usize,
-    /// Print one table (after the first update, so rates are present) and exit.
+    /// Sort by.
+    #[arg(long, value_enum, default_value_t = SortBy::Cpu)]
+    sort_by: SortBy,
+    /// Only pods (and their cgroups) of this namespace.
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// cgroups view: only cgroups at or below this path.
+    #[arg(long)]
+    cgroup_prefix: Option<String>,
+    /// Print one table (once rates are present) and exit.
     #[arg(long)]
     once: bool,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 }
 
 #[tokio::main]
@@ -88,12 +212,18 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Top(args)) => {
             top::run(TopConfig {
                 endpoint: args.endpoint,
+                tls: args.tls.config(),
+                view: args.view,
                 interval: Duration::from_millis(args.interval_ms),
                 rows: args.rows,
+                sort: args.sort_by,
+                namespace: args.namespace,
+                cgroup_prefix: args.cgroup_prefix,
                 once: args.once,
             })
             .await
         }
+        Some(Command::Aggregate(args)) => aggregate(args).await,
         Some(Command::Serve(args)) => serve(args).await,
         None => serve(cli.serve).await,
     }
@@ -111,6 +241,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cgroup2_mount: args.cgroup2_mount,
         base_period: Duration::from_millis(args.sample_interval_ms),
         cgroupfs_interval: Duration::from_millis(args.cgroupfs_interval_ms),
+        tls: args.tls.files(),
+        allow_insecure_listen: args.tls.allow_insecure_listen,
+        node_name: args.node_name,
+        max_message_bytes: args.max_message_bytes,
     };
     let running = app::start(config).await?;
     eprintln!(
@@ -118,6 +252,71 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         addr = running.addr
     );
     running.run_until(shutdown_signal()).await
+}
+
+async fn aggregate(args: AggregateArgs) -> anyhow::Result<()> {
+    let ms = Duration::from_millis;
+    let http_listen = match args.http_listen.as_str() {
+        "off" | "" => None,
+        addr => Some(addr.parse().map_err(|e| {
+            anyhow::anyhow!("--http-listen {addr:?}: {e} (an address, or \"off\")")
+        })?),
+    };
+    anyhow::ensure!(
+        args.forget_after_ms >= args.stale_after_ms,
+        "--forget-after-ms must be at least --stale-after-ms"
+    );
+    let config = AggregateConfig {
+        targets: Targets {
+            static_addresses: args.collectors,
+            dns_names: args.discover,
+            resolve_every: Duration::from_secs(args.resolve_every_s),
+        },
+        interval: ms(args.interval_ms),
+        freshness: Freshness {
+            stale_after: ms(args.stale_after_ms),
+            forget_after: ms(args.forget_after_ms),
+        },
+        backoff_min: ms(args.backoff_min_ms),
+        backoff_max: ms(args.backoff_max_ms.max(args.backoff_min_ms)),
+        client_tls: args.client_tls.config(),
+        grpc_listen: args.listen,
+        http_listen,
+        server_tls: args.server_tls.files(),
+        allow_insecure_listen: args.server_tls.allow_insecure_listen,
+    };
+    raise_fd_limit();
+    let running = aggregate::start(config).await?;
+    eprintln!(
+        "aggregator: gRPC on {} (collector.v1.Aggregator), metrics.k8s.io JSON on {}",
+        running.grpc_addr,
+        running.http_addr.map_or_else(
+            || "(off)".to_owned(),
+            |a| format!("http://{a}/apis/metrics.k8s.io/v1beta1/nodes")
+        )
+    );
+    running.run_until(shutdown_signal()).await
+}
+
+/// One connection per collector: raise the soft open-files limit to the hard one.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!(
+                    "cannot raise the open-files limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

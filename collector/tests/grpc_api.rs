@@ -51,6 +51,7 @@ async fn invalid_watch_intervals_are_invalid_argument() {
         let err = client
             .watch(WatchRequest {
                 interval_ms: Some(ms),
+                ..Default::default()
             })
             .await
             .expect_err("out-of-range interval accepted");
@@ -62,6 +63,7 @@ async fn invalid_watch_intervals_are_invalid_argument() {
         client
             .watch(WatchRequest {
                 interval_ms: Some(ms),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -77,6 +79,7 @@ async fn snapshot_then_updates_with_changes_only() {
     let mut stream = client
         .watch(WatchRequest {
             interval_ms: Some(100),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -160,7 +163,7 @@ async fn get_summary_health_and_reflection() {
     // The first sample may still be on its way.
     let summary = loop {
         match client
-            .get_summary(collector::proto::GetSummaryRequest {})
+            .get_summary(collector::proto::GetSummaryRequest::default())
             .await
         {
             Ok(s) => break s.into_inner(),
@@ -257,6 +260,7 @@ async fn a_subscriber_that_stops_reading_is_dropped_while_another_keeps_receivin
             .unwrap()
             .watch(WatchRequest {
                 interval_ms: Some(100),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -274,6 +278,7 @@ async fn a_subscriber_that_stops_reading_is_dropped_while_another_keeps_receivin
     let mut stalled = CollectorClient::new(channel)
         .watch(WatchRequest {
             interval_ms: Some(100),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -310,7 +315,7 @@ async fn a_subscriber_that_stops_reading_is_dropped_while_another_keeps_receivin
     let summary = CollectorClient::connect(format!("http://{}", running.addr))
         .await
         .unwrap()
-        .get_summary(collector::proto::GetSummaryRequest {})
+        .get_summary(collector::proto::GetSummaryRequest::default())
         .await
         .unwrap()
         .into_inner();

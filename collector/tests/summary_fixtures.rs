@@ -45,7 +45,8 @@ fn summarize(
     let sample = sampler.sample().unwrap();
     let rates = vec![CgroupRates::default(); sample.cgroups.len()];
     let node = NodeInfo {
-        hostname: "fixture-node".into(),
+        node_name: "fixture-node".into(),
+        hostname: "fixture-host".into(),
         boot_time_unix_nano: 42,
         ..NodeInfo::default()
     };

@@ -124,6 +124,7 @@ pub async fn start_watching_with(
     let mut stream = client
         .watch(WatchRequest {
             interval_ms: Some(interval_ms),
+            ..Default::default()
         })
         .await
         .unwrap()

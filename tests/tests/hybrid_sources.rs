@@ -104,7 +104,7 @@ async fn memory_from_its_own_hierarchy_and_cpu_from_cgroup2() {
     })
     .await;
     let summary = client
-        .get_summary(GetSummaryRequest {})
+        .get_summary(GetSummaryRequest::default())
         .await
         .unwrap()
         .into_inner();

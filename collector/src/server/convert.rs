@@ -21,7 +21,8 @@ pub fn unix_nanos(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn cgroup_stats(c: &CgroupSample, rates: CgroupRates) -> proto::CgroupStats {
+/// The raw record of one cgroup; `histograms` adds the run-queue log2 buckets.
+pub fn cgroup_stats(c: &CgroupSample, rates: CgroupRates, histograms: bool) -> proto::CgroupStats {
     let r = &c.reading;
     let cpu = r.cpu;
     let res = Resources::of(c, &rates);
@@ -48,7 +49,12 @@ pub fn cgroup_stats(c: &CgroupSample, rates: CgroupRates) -> proto::CgroupStats 
         cpu_psi: res.cpu.psi,
         cgroupfs_time_unix_nano: unix_nanos(c.read_wall),
         ebpf_faults: formulas::ebpf_faults(&c.ebpf, Some(&rates)),
-        runq_latency: formulas::runq_latency(&c.ebpf, Some(&rates)),
+        runq_latency: formulas::runq_latency(&c.ebpf, Some(&rates)).map(|mut r| {
+            if histograms && let Some(h) = &c.ebpf.runq {
+                r.bucket_waits = h[..collector_common::RUNQ_BUCKETS].to_vec();
+            }
+            r
+        }),
         ebpf_oom_kills: c.ebpf.oom_kills,
     }
 }
@@ -70,6 +76,7 @@ pub fn probe_status(p: &ProbeStatus) -> proto::ProbeStatus {
 
 pub fn node_info(n: &NodeInfo) -> proto::NodeInfo {
     proto::NodeInfo {
+        node_name: n.node_name.clone(),
         hostname: n.hostname.clone(),
         kernel_release: n.kernel_release.clone(),
         cgroup2_mount: n

@@ -1,6 +1,9 @@
 //! The gRPC API: `collector.v1.Collector` plus health and reflection.
 
+pub mod chunk;
 pub mod convert;
+pub mod filter;
+pub mod tls;
 pub mod watch;
 
 use std::{
@@ -13,7 +16,7 @@ use std::{
 };
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -46,12 +49,18 @@ pub struct CollectorService {
     store: StoreHandle,
     node: Arc<proto::NodeInfo>,
     stats: Arc<ServerStats>,
+    max_message_bytes: usize,
 }
 
 impl CollectorService {
-    pub fn new(store: StoreHandle, stats: Arc<ServerStats>) -> Self {
+    pub fn new(store: StoreHandle, stats: Arc<ServerStats>, max_message_bytes: usize) -> Self {
         let node = Arc::new(convert::node_info(&store.node));
-        Self { store, node, stats }
+        Self {
+            store,
+            node,
+            stats,
+            max_message_bytes,
+        }
     }
 }
 
@@ -78,8 +87,9 @@ const FIRST_SAMPLE_PATIENCE: Duration = Duration::from_secs(5);
 impl Collector for CollectorService {
     async fn get_summary(
         &self,
-        _request: Request<proto::GetSummaryRequest>,
+        request: Request<proto::GetSummaryRequest>,
     ) -> Result<Response<proto::Summary>, Status> {
+        let histograms = request.get_ref().include_histograms;
         let snap = self
             .store
             .first_or_latest(FIRST_SAMPLE_PATIENCE)
@@ -96,7 +106,7 @@ impl Collector for CollectorService {
                 .cgroups
                 .iter()
                 .zip(&snap.rates)
-                .map(|(c, r)| convert::cgroup_stats(c, *r))
+                .map(|(c, r)| convert::cgroup_stats(c, *r, histograms))
                 .collect(),
             probes: snap.probes.iter().map(convert::probe_status).collect(),
             collector: Some(convert::collector_stats(
@@ -119,16 +129,22 @@ impl Collector for CollectorService {
         }))
     }
 
-    type WatchStream = ReceiverStream<Result<proto::WatchResponse, Status>>;
+    type WatchStream = watch::WatchStream;
 
     async fn watch(
         &self,
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let interval = watch_interval(request.get_ref().interval_ms)?;
-        // +1: the slot kept for the RESOURCE_EXHAUSTED goodbye.
-        let (tx, rx) = tokio::sync::mpsc::channel(watch::SUBSCRIBER_BUFFER + 1);
-        let subscription = self.store.subscribe(interval);
+        let req = request.get_ref();
+        let opts = watch::Options {
+            interval: watch_interval(req.interval_ms)?,
+            filter: filter::Filter::from_request(req)?,
+            histograms: req.include_histograms,
+            only_cpu_and_memory: req.only_cpu_and_memory,
+            max_message_bytes: self.max_message_bytes,
+        };
+        let (outbox, stream) = watch::channel();
+        let subscription = self.store.subscribe(opts.interval);
         let stats = self.stats.clone();
         let node = self.node.clone();
         tokio::spawn(async move {
@@ -137,37 +153,67 @@ impl Collector for CollectorService {
                 node,
                 server_stats: stats.clone(),
             };
-            let end = watch::run(subscription, interval, context, tx).await;
+            let end = watch::run(subscription, opts, context, outbox).await;
             if end == watch::End::TooSlow {
                 stats.dropped_subscribers.fetch_add(1, Ordering::Relaxed);
             }
             stats.watch_subscribers.fetch_sub(1, Ordering::Relaxed);
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(stream))
     }
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` (over TLS when `tls` is set) until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     service: CollectorService,
+    tls: Option<Arc<tls::TlsReloader>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("the embedded descriptor set is produced by build.rs and always valid");
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<CollectorServer<CollectorService>>()
         .await;
     tokio::spawn(report_probe_health(service.store.clone(), health_reporter));
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(reflection)
-        .add_service(CollectorServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+        .add_service(reflection())
+        .add_service(CollectorServer::new(service));
+    serve_router(router, listener, tls, shutdown).await
+}
+
+/// Server reflection for every service of the API (collector and aggregator).
+pub fn reflection() -> tonic_reflection::server::v1::ServerReflectionServer<
+    impl tonic_reflection::server::v1::ServerReflection,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor set is produced by build.rs and always valid")
+}
+
+/// Runs a router on a bound listener, plaintext or TLS (with certificate reloading).
+pub async fn serve_router(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    tls: Option<Arc<tls::TlsReloader>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    match tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await
+        }
+        Some(tls) => {
+            let watcher = tls.clone().watch_files(tls::RELOAD_CHECK);
+            let result = router
+                .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
+                .await;
+            watcher.abort();
+            result
+        }
+    }
 }
 
 /// Health service name of each probe program: SERVING when active, NOT_SERVING otherwise (the

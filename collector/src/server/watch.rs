@@ -6,14 +6,17 @@
 
 use std::{
     collections::HashMap,
+    pin::Pin,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use tokio::sync::mpsc;
+use futures::{Stream, StreamExt as _};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use super::{ServerStats, convert};
+use super::{ServerStats, chunk, convert, filter::Filter};
 use crate::{
     proto,
     rate::{Reading, per_second},
@@ -31,7 +34,46 @@ fn pod_uid(p: &proto::PodStats) -> String {
 /// Messages a subscriber may have queued before it counts as too slow.
 pub const SUBSCRIBER_BUFFER: usize = 16;
 
+/// How long the rest of a chunked message may wait for room in a subscriber's buffer.
+const CHUNK_PATIENCE: Duration = Duration::from_secs(10);
+
 pub type WatchSender = mpsc::Sender<Result<proto::WatchResponse, Status>>;
+
+/// What a subscriber receives: its queued messages, then, if it was dropped, why.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchResponse, Status>> + Send>>;
+
+/// The sending side of one subscription, and the stream to hand to tonic.
+pub fn channel() -> (Outbox, WatchStream) {
+    let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+    let (goodbye_tx, goodbye_rx) = oneshot::channel();
+    // The goodbye comes after what is already queued: the client sees every message it was sent,
+    // then the reason, and no slot of the buffer has to be kept free for it.
+    let goodbye = futures::stream::once(goodbye_rx).filter_map(|r| async move { r.ok().map(Err) });
+    let stream = ReceiverStream::new(rx).chain(goodbye);
+    (
+        Outbox {
+            tx,
+            goodbye: Some(goodbye_tx),
+        },
+        Box::pin(stream),
+    )
+}
+
+/// One subscription's bounded queue.
+pub struct Outbox {
+    tx: WatchSender,
+    goodbye: Option<oneshot::Sender<Status>>,
+}
+
+/// What a subscriber asked for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub interval: Duration,
+    pub filter: Filter,
+    pub histograms: bool,
+    pub only_cpu_and_memory: bool,
+    pub max_message_bytes: usize,
+}
 
 /// Cumulative counters last sent for a cgroup, to compute rates over this subscriber's interval.
 #[derive(Clone, Copy, Default)]
@@ -55,11 +97,26 @@ pub struct Context {
     pub server_stats: Arc<ServerStats>,
 }
 
-pub async fn run(mut sub: Subscription, interval: Duration, ctx: Context, tx: WatchSender) -> End {
-    let Some(first) = wait_for_snapshot(&mut sub).await else {
+pub async fn run(mut sub: Subscription, opts: Options, ctx: Context, mut out: Outbox) -> End {
+    let end = stream(&mut sub, &opts, &ctx, &mut out).await;
+    if end == End::TooSlow
+        && let Some(goodbye) = out.goodbye.take()
+    {
+        let _ = goodbye.send(Status::resource_exhausted(format!(
+            "subscriber fell {SUBSCRIBER_BUFFER} messages behind and was dropped; \
+             resubscribe for a fresh snapshot"
+        )));
+        tracing::info!("dropped a slow Watch subscriber");
+    }
+    end
+}
+
+async fn stream(sub: &mut Subscription, opts: &Options, ctx: &Context, out: &mut Outbox) -> End {
+    let interval = opts.interval;
+    let Some(first) = wait_for_snapshot(sub).await else {
         return End::Closed;
     };
-    let mut state = SubscriberState::default();
+    let mut state = SubscriberState::new(opts.clone());
     let stats = |snap: &Snapshot| {
         Some(convert::collector_stats(
             &snap.stats,
@@ -70,7 +127,7 @@ pub async fn run(mut sub: Subscription, interval: Duration, ctx: Context, tx: Wa
     let mut snapshot = state.snapshot(&first, &ctx.node);
     snapshot.collector = stats(&first);
     state.pods_snapshot(&first, &mut snapshot);
-    if let Err(end) = send(&tx, snapshot) {
+    if let Err(end) = send(out, snapshot, opts.max_message_bytes).await {
         return end;
     }
     // A sample that lands a little early still counts as this interval's.
@@ -78,7 +135,7 @@ pub async fn run(mut sub: Subscription, interval: Duration, ctx: Context, tx: Wa
     loop {
         tokio::select! {
             changed = sub.snapshots.changed() => if changed.is_err() { return End::Closed },
-            _ = tx.closed() => return End::Closed,
+            _ = out.tx.closed() => return End::Closed,
         }
         let Some(snap) = sub.snapshots.borrow_and_update().clone() else {
             continue;
@@ -96,7 +153,7 @@ pub async fn run(mut sub: Subscription, interval: Duration, ctx: Context, tx: Wa
         update.collector = stats(&snap);
         state.events_since(&snap, &mut update);
         state.pods_update(&snap, &mut update);
-        if let Err(end) = send(&tx, update) {
+        if let Err(end) = send(out, update, opts.max_message_bytes).await {
             return end;
         }
     }
@@ -111,21 +168,29 @@ async fn wait_for_snapshot(sub: &mut Subscription) -> Option<Arc<Snapshot>> {
     }
 }
 
-/// Queues a message unless the client is too slow; `Err` when the stream must end.
-/// One slot is kept free so a dropped subscriber still learns why.
-fn send(tx: &WatchSender, msg: proto::WatchResponse) -> Result<(), End> {
-    if tx.capacity() <= 1 {
-        let _ = tx.try_send(Err(Status::resource_exhausted(format!(
-            "subscriber fell {SUBSCRIBER_BUFFER} messages behind and was dropped; \
-             resubscribe for a fresh snapshot"
-        ))));
-        tracing::info!("dropped a slow Watch subscriber");
-        return Err(End::TooSlow);
+/// Queues a message unless the client is too slow; `Err` when the stream must end. A client
+/// whose buffer is full when a message is due is too slow. The later chunks of a split message
+/// may wait (boundedly) for room: they complete a message the client is reading.
+async fn send(out: &Outbox, msg: proto::WatchResponse, limit: usize) -> Result<(), End> {
+    let mut chunks = chunk::split(msg, limit).into_iter();
+    let first = chunks.next().expect("split returns at least one chunk");
+    match out.tx.try_send(Ok(first)) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => return Err(End::TooSlow),
+        Err(mpsc::error::TrySendError::Closed(_)) => return Err(End::Closed),
     }
-    tx.try_send(Ok(msg)).map_err(|_| End::Closed)
+    for rest in chunks {
+        match tokio::time::timeout(CHUNK_PATIENCE, out.tx.reserve()).await {
+            Ok(Ok(permit)) => permit.send(Ok(rest)),
+            Ok(Err(_)) => return Err(End::Closed),
+            Err(_) => return Err(End::TooSlow),
+        }
+    }
+    Ok(())
 }
 
 struct SubscriberState {
+    opts: Options,
     sequence: u64,
     /// `seq` of the last snapshot sent: removals and OOM kills after it are still to send.
     last_seq: u64,
@@ -136,9 +201,10 @@ struct SubscriberState {
     pods: HashMap<String, proto::PodStats>,
 }
 
-impl Default for SubscriberState {
-    fn default() -> Self {
+impl SubscriberState {
+    fn new(opts: Options) -> Self {
         Self {
+            opts,
             sequence: 0,
             last_seq: 0,
             last_at: Instant::now(),
@@ -147,26 +213,47 @@ impl Default for SubscriberState {
             pods: HashMap::new(),
         }
     }
-}
 
-impl SubscriberState {
+    /// The node as this subscriber wants it.
+    fn node_stats(&self, snap: &Snapshot) -> proto::NodeStats {
+        if self.opts.only_cpu_and_memory {
+            slim::node(&snap.node_stats)
+        } else {
+            snap.node_stats.clone()
+        }
+    }
+
+    /// The pods that pass this subscriber's filter, as it wants them.
+    fn pods<'a>(&'a self, snap: &'a Snapshot) -> impl Iterator<Item = proto::PodStats> + 'a {
+        snap.pods
+            .iter()
+            .filter(|p| self.opts.filter.pod_passes(p))
+            .map(|p| {
+                if self.opts.only_cpu_and_memory {
+                    slim::pod(p)
+                } else {
+                    p.clone()
+                }
+            })
+    }
+
     /// Node and every pod. Pod and node rates are over the collector's last two samples.
     fn pods_snapshot(&mut self, snap: &Snapshot, msg: &mut proto::WatchResponse) {
-        msg.node_stats = Some(snap.node_stats.clone());
-        self.pods = snap.pods.iter().map(|p| (pod_uid(p), p.clone())).collect();
-        msg.pods = snap.pods.clone();
+        msg.node_stats = Some(self.node_stats(snap));
+        msg.pods = self.pods(snap).collect();
+        self.pods = msg.pods.iter().map(|p| (pod_uid(p), p.clone())).collect();
     }
 
     /// Node again, pods that changed (complete), and uids of pods that went away.
     fn pods_update(&mut self, snap: &Snapshot, msg: &mut proto::WatchResponse) {
-        msg.node_stats = Some(snap.node_stats.clone());
-        let mut next = HashMap::with_capacity(snap.pods.len());
-        for pod in &snap.pods {
-            let uid = pod_uid(pod);
-            if self.pods.get(&uid) != Some(pod) {
+        msg.node_stats = Some(self.node_stats(snap));
+        let mut next = HashMap::with_capacity(self.pods.len());
+        for pod in self.pods(snap) {
+            let uid = pod_uid(&pod);
+            if self.pods.get(&uid) != Some(&pod) {
                 msg.pods.push(pod.clone());
             }
-            next.insert(uid, pod.clone());
+            next.insert(uid, pod);
         }
         msg.removed_pod_uids = self
             .pods
@@ -179,9 +266,11 @@ impl SubscriberState {
     }
 
     fn snapshot(&mut self, snap: &Snapshot, node: &proto::NodeInfo) -> proto::WatchResponse {
-        let mut cgroups = Vec::with_capacity(snap.sample.cgroups.len());
-        for (c, rates) in snap.sample.cgroups.iter().zip(&snap.rates) {
-            let stats = convert::cgroup_stats(c, *rates);
+        let mut cgroups = Vec::new();
+        let histograms = self.opts.histograms;
+        for (c, rates) in wanted_cgroups(&self.opts, snap) {
+            let stats = convert::cgroup_stats(c, *rates, histograms);
+
             self.sent
                 .insert(c.id, (stats.clone(), sent_counters(c, &stats, snap)));
             cgroups.push(stats);
@@ -204,13 +293,14 @@ impl SubscriberState {
 
     fn update(&mut self, snap: &Snapshot) -> proto::WatchResponse {
         let mut changed = Vec::new();
-        let mut next = HashMap::with_capacity(snap.sample.cgroups.len());
-        for (c, rates) in snap.sample.cgroups.iter().zip(&snap.rates) {
+        let mut next = HashMap::with_capacity(self.sent.len());
+        let histograms = self.opts.histograms;
+        for (c, rates) in wanted_cgroups(&self.opts, snap) {
             let previous = self.sent.get(&c.id);
             let prev_counters = previous.map(|(_, s)| *s).unwrap_or_default();
             // CPU rates below are recomputed over this subscriber's interval; the rest (fault
             // rates) are over the collector's last two samples.
-            let mut stats = convert::cgroup_stats(c, *rates);
+            let mut stats = convert::cgroup_stats(c, *rates, histograms);
             let mut counters = sent_counters(c, &stats, snap);
             // Rates over this subscriber's own interval. A cgroupfs reading carried forward
             // since the last message keeps the rate sent with it (and its baseline).
@@ -269,16 +359,19 @@ impl SubscriberState {
         // Both logs are in seq order: skip what was sent without scanning it.
         let last = self.last_seq;
         let recent = &snap.recent;
+        let filter = self.opts.filter.cgroups(&snap.pods);
         let from = recent.terminated.partition_point(|(seq, _)| *seq <= last);
         update.terminated = recent
             .terminated
             .range(from..)
+            .filter(|(_, t)| filter.passes(&t.path))
             .map(|(_, t)| t.clone())
             .collect();
         let from = recent.oom_kills.partition_point(|(seq, _)| *seq <= last);
         update.oom_kills = recent
             .oom_kills
             .range(from..)
+            .filter(|(_, k)| filter.passes(&k.cgroup_path))
             .map(|(_, k)| k.clone())
             .collect();
         self.last_seq = snap.seq;
@@ -289,6 +382,20 @@ impl SubscriberState {
         self.sequence += 1;
         s
     }
+}
+
+/// The cgroups (with their rates) a subscriber gets records of.
+fn wanted_cgroups<'a>(
+    opts: &'a Options,
+    snap: &'a Snapshot,
+) -> impl Iterator<Item = (&'a CgroupSample, &'a crate::store::CgroupRates)> + 'a {
+    let wanted = !opts.only_cpu_and_memory;
+    let filter = opts.filter.cgroups(&snap.pods);
+    snap.sample
+        .cgroups
+        .iter()
+        .zip(&snap.rates)
+        .filter(move |(c, _)| wanted && filter.passes(&c.path))
 }
 
 fn sent_counters(c: &CgroupSample, stats: &proto::CgroupStats, snap: &Snapshot) -> Sent {
@@ -305,5 +412,48 @@ fn sent_counters(c: &CgroupSample, stats: &proto::CgroupStats, snap: &Snapshot) 
             value: e.on_cpu_nano_seconds,
             at,
         }),
+    }
+}
+
+/// kubelet's only_cpu_and_memory: the cpu and memory blocks and the identity, nothing else.
+mod slim {
+    use crate::proto;
+
+    pub fn node(n: &proto::NodeStats) -> proto::NodeStats {
+        proto::NodeStats {
+            node_name: n.node_name.clone(),
+            start_time_unix_nano: n.start_time_unix_nano,
+            cpu: n.cpu,
+            memory: n.memory,
+            ..Default::default()
+        }
+    }
+
+    pub fn pod(p: &proto::PodStats) -> proto::PodStats {
+        proto::PodStats {
+            pod_ref: p.pod_ref.clone(),
+            start_time_unix_nano: p.start_time_unix_nano,
+            qos_class: p.qos_class.clone(),
+            containers: p.containers.iter().map(container).collect(),
+            cpu: p.cpu,
+            memory: p.memory,
+            cgroup_id: p.cgroup_id,
+            cgroup_path: p.cgroup_path.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn container(c: &proto::ContainerStats) -> proto::ContainerStats {
+        proto::ContainerStats {
+            name: c.name.clone(),
+            start_time_unix_nano: c.start_time_unix_nano,
+            cpu: c.cpu,
+            memory: c.memory,
+            container_id: c.container_id.clone(),
+            runtime: c.runtime.clone(),
+            cgroup_id: c.cgroup_id,
+            cgroup_path: c.cgroup_path.clone(),
+            ..Default::default()
+        }
     }
 }

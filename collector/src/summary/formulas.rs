@@ -149,6 +149,7 @@ pub fn runq_latency(v: &EbpfValues, rates: Option<&CgroupRates>) -> Option<proto
             p99_nano_seconds: w.p99_ns,
             max_nano_seconds: w.max_ns,
         }),
+        bucket_waits: Vec::new(),
     })
 }
 

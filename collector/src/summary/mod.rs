@@ -23,7 +23,7 @@ pub fn build(
 ) -> (proto::NodeStats, Vec<proto::PodStats>) {
     let time = unix_nanos(sample.wall);
     let mut node_stats = proto::NodeStats {
-        node_name: node.hostname.clone(),
+        node_name: node.node_name.clone(),
         start_time_unix_nano: node.boot_time_unix_nano,
         ..Default::default()
     };

@@ -1,19 +1,12 @@
-//! `collector top`: a refreshing table of the busiest cgroups, fed by Watch.
+//! `collector top cgroups`: the busiest cgroups of one collector, fed by Watch.
 
-use std::{collections::HashMap, fmt::Write as _, time::Duration};
+use std::{collections::HashMap, fmt::Write as _};
 
 use anyhow::Context as _;
+use tonic::transport::Channel;
 
+use super::{SortBy, TopConfig, interval_ms, show};
 use crate::proto::{self, WatchRequest, collector_client::CollectorClient};
-
-#[derive(Debug, Clone)]
-pub struct TopConfig {
-    pub endpoint: String,
-    pub interval: Duration,
-    pub rows: usize,
-    /// Print the first update after the snapshot (rates need two samples) and exit.
-    pub once: bool,
-}
 
 /// The client-side copy of what the stream has said so far.
 #[derive(Default)]
@@ -22,13 +15,16 @@ pub struct Table {
     probes: Vec<proto::ProbeStatus>,
     programs: Vec<proto::ProgramRunStats>,
     hostname: String,
+    /// Inside a chunked snapshot: later chunks add to what the first one started.
+    in_snapshot: bool,
 }
 
 impl Table {
     pub fn apply(&mut self, msg: proto::WatchResponse) {
-        if msg.snapshot {
+        if msg.snapshot && !self.in_snapshot {
             self.cgroups.clear();
         }
+        self.in_snapshot = msg.snapshot && msg.more;
         if let Some(node) = msg.node {
             self.hostname = node.hostname;
         }
@@ -46,7 +42,7 @@ impl Table {
         }
     }
 
-    pub fn render(&self, rows: usize) -> String {
+    pub fn render(&self, rows: usize, sort: SortBy) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -69,26 +65,36 @@ impl Table {
         }
         let _ = writeln!(
             out,
-            "{:>10} {:>10} {:>12} {:>12} {:>10} {:>10}  CGROUP",
-            "EBPF CPU", "FS CPU", "EBPF CPU-S", "FS CPU-S", "FAULTS/S", "RUNQ P99"
+            "{:>10} {:>10} {:>12} {:>12} {:>10} {:>10} {:>10}  CGROUP",
+            "EBPF CPU", "FS CPU", "EBPF CPU-S", "FS CPU-S", "MEM(Mi)", "FAULTS/S", "RUNQ P99"
         );
         let mut sorted: Vec<&proto::CgroupStats> = self.cgroups.values().collect();
-        sorted.sort_by_key(|c| std::cmp::Reverse((sort_key(c), c.cgroup_id)));
+        match sort {
+            SortBy::Cpu => sorted.sort_by_key(|c| std::cmp::Reverse((sort_key(c), c.cgroup_id))),
+            SortBy::Memory => sorted.sort_by_key(|c| {
+                let ws = c.memory.and_then(|m| m.working_set_bytes).unwrap_or(0);
+                std::cmp::Reverse((ws, c.cgroup_id))
+            }),
+            SortBy::Name => sorted.sort_by(|a, b| a.path.cmp(&b.path)),
+        }
         for c in sorted.into_iter().take(rows) {
             let ebpf = c.ebpf_cpu.as_ref();
             let fs = c.cgroupfs_cpu.as_ref();
             let faults = c.ebpf_faults.and_then(|f| f.minor_per_second);
             let p99 = c
                 .runq_latency
+                .as_ref()
                 .and_then(|r| r.window?.p99_nano_seconds)
                 .map(|ns| format!("{:.2}ms", ns as f64 / 1e6));
+            let memory = c.memory.and_then(|m| m.working_set_bytes);
             let _ = writeln!(
                 out,
-                "{:>10} {:>10} {:>12} {:>12} {:>10} {:>10}  {}",
+                "{:>10} {:>10} {:>12} {:>12} {:>10} {:>10} {:>10}  {}",
                 cores(ebpf.and_then(|e| e.usage_nano_cores)),
                 cores(fs.and_then(|f| f.usage_nano_cores)),
                 seconds(ebpf.map(|e| e.on_cpu_nano_seconds)),
                 seconds(fs.and_then(|f| f.usage_core_nano_seconds)),
+                memory.map_or("-".into(), |b| (b >> 20).to_string()),
                 faults.map_or("-".into(), |f| f.to_string()),
                 p99.unwrap_or_else(|| "-".into()),
                 c.path
@@ -113,31 +119,29 @@ fn seconds(ns: Option<u64>) -> String {
     ns.map_or_else(|| "-".into(), |n| format!("{:.2}", n as f64 / 1e9))
 }
 
-pub async fn run(config: TopConfig) -> anyhow::Result<()> {
-    let mut client = CollectorClient::connect(config.endpoint.clone())
-        .await
-        .with_context(|| format!("connecting to {}", config.endpoint))?;
-    let interval_ms = u32::try_from(config.interval.as_millis()).unwrap_or(u32::MAX);
+pub async fn run(channel: Channel, config: &TopConfig) -> anyhow::Result<()> {
+    let mut client = CollectorClient::new(channel).max_decoding_message_size(64 << 20);
     let mut stream = client
         .watch(WatchRequest {
-            interval_ms: Some(interval_ms),
+            interval_ms: Some(interval_ms(config)),
+            cgroup_path_prefix: config.cgroup_prefix.clone().unwrap_or_default(),
+            namespace: config.namespace.clone().unwrap_or_default(),
+            ..Default::default()
         })
         .await
         .context("starting Watch")?
         .into_inner();
     let mut table = Table::default();
     while let Some(msg) = stream.message().await.context("Watch stream")? {
-        let snapshot = msg.snapshot;
+        let (snapshot, more) = (msg.snapshot, msg.more);
         table.apply(msg);
-        if config.once {
-            if !snapshot {
-                print!("{}", table.render(config.rows));
-                return Ok(());
-            }
+        if more {
             continue;
         }
-        // Clear the screen and home the cursor, then redraw.
-        print!("\x1b[2J\x1b[H{}", table.render(config.rows));
+        // With --once, wait for the first update: rates need two samples.
+        if !(config.once && snapshot) && show(config, &table.render(config.rows, config.sort)) {
+            return Ok(());
+        }
     }
     anyhow::bail!("the collector closed the stream")
 }
@@ -184,8 +188,9 @@ mod tests {
             removed_cgroup_ids: vec![3],
             ..Default::default()
         });
-        let out = t.render(10);
+        let out = t.render(10, SortBy::Cpu);
         let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[1].contains("MEM(Mi)"), "{out}");
         assert!(lines[2].ends_with("/busy"), "{out}");
         assert!(
             lines[2].contains("0.900") && lines[2].contains("0.950"),
@@ -208,7 +213,7 @@ mod tests {
             ..Default::default()
         });
         assert!(
-            t.render(5)
+            t.render(5, SortBy::Cpu)
                 .lines()
                 .nth(2)
                 .unwrap()

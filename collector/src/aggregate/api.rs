@@ -1,0 +1,191 @@
+//! The aggregator's gRPC API: `collector.v1.Aggregator`.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::cluster::Cluster;
+use crate::{
+    proto::{self, aggregator_server::Aggregator},
+    server::{convert::unix_nanos, filter::check_dns_label},
+};
+
+pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(10);
+const MIN_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+const MAX_WATCH_INTERVAL: Duration = Duration::from_secs(600);
+/// Messages a cluster subscriber may have queued before it counts as too slow.
+const SUBSCRIBER_BUFFER: usize = 8;
+
+pub struct AggregatorService {
+    cluster: Arc<Cluster>,
+}
+
+impl AggregatorService {
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        Self { cluster }
+    }
+}
+
+fn namespace(ns: &str) -> Result<Option<&str>, Status> {
+    if ns.is_empty() {
+        return Ok(None);
+    }
+    check_dns_label("namespace", ns)?;
+    Ok(Some(ns))
+}
+
+#[tonic::async_trait]
+impl Aggregator for AggregatorService {
+    async fn list_node_metrics(
+        &self,
+        _request: Request<proto::ListNodeMetricsRequest>,
+    ) -> Result<Response<proto::ListNodeMetricsResponse>, Status> {
+        Ok(Response::new(proto::ListNodeMetricsResponse {
+            nodes: self.cluster.nodes().iter().map(|n| n.metrics()).collect(),
+            collectors: self.cluster.targets(),
+        }))
+    }
+
+    async fn list_pod_metrics(
+        &self,
+        request: Request<proto::ListPodMetricsRequest>,
+    ) -> Result<Response<proto::ListPodMetricsResponse>, Status> {
+        let ns = namespace(&request.get_ref().namespace)?;
+        Ok(Response::new(proto::ListPodMetricsResponse {
+            pods: self.cluster.pods(ns),
+        }))
+    }
+
+    type WatchStream = ReceiverStream<Result<proto::ClusterUpdate, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<proto::ClusterWatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        let interval = match req.interval_ms {
+            None => DEFAULT_WATCH_INTERVAL,
+            Some(ms) => {
+                let d = Duration::from_millis(ms.into());
+                if !(MIN_WATCH_INTERVAL..=MAX_WATCH_INTERVAL).contains(&d) {
+                    return Err(Status::invalid_argument(format!(
+                        "interval_ms = {ms} is outside the allowed {}..={} ms",
+                        MIN_WATCH_INTERVAL.as_millis(),
+                        MAX_WATCH_INTERVAL.as_millis()
+                    )));
+                }
+                d
+            }
+        };
+        let ns = namespace(&req.namespace)?.map(str::to_owned);
+        // +1: room for the RESOURCE_EXHAUSTED goodbye.
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER + 1);
+        tokio::spawn(watch(self.cluster.clone(), interval, ns, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// What one cluster subscriber was last sent.
+#[derive(Default)]
+struct Sent {
+    nodes: HashMap<String, proto::NodeMetrics>,
+    pods: HashMap<String, proto::PodMetrics>,
+}
+
+async fn watch(
+    cluster: Arc<Cluster>,
+    interval: Duration,
+    namespace: Option<String>,
+    tx: mpsc::Sender<Result<proto::ClusterUpdate, Status>>,
+) {
+    let mut sent = Sent::default();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for sequence in 0u64.. {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tx.closed() => return,
+        }
+        let update = diff(&cluster, namespace.as_deref(), &mut sent, sequence);
+        if tx.capacity() <= 1 {
+            let _ = tx.try_send(Err(Status::resource_exhausted(format!(
+                "subscriber fell {SUBSCRIBER_BUFFER} messages behind and was dropped; \
+                 resubscribe for a fresh snapshot"
+            ))));
+            return;
+        }
+        if tx.try_send(Ok(update)).is_err() {
+            return;
+        }
+    }
+}
+
+fn diff(
+    cluster: &Cluster,
+    namespace: Option<&str>,
+    sent: &mut Sent,
+    sequence: u64,
+) -> proto::ClusterUpdate {
+    let snapshot = sequence == 0;
+    let nodes: HashMap<String, proto::NodeMetrics> = cluster
+        .nodes()
+        .iter()
+        .map(|n| (n.entry.metrics.name.clone(), n.metrics()))
+        .collect();
+    let pods: HashMap<String, proto::PodMetrics> = cluster
+        .pods(namespace)
+        .into_iter()
+        .map(|p| (p.uid.clone(), p))
+        .collect();
+    // A node's metrics change only through a new point or staleness; last_heard moves with
+    // every message and alone is not a change worth sending.
+    let same_node = |a: &proto::NodeMetrics, b: &proto::NodeMetrics| {
+        proto::NodeMetrics {
+            last_heard_unix_nano: 0,
+            ..a.clone()
+        } == proto::NodeMetrics {
+            last_heard_unix_nano: 0,
+            ..b.clone()
+        }
+    };
+    let mut update = proto::ClusterUpdate {
+        sequence,
+        snapshot,
+        timestamp_unix_nano: unix_nanos(SystemTime::now()),
+        ..Default::default()
+    };
+    for (name, n) in &nodes {
+        if snapshot || sent.nodes.get(name).is_none_or(|old| !same_node(old, n)) {
+            update.nodes.push(n.clone());
+        }
+    }
+    for (uid, p) in &pods {
+        if snapshot || sent.pods.get(uid) != Some(p) {
+            update.pods.push(p.clone());
+        }
+    }
+    update.removed_nodes = sent
+        .nodes
+        .keys()
+        .filter(|n| !nodes.contains_key(*n))
+        .cloned()
+        .collect();
+    update.removed_pod_uids = sent
+        .pods
+        .keys()
+        .filter(|u| !pods.contains_key(*u))
+        .cloned()
+        .collect();
+    update.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    update.pods.sort_by(|a, b| a.uid.cmp(&b.uid));
+    update.removed_nodes.sort();
+    update.removed_pod_uids.sort();
+    *sent = Sent { nodes, pods };
+    update
+}
