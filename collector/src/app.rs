@@ -37,6 +37,9 @@ pub struct ServeConfig {
     pub node_name: Option<String>,
     /// Watch messages above this are split into chunks.
     pub max_message_bytes: usize,
+    /// Read every controller from the cgroup2 mount, ignoring v1 hierarchies (for a cgroup2
+    /// tree that is not the host's, such as a test fixture on a hybrid host).
+    pub ignore_cgroup1: bool,
 }
 
 impl Default for ServeConfig {
@@ -51,6 +54,7 @@ impl Default for ServeConfig {
             allow_insecure_listen: false,
             node_name: None,
             max_message_bytes: chunk::DEFAULT_MAX_MESSAGE_BYTES,
+            ignore_cgroup1: false,
         }
     }
 }
@@ -135,7 +139,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         config.allow_insecure_listen,
     )?;
     let tls = load_tls(config.tls.as_ref())?;
-    let mounts = CgroupMounts::discover().context("reading /proc/self/mountinfo")?;
+    let mut mounts = CgroupMounts::discover().context("reading /proc/self/mountinfo")?;
+    if config.ignore_cgroup1 {
+        mounts.v1.clear();
+    }
     let mount = config
         .cgroup2_mount
         .clone()

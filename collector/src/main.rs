@@ -165,6 +165,10 @@ struct ServeArgs {
     #[arg(long, env = "COLLECTOR_MAX_MESSAGE_BYTES", default_value_t = chunk::DEFAULT_MAX_MESSAGE_BYTES,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16_384..=(64 << 20)))]
     max_message_bytes: usize,
+    /// Read every controller from the cgroup2 mount, ignoring cgroup v1 hierarchies (for a
+    /// --cgroup2-mount tree that is not the host's).
+    #[arg(long, env = "COLLECTOR_IGNORE_CGROUP1")]
+    ignore_cgroup1: bool,
     #[command(flatten)]
     tls: ServerTlsArgs,
 }
@@ -245,6 +249,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         allow_insecure_listen: args.tls.allow_insecure_listen,
         node_name: args.node_name,
         max_message_bytes: args.max_message_bytes,
+        ignore_cgroup1: args.ignore_cgroup1,
     };
     let running = app::start(config).await?;
     eprintln!(

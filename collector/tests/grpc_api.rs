@@ -333,3 +333,160 @@ async fn a_subscriber_that_stops_reading_is_dropped_while_another_keeps_receivin
     }
     running.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn malformed_filters_are_invalid_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture_tree(dir.path());
+    let (running, mut client) = start(dir.path()).await;
+    let bad = [
+        WatchRequest {
+            cgroup_path_prefix: "svc".into(),
+            ..Default::default()
+        },
+        WatchRequest {
+            cgroup_path_prefix: "/svc/../etc".into(),
+            ..Default::default()
+        },
+        WatchRequest {
+            namespace: "Kube_System".into(),
+            ..Default::default()
+        },
+        WatchRequest {
+            pod: "no spaces".into(),
+            ..Default::default()
+        },
+    ];
+    for request in bad {
+        let err = client.watch(request.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{request:?}: {err}");
+    }
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_path_prefix_filter_keeps_only_that_subtree_in_snapshot_and_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture_tree(dir.path());
+    fs::create_dir(dir.path().join("svc/child")).unwrap();
+    fs::write(dir.path().join("svc/child/cpu.stat"), "usage_usec 1\n").unwrap();
+    fs::create_dir(dir.path().join("svc2")).unwrap();
+    fs::write(dir.path().join("svc2/cpu.stat"), "usage_usec 1\n").unwrap();
+    let (running, mut client) = start(dir.path()).await;
+    let mut stream = client
+        .watch(WatchRequest {
+            interval_ms: Some(100),
+            cgroup_path_prefix: "/svc/".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot = stream.message().await.unwrap().unwrap();
+    let mut paths: Vec<&str> = snapshot.cgroups.iter().map(|c| c.path.as_str()).collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        ["/svc", "/svc/child"],
+        "component-wise: /svc2 is not under /svc"
+    );
+    // Changes outside the prefix never show up; inside they do.
+    fs::write(dir.path().join("svc2/cpu.stat"), "usage_usec 99\n").unwrap();
+    fs::write(dir.path().join("svc/child/cpu.stat"), "usage_usec 50\n").unwrap();
+    let mut seen_child = false;
+    for _ in 0..5 {
+        let update = stream.message().await.unwrap().unwrap();
+        for c in &update.cgroups {
+            assert!(
+                c.path.starts_with("/svc") && c.path != "/svc2",
+                "{}",
+                c.path
+            );
+            seen_child |= c.path == "/svc/child";
+        }
+    }
+    assert!(seen_child);
+    // A pod filter on a tree without pods: an empty, valid stream (node stats only).
+    let mut pods_only = client
+        .watch(WatchRequest {
+            pod: "0a1b2c3d-0000-0000-0000-000000000000".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = pods_only.message().await.unwrap().unwrap();
+    assert!(first.cgroups.is_empty() && first.pods.is_empty());
+    assert!(first.node_stats.is_some());
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_big_snapshot_arrives_in_chunks_under_the_limit() {
+    use prost::Message as _;
+    const CGROUPS: usize = 600;
+    const LIMIT: usize = 4_096;
+    let dir = tempfile::tempdir().unwrap();
+    fixture_tree(dir.path());
+    for i in 0..CGROUPS {
+        fs::create_dir(dir.path().join(format!("c{i}"))).unwrap();
+    }
+    bump_all(dir.path(), CGROUPS, 1);
+    let running = app::start(ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        probes: ProbeConfig {
+            disabled: true,
+            ..ProbeConfig::default()
+        },
+        cgroup2_mount: Some(dir.path().to_path_buf()),
+        base_period: Duration::from_millis(100),
+        max_message_bytes: LIMIT,
+        ..ServeConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut client = CollectorClient::connect(format!("http://{}", running.addr))
+        .await
+        .unwrap();
+    let mut stream = client
+        .watch(WatchRequest {
+            interval_ms: Some(100),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut chunks = Vec::new();
+    loop {
+        let msg = stream.message().await.unwrap().unwrap();
+        let more = msg.more;
+        chunks.push(msg);
+        if !more {
+            break;
+        }
+    }
+    assert!(chunks.len() > 3, "{} chunks", chunks.len());
+    let mut ids = std::collections::BTreeSet::new();
+    for (i, c) in chunks.iter().enumerate() {
+        assert!(
+            c.encoded_len() <= LIMIT,
+            "chunk {i}: {} bytes",
+            c.encoded_len()
+        );
+        assert!(c.snapshot && c.sequence == 0, "chunk {i}");
+        assert_eq!(
+            c.node.is_some(),
+            i == 0,
+            "node info rides in the first chunk"
+        );
+        ids.extend(c.cgroups.iter().map(|c| c.cgroup_id));
+    }
+    // Root, svc, bad and the 600: all there, each once.
+    let total: usize = chunks.iter().map(|c| c.cgroups.len()).sum();
+    assert_eq!((ids.len(), total), (CGROUPS + 3, CGROUPS + 3));
+    // The next message is the update, sequence 1 (chunks share their message's sequence).
+    bump_all(dir.path(), CGROUPS, 2);
+    let next = stream.message().await.unwrap().unwrap();
+    assert_eq!((next.sequence, next.snapshot), (1, false));
+    running.stop().await.unwrap();
+}

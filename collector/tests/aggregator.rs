@@ -1,0 +1,342 @@
+//! The aggregator against three real collectors on loopback (cgroupfs-only, over fixture trees
+//! whose CPU counters the test moves at a known pace): the cluster view, metrics-server's rates,
+//! a counter reset, a collector that dies (stale, then forgotten) and comes back.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use collector::{
+    aggregate::{self, AggregateConfig, RunningAggregator, cluster::Freshness, discovery::Targets},
+    proto::{
+        ClusterWatchRequest, ListNodeMetricsRequest, ListPodMetricsRequest, PodMetrics,
+        aggregator_client::AggregatorClient,
+    },
+};
+use common::*;
+use tonic::{Code, transport::Channel};
+
+const CORE: u64 = 1_000_000_000;
+
+/// Moves every cpu.stat of the trees forward: containers at 0.5 core, everything else at 1.
+fn spawn_clock(trees: Vec<PathBuf>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let dirs: Vec<(PathBuf, u64)> = trees
+            .iter()
+            .flat_map(|t| cpu_stat_dirs(t))
+            .map(|d| {
+                let container = d.file_name().unwrap().len() == 64;
+                (d, if container { 25_000 } else { 50_000 })
+            })
+            .collect();
+        let mut usage: BTreeMap<PathBuf, u64> = dirs.iter().map(|(d, _)| (d.clone(), 0)).collect();
+        while !stop.load(Ordering::Relaxed) {
+            for (dir, step) in &dirs {
+                let u = usage.get_mut(dir).unwrap();
+                // A reset requested by the test: the file says less than we last wrote.
+                let on_disk = std::fs::read_to_string(dir.join("cpu.stat"))
+                    .ok()
+                    .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .unwrap_or(*u);
+                if on_disk < *u {
+                    *u = on_disk;
+                }
+                *u += step;
+                set_usage_usec(dir, *u);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+}
+
+async fn start_aggregator(collectors: &[SocketAddr]) -> RunningAggregator {
+    aggregate::start(AggregateConfig {
+        targets: Targets {
+            static_addresses: collectors.iter().map(|a| a.to_string()).collect(),
+            dns_names: Vec::new(),
+            resolve_every: Duration::from_secs(30),
+        },
+        interval: Duration::from_millis(200),
+        freshness: Freshness {
+            stale_after: Duration::from_millis(1_000),
+            forget_after: Duration::from_millis(2_500),
+        },
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(200),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..AggregateConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+async fn pods(client: &mut AggregatorClient<Channel>) -> Vec<PodMetrics> {
+    client
+        .list_pod_metrics(ListPodMetricsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .pods
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_collectors_merge_into_one_cluster_view() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let trees: Vec<PathBuf> = dirs.iter().map(|d| node_tree(d.path())).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clock = spawn_clock(trees.clone(), stop.clone());
+    let names = ["node-a", "node-b", "node-c"];
+    let mut collectors = Vec::new();
+    for (tree, name) in trees.iter().zip(names) {
+        collectors.push(start_collector(tree, name, "127.0.0.1:0".parse().unwrap()).await);
+    }
+    let addrs: Vec<SocketAddr> = collectors.iter().map(|c| c.addr).collect();
+    let aggregator = start_aggregator(&addrs).await;
+    let mut client = AggregatorClient::connect(format!("http://{}", aggregator.grpc_addr))
+        .await
+        .unwrap();
+
+    // Every node with a rate; every pod of every node with its containers' rates.
+    let nodes = eventually(Duration::from_secs(10), "three nodes with rates", || {
+        let mut client = client.clone();
+        async move {
+            let nodes = client
+                .list_node_metrics(ListNodeMetricsRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            (nodes.nodes.len() == 3 && nodes.nodes.iter().all(|n| n.cpu_nano_cores.is_some()))
+                .then_some(nodes)
+        }
+    })
+    .await;
+    let listed: Vec<&str> = nodes.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(listed, names);
+    assert!(
+        nodes
+            .collectors
+            .iter()
+            .all(|c| c.connected && c.source == "static")
+    );
+    for n in &nodes.nodes {
+        let cores = n.cpu_nano_cores.unwrap() as f64 / CORE as f64;
+        assert!(
+            (0.4..=1.6).contains(&cores),
+            "{}: {cores} cores, clock runs 1",
+            n.name
+        );
+        assert!(!n.stale && n.window_nano_seconds > 0);
+        assert!(n.memory_working_set_bytes.is_some());
+    }
+    let per_node = eventually(Duration::from_secs(10), "pods of every node", || {
+        let mut client = client.clone();
+        async move {
+            let pods = pods(&mut client).await;
+            let nodes: std::collections::BTreeSet<String> =
+                pods.iter().map(|p| p.node.clone()).collect();
+            (nodes.len() == 3).then_some(pods)
+        }
+    })
+    .await;
+    for p in &per_node {
+        assert!(!p.uid.is_empty() && !p.containers.is_empty(), "{p:?}");
+        for c in &p.containers {
+            let cores = c.cpu_nano_cores as f64 / CORE as f64;
+            assert!(
+                (0.2..=0.8).contains(&cores),
+                "{}/{}: {cores} cores, clock runs 0.5",
+                p.uid,
+                c.name
+            );
+            assert!(c.memory_working_set_bytes > 0);
+        }
+    }
+
+    // metrics.k8s.io JSON, as kubectl / the HPA would read it.
+    let http = aggregator.http_addr.unwrap();
+    let (status, body) = http_get(http, "/apis/metrics.k8s.io/v1beta1/nodes").await;
+    assert_eq!(status, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(list["kind"], "NodeMetricsList");
+    assert_eq!(list["apiVersion"], "metrics.k8s.io/v1beta1");
+    assert_eq!(list["items"].as_array().unwrap().len(), 3);
+    let item = &list["items"][0];
+    assert_eq!(item["metadata"]["name"], "node-a");
+    let cpu = item["usage"]["cpu"].as_str().unwrap();
+    assert!(
+        cpu.ends_with('n') || cpu.ends_with('u') || cpu.ends_with('m'),
+        "{cpu}"
+    );
+    assert!(item["window"].as_str().unwrap().ends_with('s'), "{item}");
+    assert!(item["timestamp"].as_str().unwrap().ends_with('Z'), "{item}");
+    let pod = &per_node[0];
+    let path = format!(
+        "/apis/metrics.k8s.io/v1beta1/namespaces/{}/pods/{}",
+        pod.namespace,
+        if pod.name.is_empty() {
+            &pod.uid
+        } else {
+            &pod.name
+        }
+    );
+    if !pod.namespace.is_empty() {
+        let (status, body) = http_get(http, &path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let (status, body) = http_get(http, "/apis/metrics.k8s.io/v1beta1/pods").await;
+    assert_eq!(status, 200);
+    let pods_json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(pods_json["kind"], "PodMetricsList");
+    assert_eq!(pods_json["items"].as_array().unwrap().len(), per_node.len());
+    let (status, body) = http_get(http, "/apis/metrics.k8s.io/v1beta1/nodes/nope").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("\"NotFound\""), "{body}");
+    let (status, _) = http_get(http, "/apis/metrics.k8s.io/v1beta1/namespaces/Bad_NS/pods").await;
+    assert_eq!(status, 400);
+
+    // Bad arguments are the caller's error.
+    let err = client
+        .list_pod_metrics(ListPodMetricsRequest {
+            namespace: "Not A Namespace".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = client
+        .watch(ClusterWatchRequest {
+            interval_ms: Some(10),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // A container restart: its counter drops to ~0. Never a negative or huge rate.
+    let container = cpu_stat_dirs(&trees[0])
+        .into_iter()
+        .find(|d| d.file_name().unwrap().len() == 64)
+        .unwrap();
+    set_usage_usec(&container, 0);
+    for _ in 0..30 {
+        for p in pods(&mut client).await {
+            for c in &p.containers {
+                assert!(
+                    c.cpu_nano_cores <= 2 * CORE,
+                    "{}/{}: {} nano cores after a counter reset",
+                    p.uid,
+                    c.name,
+                    c.cpu_nano_cores
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Cluster Watch: a snapshot of every node first.
+    let mut watch = client
+        .watch(ClusterWatchRequest {
+            interval_ms: Some(1_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert!(first.snapshot);
+    assert_eq!(first.nodes.len(), 3);
+
+    // Kill node-b's collector: stale after a second of silence, its pods leave the pod list,
+    // then it is forgotten.
+    let b_addr = collectors[1].addr;
+    collectors.remove(1).stop().await.unwrap();
+    eventually(Duration::from_secs(5), "node-b stale", || {
+        let mut client = client.clone();
+        async move {
+            let nodes = client
+                .list_node_metrics(ListNodeMetricsRequest {})
+                .await
+                .unwrap();
+            nodes
+                .into_inner()
+                .nodes
+                .iter()
+                .any(|n| n.name == "node-b" && n.stale)
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(pods(&mut client).await.iter().all(|p| p.node != "node-b"));
+    let (_, body) = http_get(http, "/apis/metrics.k8s.io/v1beta1/nodes").await;
+    assert!(
+        !body.contains("node-b"),
+        "stale nodes are not served as metrics: {body}"
+    );
+    let update = eventually(Duration::from_secs(5), "node-b forgotten", || {
+        let mut client = client.clone();
+        async move {
+            let nodes = client
+                .list_node_metrics(ListNodeMetricsRequest {})
+                .await
+                .unwrap();
+            let nodes = nodes.into_inner();
+            let gone = nodes.nodes.iter().all(|n| n.name != "node-b");
+            let target = nodes
+                .collectors
+                .iter()
+                .find(|c| c.address == b_addr.to_string())
+                .cloned();
+            gone.then_some(target)
+        }
+    })
+    .await
+    .expect("the target stays listed");
+    assert!(
+        !update.connected && !update.last_error.is_empty() && update.reconnects > 0,
+        "{update:?}"
+    );
+    let mut removed = false;
+    for _ in 0..10 {
+        let msg = watch.message().await.unwrap().unwrap();
+        if msg.removed_nodes.contains(&"node-b".to_string()) {
+            removed = true;
+            break;
+        }
+    }
+    assert!(removed, "the cluster Watch says node-b went away");
+
+    // It comes back on the same address: fresh again, with a rate.
+    collectors.insert(1, start_collector(&trees[1], "node-b", b_addr).await);
+    eventually(Duration::from_secs(10), "node-b back with a rate", || {
+        let mut client = client.clone();
+        async move {
+            let nodes = client
+                .list_node_metrics(ListNodeMetricsRequest {})
+                .await
+                .unwrap();
+            nodes
+                .into_inner()
+                .nodes
+                .iter()
+                .any(|n| n.name == "node-b" && !n.stale && n.cpu_nano_cores.is_some())
+                .then_some(())
+        }
+    })
+    .await;
+
+    aggregator.stop().await.unwrap();
+    for c in collectors {
+        c.stop().await.unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    clock.join().unwrap();
+}

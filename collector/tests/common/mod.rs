@@ -1,0 +1,124 @@
+//! Helpers shared by the loopback API tests: fixture cgroup2 trees in temp dirs whose CPU
+//! counters the test moves, and collectors serving them in cgroupfs-only mode.
+
+#![allow(dead_code)]
+
+use std::{
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use collector::{
+    app::{self, Running, ServeConfig},
+    probes::ProbeConfig,
+};
+
+pub fn testdata(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name)
+}
+
+pub fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A copy of the v2 cgroupfs-driver fixture (pods with containers, memory files) in `dir`.
+pub fn node_tree(dir: &Path) -> PathBuf {
+    let root = dir.join("cgroup");
+    copy_tree(&testdata("v2-cgroupfs-driver/cgroup"), &root);
+    root
+}
+
+/// Every directory of the tree that has a cpu.stat, root included.
+pub fn cpu_stat_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        if dir.join("cpu.stat").exists() {
+            out.push(dir.clone());
+        }
+        for entry in fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    out
+}
+
+/// Writes a cgroup's usage_usec atomically (rename), as a reader may be reading it.
+pub fn set_usage_usec(dir: &Path, usec: u64) {
+    let tmp = dir.join(".cpu.stat.tmp");
+    fs::write(
+        &tmp,
+        format!("usage_usec {usec}\nuser_usec {usec}\nsystem_usec 0\n"),
+    )
+    .unwrap();
+    fs::rename(tmp, dir.join("cpu.stat")).unwrap();
+}
+
+pub async fn start_collector(root: &Path, node_name: &str, listen: SocketAddr) -> Running {
+    app::start(ServeConfig {
+        listen,
+        probes: ProbeConfig {
+            disabled: true,
+            ..ProbeConfig::default()
+        },
+        cgroup2_mount: Some(root.to_path_buf()),
+        ignore_cgroup1: true,
+        node_name: Some(node_name.into()),
+        base_period: Duration::from_millis(100),
+        ..ServeConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback: status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
