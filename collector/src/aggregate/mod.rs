@@ -170,12 +170,13 @@ pub async fn start(config: AggregateConfig) -> anyhow::Result<RunningAggregator>
     health_reporter
         .set_serving::<AggregatorServer<api::AggregatorService>>()
         .await;
-    let router = tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(server::reflection())
-        .add_service(AggregatorServer::new(api::AggregatorService::new(
-            cluster.clone(),
-        )));
+    let router = server::with_reflection(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(AggregatorServer::new(api::AggregatorService::new(
+                cluster.clone(),
+            ))),
+    );
     servers.push(tokio::spawn(async move {
         server::serve_router(router, grpc_listener, tls, async {
             let _ = rx.await;

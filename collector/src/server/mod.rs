@@ -175,21 +175,27 @@ pub async fn serve(
         .set_serving::<CollectorServer<CollectorService>>()
         .await;
     tokio::spawn(report_probe_health(service.store.clone(), health_reporter));
-    let router = tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(reflection())
-        .add_service(CollectorServer::new(service));
+    let router = with_reflection(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(CollectorServer::new(service)),
+    );
     serve_router(router, listener, tls, shutdown).await
 }
 
-/// Server reflection for every service of the API (collector and aggregator).
-pub fn reflection() -> tonic_reflection::server::v1::ServerReflectionServer<
-    impl tonic_reflection::server::v1::ServerReflection,
-> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("the embedded descriptor set is produced by build.rs and always valid")
+/// Adds server reflection for every service of the API (collector and aggregator), both the v1
+/// protocol and v1alpha, which many clients (grpcio's reflection database, older grpcurl) use.
+pub fn with_reflection(
+    router: tonic::transport::server::Router,
+) -> tonic::transport::server::Router {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+    };
+    const VALID: &str = "the embedded descriptor set is produced by build.rs and always valid";
+    router
+        .add_service(builder().build_v1().expect(VALID))
+        .add_service(builder().build_v1alpha().expect(VALID))
 }
 
 /// Runs a router on a bound listener, plaintext or TLS (with certificate reloading).
