@@ -95,6 +95,43 @@ pub struct Snapshot {
     /// Removals and OOM kills of recent samples, each tagged with its snapshot's `seq`, so a
     /// subscriber that skipped samples still gets every one once.
     pub recent: Arc<Recent>,
+    /// Every cgroup's record, converted once for all subscribers (on first use), without and
+    /// with histograms.
+    pub records: [std::sync::OnceLock<Arc<[Record]>>; 2],
+}
+
+/// One cgroup's protobuf record and a hash of its encoding, so a subscriber can tell whether
+/// it changed since it last sent it without keeping a copy.
+#[derive(Debug)]
+pub struct Record {
+    pub stats: proto::CgroupStats,
+    pub hash: u64,
+}
+
+impl Snapshot {
+    /// The records of `sample.cgroups` (same order), built by the first subscriber that asks.
+    pub fn records(&self, histograms: bool) -> &Arc<[Record]> {
+        self.records[usize::from(histograms)].get_or_init(|| {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut buf = Vec::new();
+            self.sample
+                .cgroups
+                .iter()
+                .zip(&self.rates)
+                .map(|(c, r)| {
+                    let stats = convert::cgroup_stats(c, *r, histograms);
+                    buf.clear();
+                    prost::Message::encode(&stats, &mut buf).expect("a Vec grows as needed");
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    buf.hash(&mut h);
+                    Record {
+                        stats,
+                        hash: h.finish(),
+                    }
+                })
+                .collect()
+        })
+    }
 }
 
 /// Requested update intervals of live subscribers; the sampler runs at the smallest.
@@ -222,6 +259,7 @@ async fn run(
                     Arc::make_mut(&mut recent).push(seq, &sample);
                 }
                 let snapshot = Snapshot {
+                    records: Default::default(),
                     program_stats: sampler.probes().run_stats(),
                     recent: recent.clone(),
                     seq,

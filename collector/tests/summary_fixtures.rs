@@ -52,6 +52,7 @@ fn summarize(
     };
     let (node_stats, pods) = summary::build(&sample, &rates, &node);
     let snap = Snapshot {
+        records: Default::default(),
         seq: 0,
         rates,
         sample,

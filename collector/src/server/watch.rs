@@ -82,6 +82,17 @@ struct Sent {
     ebpf_ns: Option<Reading>,
 }
 
+/// What a subscriber remembers of a cgroup it sent: a hash of the shared record, the rates it
+/// computed over its own interval, and their baselines. No copy of the record itself, so 100
+/// subscribers of 1,000 cgroups keep kilobytes each, not megabytes.
+#[derive(Clone, Copy, Default)]
+struct SentCgroup {
+    hash: u64,
+    cgroupfs_nano_cores: Option<u64>,
+    ebpf_nano_cores: Option<u64>,
+    counters: Sent,
+}
+
 /// Why a subscription ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
@@ -195,7 +206,7 @@ struct SubscriberState {
     /// `seq` of the last snapshot sent: removals and OOM kills after it are still to send.
     last_seq: u64,
     last_at: Instant,
-    sent: HashMap<u64, (proto::CgroupStats, Sent)>,
+    sent: HashMap<u64, SentCgroup>,
     probes: Vec<proto::ProbeStatus>,
     /// Pods as last sent, by uid.
     pods: HashMap<String, proto::PodStats>,
@@ -267,13 +278,20 @@ impl SubscriberState {
 
     fn snapshot(&mut self, snap: &Snapshot, node: &proto::NodeInfo) -> proto::WatchResponse {
         let mut cgroups = Vec::new();
-        let histograms = self.opts.histograms;
-        for (c, rates) in wanted_cgroups(&self.opts, snap) {
-            let stats = convert::cgroup_stats(c, *rates, histograms);
-
-            self.sent
-                .insert(c.id, (stats.clone(), sent_counters(c, &stats, snap)));
-            cgroups.push(stats);
+        let records = snap.records(self.opts.histograms);
+        for (i, c) in wanted_cgroups(&self.opts, snap) {
+            let record = &records[i];
+            let stats = &record.stats;
+            self.sent.insert(
+                c.id,
+                SentCgroup {
+                    hash: record.hash,
+                    cgroupfs_nano_cores: stats.cgroupfs_cpu.and_then(|f| f.usage_nano_cores),
+                    ebpf_nano_cores: stats.ebpf_cpu.and_then(|e| e.usage_nano_cores),
+                    counters: sent_counters(c, stats, snap),
+                },
+            );
+            cgroups.push(stats.clone());
         }
         self.probes = snap.probes.iter().map(convert::probe_status).collect();
         self.last_at = snap.sample.taken_at;
@@ -294,34 +312,49 @@ impl SubscriberState {
     fn update(&mut self, snap: &Snapshot) -> proto::WatchResponse {
         let mut changed = Vec::new();
         let mut next = HashMap::with_capacity(self.sent.len());
-        let histograms = self.opts.histograms;
-        for (c, rates) in wanted_cgroups(&self.opts, snap) {
-            let previous = self.sent.get(&c.id);
-            let prev_counters = previous.map(|(_, s)| *s).unwrap_or_default();
-            // CPU rates below are recomputed over this subscriber's interval; the rest (fault
-            // rates) are over the collector's last two samples.
-            let mut stats = convert::cgroup_stats(c, *rates, histograms);
-            let mut counters = sent_counters(c, &stats, snap);
-            // Rates over this subscriber's own interval. A cgroupfs reading carried forward
-            // since the last message keeps the rate sent with it (and its baseline).
-            if let (Some(fs), Some(cur)) = (stats.cgroupfs_cpu.as_mut(), counters.cgroupfs_ns) {
-                let carried = prev_counters.cgroupfs_ns.is_some_and(|p| p.at == cur.at);
-                fs.usage_nano_cores = if carried {
-                    previous.and_then(|(old, _)| old.cgroupfs_cpu?.usage_nano_cores)
-                } else {
-                    per_second(prev_counters.cgroupfs_ns, cur)
-                };
+        let records = snap.records(self.opts.histograms);
+        for (i, c) in wanted_cgroups(&self.opts, snap) {
+            let record = &records[i];
+            let previous = self.sent.get(&c.id).copied();
+            let prev = previous.unwrap_or_default();
+            let mut counters = sent_counters(c, &record.stats, snap);
+            // CPU rates over this subscriber's own interval (the rest, e.g. fault rates, are
+            // over the collector's last two samples). A cgroupfs reading carried forward since
+            // the last message keeps the rate sent with it, and its baseline.
+            let mut fs_rate = None;
+            if let Some(cur) = counters.cgroupfs_ns {
+                let carried = prev.counters.cgroupfs_ns.is_some_and(|p| p.at == cur.at);
                 if carried {
-                    counters.cgroupfs_ns = prev_counters.cgroupfs_ns;
+                    fs_rate = prev.cgroupfs_nano_cores;
+                    counters.cgroupfs_ns = prev.counters.cgroupfs_ns;
+                } else {
+                    fs_rate = per_second(prev.counters.cgroupfs_ns, cur);
                 }
             }
-            if let (Some(e), Some(cur)) = (stats.ebpf_cpu.as_mut(), counters.ebpf_ns) {
-                e.usage_nano_cores = per_second(prev_counters.ebpf_ns, cur);
+            let ebpf_rate = counters
+                .ebpf_ns
+                .and_then(|cur| per_second(prev.counters.ebpf_ns, cur));
+            let sent = SentCgroup {
+                hash: record.hash,
+                cgroupfs_nano_cores: fs_rate,
+                ebpf_nano_cores: ebpf_rate,
+                counters,
+            };
+            let same = previous.is_some_and(|p| {
+                (p.hash, p.cgroupfs_nano_cores, p.ebpf_nano_cores)
+                    == (sent.hash, fs_rate, ebpf_rate)
+            });
+            if !same {
+                let mut stats = record.stats.clone();
+                if let Some(fs) = stats.cgroupfs_cpu.as_mut() {
+                    fs.usage_nano_cores = fs_rate;
+                }
+                if let Some(e) = stats.ebpf_cpu.as_mut() {
+                    e.usage_nano_cores = ebpf_rate;
+                }
+                changed.push(stats);
             }
-            if previous.is_none_or(|(old, _)| *old != stats) {
-                changed.push(stats.clone());
-            }
-            next.insert(c.id, (stats, counters));
+            next.insert(c.id, sent);
         }
         let mut removed: Vec<u64> = self
             .sent
@@ -384,18 +417,18 @@ impl SubscriberState {
     }
 }
 
-/// The cgroups (with their rates) a subscriber gets records of.
+/// The cgroups a subscriber gets records of, with their index in the snapshot.
 fn wanted_cgroups<'a>(
     opts: &'a Options,
     snap: &'a Snapshot,
-) -> impl Iterator<Item = (&'a CgroupSample, &'a crate::store::CgroupRates)> + 'a {
+) -> impl Iterator<Item = (usize, &'a CgroupSample)> + 'a {
     let wanted = !opts.only_cpu_and_memory;
     let filter = opts.filter.cgroups(&snap.pods);
     snap.sample
         .cgroups
         .iter()
-        .zip(&snap.rates)
-        .filter(move |(c, _)| wanted && filter.passes(&c.path))
+        .enumerate()
+        .filter(move |(_, c)| wanted && filter.passes(&c.path))
 }
 
 fn sent_counters(c: &CgroupSample, stats: &proto::CgroupStats, snap: &Snapshot) -> Sent {
