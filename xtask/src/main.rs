@@ -5,7 +5,9 @@
 //! - `run`:     build and run the collector locally as root with working defaults
 //! - `test`:    fmt + clippy checks and every test, root/BPF integration tests included
 //! - `fuzz`:    run the parser fuzzers (cargo-fuzz) for a while each
+//! - `bench`:   measure streaming and aggregation cost, write a markdown + JSON report
 
+mod bench;
 mod cmd;
 mod fuzz;
 mod prereqs;
@@ -48,6 +50,14 @@ enum Task {
         seconds: u64,
         targets: Vec<String>,
     },
+    /// Measure Watch fan-out and aggregation cost; writes bench.md and bench.json to --out.
+    Bench {
+        /// About a minute instead of the full run.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value = "target/bench")]
+        out: std::path::PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         Task::Run { args } => run(args),
         Task::Test { no_lint } => test(no_lint),
         Task::Fuzz { seconds, targets } => fuzz::run(targets, seconds),
+        Task::Bench { quick, out } => bench::run(quick, out),
     }
 }
 
@@ -78,6 +89,20 @@ fn build(release: bool) -> anyhow::Result<()> {
         c.arg("--release");
     }
     cmd::timed("build collector (user space + eBPF)", &mut c)
+}
+
+/// The collector and the measurement programs, optimized.
+fn build_release_with_examples() -> anyhow::Result<()> {
+    let mut c = cargo();
+    c.args([
+        "build",
+        "--release",
+        "--package",
+        "collector",
+        "--bins",
+        "--examples",
+    ]);
+    cmd::timed("build collector and bench programs (release)", &mut c)
 }
 
 fn run(args: Vec<String>) -> anyhow::Result<()> {

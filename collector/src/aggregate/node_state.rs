@@ -16,8 +16,10 @@ struct ContainerTrack {
 struct PodTrack {
     name: String,
     namespace: String,
-    /// By container name (a restarted container keeps its name, not its id).
-    containers: HashMap<String, ContainerTrack>,
+    /// By container name (a restarted container keeps its name, not its id). A Vec: pods have
+    /// a few containers, and a map's buckets would cost more than the entries (1,000 nodes x
+    /// 110 pods).
+    containers: Vec<(String, ContainerTrack)>,
 }
 
 /// The reduced state of one node, fed message by message.
@@ -98,9 +100,21 @@ impl NodeState {
         // The pod message is complete: containers it does not list are gone.
         track
             .containers
-            .retain(|name, _| pod.containers.iter().any(|c| &c.name == name));
+            .retain(|(name, _)| pod.containers.iter().any(|c| &c.name == name));
         for c in &pod.containers {
-            let entry = track.containers.entry(c.name.clone()).or_default();
+            let entry = match track
+                .containers
+                .iter()
+                .position(|(name, _)| *name == c.name)
+            {
+                Some(i) => &mut track.containers[i].1,
+                None => {
+                    track
+                        .containers
+                        .push((c.name.clone(), ContainerTrack::default()));
+                    &mut track.containers.last_mut().expect("just pushed").1
+                }
+            };
             if let Some(point) = cpu_point(c.cpu.as_ref()) {
                 entry.cpu.observe(point, c.start_time_unix_nano);
             }
