@@ -115,7 +115,7 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
         .to_owned();
     eprintln!(
         "\nStarting the collector (gRPC on {listen}). Watch it from another terminal:\n  \
-         {bin} top --endpoint http://{listen}\n  grpcurl -plaintext {listen} \
+         {bin} top --endpoint {listen}\n  grpcurl -plaintext {listen} \
          collector.v1.Collector/GetSummary\nCtrl-C stops it.\n",
         bin = binary.display()
     );
