@@ -105,6 +105,15 @@ pub fn render_pods(mut rows: Vec<Row>, by: SortBy, limit: usize) -> String {
     out
 }
 
+/// How long `--once` waits for every row to have a CPU rate: a collector reads cgroupfs every
+/// 10 s by default, and a rate needs two reads.
+const ONCE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(45);
+
+/// Whether `--once` should print now: every row has a rate, or waiting longer is pointless.
+fn ready_for_once(rows: &[Row], started: std::time::Instant) -> bool {
+    rows.iter().all(|r| r.cpu_nano_cores.is_some() || r.stale) || started.elapsed() > ONCE_PATIENCE
+}
+
 fn render(config: &TopConfig, rows: Vec<Row>) -> String {
     match config.view {
         View::Nodes => render_nodes(rows, config.sort, config.rows),
@@ -202,13 +211,18 @@ pub async fn run_collector(channel: Channel, config: &TopConfig) -> anyhow::Resu
         .context("starting Watch")?
         .into_inner();
     let mut view = CollectorView::default();
+    let started = std::time::Instant::now();
     while let Some(msg) = stream.message().await.context("Watch stream")? {
         let (snapshot, more) = (msg.snapshot, msg.more);
         view.apply(msg);
         if more || (config.once && snapshot) {
             continue;
         }
-        if show(config, &render(config, view.rows(config.view))) {
+        let rows = view.rows(config.view);
+        if config.once && !ready_for_once(&rows, started) {
+            continue;
+        }
+        if show(config, &render(config, rows)) {
             return Ok(());
         }
     }
@@ -218,9 +232,10 @@ pub async fn run_collector(channel: Channel, config: &TopConfig) -> anyhow::Resu
 pub async fn run_aggregator(channel: Channel, config: &TopConfig) -> anyhow::Result<()> {
     let mut client = AggregatorClient::new(channel).max_decoding_message_size(256 << 20);
     let mut tick = tokio::time::interval(config.interval);
+    let started = std::time::Instant::now();
     loop {
         tick.tick().await;
-        let rows = match config.view {
+        let rows: Vec<Row> = match config.view {
             View::Nodes => client
                 .list_node_metrics(ListNodeMetricsRequest {})
                 .await
@@ -263,6 +278,9 @@ pub async fn run_aggregator(channel: Channel, config: &TopConfig) -> anyhow::Res
                 })
                 .collect(),
         };
+        if config.once && !ready_for_once(&rows, started) {
+            continue;
+        }
         if show(config, &render(config, rows)) {
             return Ok(());
         }
