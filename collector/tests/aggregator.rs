@@ -18,8 +18,8 @@ use std::{
 use collector::{
     aggregate::{self, AggregateConfig, RunningAggregator, cluster::Freshness, discovery::Targets},
     proto::{
-        ClusterWatchRequest, ListNodeMetricsRequest, ListPodMetricsRequest, PodMetrics,
-        aggregator_client::AggregatorClient,
+        ClusterWatchRequest, ListNodeMetricsRequest, ListNodeMetricsResponse,
+        ListPodMetricsRequest, NodeMetrics, PodMetrics, aggregator_client::AggregatorClient,
     },
 };
 use common::*;
@@ -80,6 +80,35 @@ async fn start_aggregator(collectors: &[SocketAddr]) -> RunningAggregator {
     .unwrap()
 }
 
+async fn node_list(mut client: AggregatorClient<Channel>) -> ListNodeMetricsResponse {
+    client
+        .list_node_metrics(ListNodeMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Polls the node list until `node` is there and `check` holds for it.
+async fn until_node(
+    client: &AggregatorClient<Channel>,
+    node: &str,
+    limit: Duration,
+    what: &str,
+    check: fn(&NodeMetrics) -> bool,
+) {
+    eventually(limit, what, || {
+        let client = client.clone();
+        async move {
+            let list = node_list(client).await;
+            list.nodes
+                .iter()
+                .any(|n| n.name == node && check(n))
+                .then_some(())
+        }
+    })
+    .await;
+}
+
 async fn pods(client: &mut AggregatorClient<Channel>) -> Vec<PodMetrics> {
     client
         .list_pod_metrics(ListPodMetricsRequest::default())
@@ -108,13 +137,9 @@ async fn three_collectors_merge_into_one_cluster_view() {
 
     // Every node with a rate; every pod of every node with its containers' rates.
     let nodes = eventually(Duration::from_secs(10), "three nodes with rates", || {
-        let mut client = client.clone();
+        let client = client.clone();
         async move {
-            let nodes = client
-                .list_node_metrics(ListNodeMetricsRequest {})
-                .await
-                .unwrap()
-                .into_inner();
+            let nodes = node_list(client).await;
             (nodes.nodes.len() == 3 && nodes.nodes.iter().all(|n| n.cpu_nano_cores.is_some()))
                 .then_some(nodes)
         }
@@ -259,21 +284,13 @@ async fn three_collectors_merge_into_one_cluster_view() {
     // then it is forgotten.
     let b_addr = collectors[1].addr;
     collectors.remove(1).stop().await.unwrap();
-    eventually(Duration::from_secs(5), "node-b stale", || {
-        let mut client = client.clone();
-        async move {
-            let nodes = client
-                .list_node_metrics(ListNodeMetricsRequest {})
-                .await
-                .unwrap();
-            nodes
-                .into_inner()
-                .nodes
-                .iter()
-                .any(|n| n.name == "node-b" && n.stale)
-                .then_some(())
-        }
-    })
+    until_node(
+        &client,
+        "node-b",
+        Duration::from_secs(5),
+        "node-b stale",
+        |n| n.stale,
+    )
     .await;
     assert!(pods(&mut client).await.iter().all(|p| p.node != "node-b"));
     let (_, body) = http_get(http, "/apis/metrics.k8s.io/v1beta1/nodes").await;
@@ -282,13 +299,9 @@ async fn three_collectors_merge_into_one_cluster_view() {
         "stale nodes are not served as metrics: {body}"
     );
     let update = eventually(Duration::from_secs(5), "node-b forgotten", || {
-        let mut client = client.clone();
+        let client = client.clone();
         async move {
-            let nodes = client
-                .list_node_metrics(ListNodeMetricsRequest {})
-                .await
-                .unwrap();
-            let nodes = nodes.into_inner();
+            let nodes = node_list(client).await;
             let gone = nodes.nodes.iter().all(|n| n.name != "node-b");
             let target = nodes
                 .collectors
@@ -316,21 +329,13 @@ async fn three_collectors_merge_into_one_cluster_view() {
 
     // It comes back on the same address: fresh again, with a rate.
     collectors.insert(1, start_collector(&trees[1], "node-b", b_addr).await);
-    eventually(Duration::from_secs(10), "node-b back with a rate", || {
-        let mut client = client.clone();
-        async move {
-            let nodes = client
-                .list_node_metrics(ListNodeMetricsRequest {})
-                .await
-                .unwrap();
-            nodes
-                .into_inner()
-                .nodes
-                .iter()
-                .any(|n| n.name == "node-b" && !n.stale && n.cpu_nano_cores.is_some())
-                .then_some(())
-        }
-    })
+    until_node(
+        &client,
+        "node-b",
+        Duration::from_secs(10),
+        "node-b back with a rate",
+        |n| !n.stale && n.cpu_nano_cores.is_some(),
+    )
     .await;
 
     aggregator.stop().await.unwrap();
