@@ -1,11 +1,12 @@
 //! The gRPC API over a real loopback connection, without root: the collector runs in
 //! cgroupfs-only mode over a fixture tree.
 
+mod common;
+
 use std::{fs, path::Path, time::Duration};
 
 use collector::{
     app::{self, Running, ServeConfig},
-    probes::ProbeConfig,
     proto::{WatchRequest, collector_client::CollectorClient, probe_status::State},
 };
 use tonic::{Code, transport::Channel};
@@ -24,18 +25,7 @@ fn fixture_tree(root: &Path) {
 }
 
 async fn start(mount: &Path) -> (Running, CollectorClient<Channel>) {
-    let running = app::start(ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        probes: ProbeConfig {
-            disabled: true,
-            ..ProbeConfig::default()
-        },
-        cgroup2_mount: Some(mount.to_path_buf()),
-        base_period: Duration::from_millis(100),
-        ..ServeConfig::default()
-    })
-    .await
-    .unwrap();
+    let running = app::start(common::cgroupfs_only(mount)).await.unwrap();
     let client = CollectorClient::connect(format!("http://{}", running.addr))
         .await
         .unwrap();
@@ -433,15 +423,8 @@ async fn a_big_snapshot_arrives_in_chunks_under_the_limit() {
     }
     bump_all(dir.path(), CGROUPS, 1);
     let running = app::start(ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        probes: ProbeConfig {
-            disabled: true,
-            ..ProbeConfig::default()
-        },
-        cgroup2_mount: Some(dir.path().to_path_buf()),
-        base_period: Duration::from_millis(100),
         max_message_bytes: LIMIT,
-        ..ServeConfig::default()
+        ..common::cgroupfs_only(dir.path())
     })
     .await
     .unwrap();

@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::{fs, path::Path, time::Duration};
+use std::{fs, path::Path};
 
 use collector::{
     app::{self, Running, ServeConfig},
     client::{self, ClientTls},
-    probes::ProbeConfig,
     proto::{GetSummaryRequest, collector_client::CollectorClient},
     server::tls::{ServerTlsFiles, TlsReloader},
 };
@@ -53,15 +52,8 @@ fn write(dir: &Path, name: &str, pem: &str) -> std::path::PathBuf {
 
 async fn start_tls(mount: &Path, tls: ServerTlsFiles) -> Running {
     app::start(ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        probes: ProbeConfig {
-            disabled: true,
-            ..ProbeConfig::default()
-        },
-        cgroup2_mount: Some(mount.to_path_buf()),
-        base_period: Duration::from_millis(100),
         tls: Some(tls),
-        ..ServeConfig::default()
+        ..common::cgroupfs_only(mount)
     })
     .await
     .unwrap()
@@ -247,12 +239,7 @@ async fn plaintext_on_a_non_loopback_address_needs_an_explicit_flag() {
     let root = tree(dir.path());
     let config = ServeConfig {
         listen: "0.0.0.0:0".parse().unwrap(),
-        probes: ProbeConfig {
-            disabled: true,
-            ..ProbeConfig::default()
-        },
-        cgroup2_mount: Some(root.clone()),
-        ..ServeConfig::default()
+        ..common::cgroupfs_only(&root)
     };
     let err = app::start(config.clone()).await.err().unwrap();
     assert!(

@@ -6,14 +6,17 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::cluster::Cluster;
 use crate::{
     proto::{self, aggregator_server::Aggregator},
-    server::{convert::unix_nanos, filter::check_dns_label},
+    server::{
+        convert::unix_nanos,
+        filter::check_dns_label,
+        outbox::{self, End, Outbox, SubscriberStream},
+        requested_interval,
+    },
 };
 
 pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(10);
@@ -62,36 +65,30 @@ impl Aggregator for AggregatorService {
         }))
     }
 
-    type WatchStream = ReceiverStream<Result<proto::ClusterUpdate, Status>>;
+    type WatchStream = SubscriberStream<proto::ClusterUpdate>;
 
     async fn watch(
         &self,
         request: Request<proto::ClusterWatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let req = request.into_inner();
-        let interval = match req.interval_ms {
-            None => DEFAULT_WATCH_INTERVAL,
-            Some(ms) => {
-                let d = Duration::from_millis(ms.into());
-                if !(MIN_WATCH_INTERVAL..=MAX_WATCH_INTERVAL).contains(&d) {
-                    return Err(Status::invalid_argument(format!(
-                        "interval_ms = {ms} is outside the allowed {}..={} ms",
-                        MIN_WATCH_INTERVAL.as_millis(),
-                        MAX_WATCH_INTERVAL.as_millis()
-                    )));
-                }
-                d
-            }
-        };
+        let interval = requested_interval(
+            req.interval_ms,
+            DEFAULT_WATCH_INTERVAL,
+            MIN_WATCH_INTERVAL..=MAX_WATCH_INTERVAL,
+        )?;
         let ns = namespace(&req.namespace)?.map(str::to_owned);
-        // +1: room for the RESOURCE_EXHAUSTED goodbye.
-        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER + 1);
-        tokio::spawn(watch(self.cluster.clone(), interval, ns, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let (out, stream) = outbox::channel(SUBSCRIBER_BUFFER);
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move {
+            let end = watch(&cluster, interval, ns, &out).await;
+            out.finish(end, "cluster Watch");
+        });
+        Ok(Response::new(stream))
     }
 }
 
-/// What one cluster subscriber was last sent.
+/// What one cluster subscriber was last sent (nodes without their last-heard time).
 #[derive(Default)]
 struct Sent {
     nodes: HashMap<String, proto::NodeMetrics>,
@@ -99,31 +96,25 @@ struct Sent {
 }
 
 async fn watch(
-    cluster: Arc<Cluster>,
+    cluster: &Cluster,
     interval: Duration,
     namespace: Option<String>,
-    tx: mpsc::Sender<Result<proto::ClusterUpdate, Status>>,
-) {
+    out: &Outbox<proto::ClusterUpdate>,
+) -> End {
     let mut sent = Sent::default();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for sequence in 0u64.. {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = tx.closed() => return,
+            _ = out.closed() => return End::Closed,
         }
-        let update = diff(&cluster, namespace.as_deref(), &mut sent, sequence);
-        if tx.capacity() <= 1 {
-            let _ = tx.try_send(Err(Status::resource_exhausted(format!(
-                "subscriber fell {SUBSCRIBER_BUFFER} messages behind and was dropped; \
-                 resubscribe for a fresh snapshot"
-            ))));
-            return;
-        }
-        if tx.try_send(Ok(update)).is_err() {
-            return;
+        let update = diff(cluster, namespace.as_deref(), &mut sent, sequence);
+        if let Err(end) = out.try_send(update) {
+            return end;
         }
     }
+    End::Closed
 }
 
 fn diff(
@@ -138,22 +129,17 @@ fn diff(
         .iter()
         .map(|n| (n.entry.metrics.name.clone(), n.metrics()))
         .collect();
+    // A node's metrics change only through a new point or staleness; last_heard moves with
+    // every message and alone is not a change worth sending.
+    let comparable = |n: &proto::NodeMetrics| proto::NodeMetrics {
+        last_heard_unix_nano: 0,
+        ..n.clone()
+    };
     let pods: HashMap<String, proto::PodMetrics> = cluster
         .pods(namespace)
         .into_iter()
         .map(|p| (p.uid.clone(), p))
         .collect();
-    // A node's metrics change only through a new point or staleness; last_heard moves with
-    // every message and alone is not a change worth sending.
-    let same_node = |a: &proto::NodeMetrics, b: &proto::NodeMetrics| {
-        proto::NodeMetrics {
-            last_heard_unix_nano: 0,
-            ..a.clone()
-        } == proto::NodeMetrics {
-            last_heard_unix_nano: 0,
-            ..b.clone()
-        }
-    };
     let mut update = proto::ClusterUpdate {
         sequence,
         snapshot,
@@ -161,7 +147,7 @@ fn diff(
         ..Default::default()
     };
     for (name, n) in &nodes {
-        if snapshot || sent.nodes.get(name).is_none_or(|old| !same_node(old, n)) {
+        if snapshot || sent.nodes.get(name) != Some(&comparable(n)) {
             update.nodes.push(n.clone());
         }
     }
@@ -186,6 +172,10 @@ fn diff(
     update.pods.sort_by(|a, b| a.uid.cmp(&b.uid));
     update.removed_nodes.sort();
     update.removed_pod_uids.sort();
-    *sent = Sent { nodes, pods };
+    sent.nodes = nodes
+        .iter()
+        .map(|(k, n)| (k.clone(), comparable(n)))
+        .collect();
+    sent.pods = pods;
     update
 }

@@ -72,18 +72,17 @@ impl Cluster {
 
     pub fn publish(&self, entry: NodeEntry) {
         let name = entry.metrics.name.clone();
+        let address = entry.address.clone();
         let previous = write(&self.nodes).insert(name.clone(), Arc::new(entry));
-        if let Some(previous) = previous {
-            let new_address = &read(&self.nodes)[&name].address;
-            if &previous.address != new_address
-                && previous.heard_at.elapsed() < self.freshness.stale_after
-            {
-                tracing::warn!(
-                    node = %name,
-                    "two collectors report the same node name ({} and {new_address}); set distinct --node-name values",
-                    previous.address
-                );
-            }
+        if let Some(previous) = previous
+            && previous.address != address
+            && previous.heard_at.elapsed() < self.freshness.stale_after
+        {
+            tracing::warn!(
+                node = %name,
+                "two collectors report the same node name ({} and {address}); set distinct --node-name values",
+                previous.address
+            );
         }
     }
 

@@ -61,6 +61,15 @@ pub fn split(mut msg: WatchResponse, limit: usize) -> Vec<WatchResponse> {
     chunks
 }
 
+/// The receiving side: whether `msg` starts a new snapshot (the client should drop what it
+/// had), given whether the previous chunk left one open. Later chunks of the same snapshot add
+/// to the first.
+pub fn starts_snapshot(in_snapshot: &mut bool, msg: &WatchResponse) -> bool {
+    let starts = msg.snapshot && !*in_snapshot;
+    *in_snapshot = msg.snapshot && msg.more;
+    starts
+}
+
 /// Bytes a repeated message entry of `len` bytes takes: one tag byte, the length varint, the body.
 fn entry_len(len: usize) -> usize {
     1 + prost::encoding::encoded_len_varint(len as u64) + len

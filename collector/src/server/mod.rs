@@ -3,6 +3,7 @@
 pub mod chunk;
 pub mod convert;
 pub mod filter;
+pub mod outbox;
 pub mod tls;
 pub mod watch;
 
@@ -66,15 +67,24 @@ impl CollectorService {
 
 /// Checks a requested Watch interval: unset means the default; out of range is the caller's error.
 pub fn watch_interval(interval_ms: Option<u32>) -> Result<Duration, Status> {
+    requested_interval(interval_ms, DEFAULT_INTERVAL, MIN_INTERVAL..=MAX_INTERVAL)
+}
+
+/// A streaming interval from a request: `default` when unset, INVALID_ARGUMENT outside `allowed`.
+pub fn requested_interval(
+    interval_ms: Option<u32>,
+    default: Duration,
+    allowed: std::ops::RangeInclusive<Duration>,
+) -> Result<Duration, Status> {
     let Some(ms) = interval_ms else {
-        return Ok(DEFAULT_INTERVAL);
+        return Ok(default);
     };
     let interval = Duration::from_millis(u64::from(ms));
-    if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
+    if !allowed.contains(&interval) {
         return Err(Status::invalid_argument(format!(
             "interval_ms = {ms} is outside the allowed {}..={} ms",
-            MIN_INTERVAL.as_millis(),
-            MAX_INTERVAL.as_millis()
+            allowed.start().as_millis(),
+            allowed.end().as_millis()
         )));
     }
     Ok(interval)
@@ -154,7 +164,7 @@ impl Collector for CollectorService {
                 server_stats: stats.clone(),
             };
             let end = watch::run(subscription, opts, context, outbox).await;
-            if end == watch::End::TooSlow {
+            if end == outbox::End::TooSlow {
                 stats.dropped_subscribers.fetch_add(1, Ordering::Relaxed);
             }
             stats.watch_subscribers.fetch_sub(1, Ordering::Relaxed);

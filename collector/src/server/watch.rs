@@ -6,22 +6,20 @@
 
 use std::{
     collections::HashMap,
-    pin::Pin,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use futures::{Stream, StreamExt as _};
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Status;
-
-use super::{ServerStats, chunk, convert, filter::Filter};
+use super::{
+    ServerStats, chunk, convert,
+    filter::Filter,
+    outbox::{self, End, Outbox, SubscriberStream},
+};
 use crate::{
     proto,
     rate::{Reading, per_second},
     sampler::CgroupSample,
-    store::{Snapshot, Subscription},
+    store::{Record, Snapshot, Subscription},
 };
 
 fn pod_uid(p: &proto::PodStats) -> String {
@@ -37,32 +35,12 @@ pub const SUBSCRIBER_BUFFER: usize = 16;
 /// How long the rest of a chunked message may wait for room in a subscriber's buffer.
 const CHUNK_PATIENCE: Duration = Duration::from_secs(10);
 
-pub type WatchSender = mpsc::Sender<Result<proto::WatchResponse, Status>>;
+/// What a Watch subscriber receives: its queued messages, then, if it was dropped, why.
+pub type WatchStream = SubscriberStream<proto::WatchResponse>;
 
-/// What a subscriber receives: its queued messages, then, if it was dropped, why.
-pub type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchResponse, Status>> + Send>>;
-
-/// The sending side of one subscription, and the stream to hand to tonic.
-pub fn channel() -> (Outbox, WatchStream) {
-    let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
-    let (goodbye_tx, goodbye_rx) = oneshot::channel();
-    // The goodbye comes after what is already queued: the client sees every message it was sent,
-    // then the reason, and no slot of the buffer has to be kept free for it.
-    let goodbye = futures::stream::once(goodbye_rx).filter_map(|r| async move { r.ok().map(Err) });
-    let stream = ReceiverStream::new(rx).chain(goodbye);
-    (
-        Outbox {
-            tx,
-            goodbye: Some(goodbye_tx),
-        },
-        Box::pin(stream),
-    )
-}
-
-/// One subscription's bounded queue.
-pub struct Outbox {
-    tx: WatchSender,
-    goodbye: Option<oneshot::Sender<Status>>,
+/// A Watch subscriber's queue, and its stream for tonic.
+pub fn channel() -> (Outbox<proto::WatchResponse>, WatchStream) {
+    outbox::channel(SUBSCRIBER_BUFFER)
 }
 
 /// What a subscriber asked for.
@@ -93,36 +71,28 @@ struct SentCgroup {
     counters: Sent,
 }
 
-/// Why a subscription ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    /// The client went away or the collector is stopping.
-    Closed,
-    /// Dropped for falling behind.
-    TooSlow,
-}
-
 /// What every message of a subscription may need besides the snapshot.
 pub struct Context {
     pub node: Arc<proto::NodeInfo>,
     pub server_stats: Arc<ServerStats>,
 }
 
-pub async fn run(mut sub: Subscription, opts: Options, ctx: Context, mut out: Outbox) -> End {
-    let end = stream(&mut sub, &opts, &ctx, &mut out).await;
-    if end == End::TooSlow
-        && let Some(goodbye) = out.goodbye.take()
-    {
-        let _ = goodbye.send(Status::resource_exhausted(format!(
-            "subscriber fell {SUBSCRIBER_BUFFER} messages behind and was dropped; \
-             resubscribe for a fresh snapshot"
-        )));
-        tracing::info!("dropped a slow Watch subscriber");
-    }
-    end
+pub async fn run(
+    mut sub: Subscription,
+    opts: Options,
+    ctx: Context,
+    out: Outbox<proto::WatchResponse>,
+) -> End {
+    let end = stream(&mut sub, &opts, &ctx, &out).await;
+    out.finish(end, "Watch")
 }
 
-async fn stream(sub: &mut Subscription, opts: &Options, ctx: &Context, out: &mut Outbox) -> End {
+async fn stream(
+    sub: &mut Subscription,
+    opts: &Options,
+    ctx: &Context,
+    out: &Outbox<proto::WatchResponse>,
+) -> End {
     let interval = opts.interval;
     let Some(first) = wait_for_snapshot(sub).await else {
         return End::Closed;
@@ -146,7 +116,7 @@ async fn stream(sub: &mut Subscription, opts: &Options, ctx: &Context, out: &mut
     loop {
         tokio::select! {
             changed = sub.snapshots.changed() => if changed.is_err() { return End::Closed },
-            _ = out.tx.closed() => return End::Closed,
+            _ = out.closed() => return End::Closed,
         }
         let Some(snap) = sub.snapshots.borrow_and_update().clone() else {
             continue;
@@ -182,20 +152,16 @@ async fn wait_for_snapshot(sub: &mut Subscription) -> Option<Arc<Snapshot>> {
 /// Queues a message unless the client is too slow; `Err` when the stream must end. A client
 /// whose buffer is full when a message is due is too slow. The later chunks of a split message
 /// may wait (boundedly) for room: they complete a message the client is reading.
-async fn send(out: &Outbox, msg: proto::WatchResponse, limit: usize) -> Result<(), End> {
+async fn send(
+    out: &Outbox<proto::WatchResponse>,
+    msg: proto::WatchResponse,
+    limit: usize,
+) -> Result<(), End> {
     let mut chunks = chunk::split(msg, limit).into_iter();
     let first = chunks.next().expect("split returns at least one chunk");
-    match out.tx.try_send(Ok(first)) {
-        Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(_)) => return Err(End::TooSlow),
-        Err(mpsc::error::TrySendError::Closed(_)) => return Err(End::Closed),
-    }
+    out.try_send(first)?;
     for rest in chunks {
-        match tokio::time::timeout(CHUNK_PATIENCE, out.tx.reserve()).await {
-            Ok(Ok(permit)) => permit.send(Ok(rest)),
-            Ok(Err(_)) => return Err(End::Closed),
-            Err(_) => return Err(End::TooSlow),
-        }
+        out.send_within(rest, CHUNK_PATIENCE).await?;
     }
     Ok(())
 }
@@ -278,9 +244,7 @@ impl SubscriberState {
 
     fn snapshot(&mut self, snap: &Snapshot, node: &proto::NodeInfo) -> proto::WatchResponse {
         let mut cgroups = Vec::new();
-        let records = snap.records(self.opts.histograms);
-        for (i, c) in wanted_cgroups(&self.opts, snap) {
-            let record = &records[i];
+        for (c, record) in wanted_cgroups(&self.opts, snap) {
             let stats = &record.stats;
             self.sent.insert(
                 c.id,
@@ -312,9 +276,7 @@ impl SubscriberState {
     fn update(&mut self, snap: &Snapshot) -> proto::WatchResponse {
         let mut changed = Vec::new();
         let mut next = HashMap::with_capacity(self.sent.len());
-        let records = snap.records(self.opts.histograms);
-        for (i, c) in wanted_cgroups(&self.opts, snap) {
-            let record = &records[i];
+        for (c, record) in wanted_cgroups(&self.opts, snap) {
             let previous = self.sent.get(&c.id).copied();
             let prev = previous.unwrap_or_default();
             let mut counters = sent_counters(c, &record.stats, snap);
@@ -417,18 +379,23 @@ impl SubscriberState {
     }
 }
 
-/// The cgroups a subscriber gets records of, with their index in the snapshot.
+/// The cgroups a subscriber gets records of, with their shared records. With
+/// only_cpu_and_memory there are none, and the records are never built for it.
 fn wanted_cgroups<'a>(
     opts: &'a Options,
     snap: &'a Snapshot,
-) -> impl Iterator<Item = (usize, &'a CgroupSample)> + 'a {
-    let wanted = !opts.only_cpu_and_memory;
+) -> impl Iterator<Item = (&'a CgroupSample, &'a Record)> + 'a {
+    let records: &[Record] = if opts.only_cpu_and_memory {
+        &[]
+    } else {
+        snap.records(opts.histograms)
+    };
     let filter = opts.filter.cgroups(&snap.pods);
     snap.sample
         .cgroups
         .iter()
-        .enumerate()
-        .filter(move |(_, c)| wanted && filter.passes(&c.path))
+        .zip(records)
+        .filter(move |(c, _)| filter.passes(&c.path))
 }
 
 fn sent_counters(c: &CgroupSample, stats: &proto::CgroupStats, snap: &Snapshot) -> Sent {

@@ -7,6 +7,7 @@ use tonic::transport::Channel;
 
 use super::{SortBy, TopConfig, interval_ms, show};
 use crate::proto::{self, WatchRequest, collector_client::CollectorClient};
+use crate::server::chunk;
 
 /// The client-side copy of what the stream has said so far.
 #[derive(Default)]
@@ -21,10 +22,9 @@ pub struct Table {
 
 impl Table {
     pub fn apply(&mut self, msg: proto::WatchResponse) {
-        if msg.snapshot && !self.in_snapshot {
+        if chunk::starts_snapshot(&mut self.in_snapshot, &msg) {
             self.cgroups.clear();
         }
-        self.in_snapshot = msg.snapshot && msg.more;
         if let Some(node) = msg.node {
             self.hostname = node.hostname;
         }

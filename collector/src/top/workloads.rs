@@ -11,6 +11,7 @@ use crate::proto::{
     self, ListNodeMetricsRequest, ListPodMetricsRequest, WatchRequest,
     aggregator_client::AggregatorClient, collector_client::CollectorClient,
 };
+use crate::server::chunk;
 
 /// One line of a table; `None` is printed as `<unknown>`, like kubectl.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,10 +142,9 @@ struct CollectorView {
 
 impl CollectorView {
     fn apply(&mut self, msg: proto::WatchResponse) {
-        if msg.snapshot && !self.in_snapshot {
+        if chunk::starts_snapshot(&mut self.in_snapshot, &msg) {
             self.pods.clear();
         }
-        self.in_snapshot = msg.snapshot && msg.more;
         if msg.node.is_some() {
             self.info = msg.node;
         }

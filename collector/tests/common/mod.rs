@@ -70,18 +70,28 @@ pub fn set_usage_usec(dir: &Path, usec: u64) {
     fs::rename(tmp, dir.join("cpu.stat")).unwrap();
 }
 
-pub async fn start_collector(root: &Path, node_name: &str, listen: SocketAddr) -> Running {
-    app::start(ServeConfig {
-        listen,
+/// A collector without probes over the cgroup2 tree at `mount`, on a free loopback port,
+/// sampling every 100 ms.
+pub fn cgroupfs_only(mount: &Path) -> ServeConfig {
+    ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
         probes: ProbeConfig {
             disabled: true,
             ..ProbeConfig::default()
         },
-        cgroup2_mount: Some(root.to_path_buf()),
-        ignore_cgroup1: true,
-        node_name: Some(node_name.into()),
+        cgroup2_mount: Some(mount.to_path_buf()),
         base_period: Duration::from_millis(100),
         ..ServeConfig::default()
+    }
+}
+
+/// A fixture node: every controller read from the tree, under `node_name`.
+pub async fn start_collector(root: &Path, node_name: &str, listen: SocketAddr) -> Running {
+    app::start(ServeConfig {
+        listen,
+        ignore_cgroup1: true,
+        node_name: Some(node_name.into()),
+        ..cgroupfs_only(root)
     })
     .await
     .unwrap()
