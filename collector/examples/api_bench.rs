@@ -9,10 +9,12 @@
 //! pods each, every pod changing every interval) into one `collector aggregate` process, one
 //! loopback address per node (127.0.x.y); prints per node count the aggregator's CPU and RSS.
 
+mod bench_util;
+
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -20,6 +22,9 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use bench_util::{
+    Process, collector_binary, cpu_windows, free_port, percentile, rss_bytes, spread,
+};
 use collector::proto::{
     self, ListNodeMetricsRequest, WatchRequest,
     aggregator_client::AggregatorClient,
@@ -35,61 +40,8 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn collector_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("own path");
-    // target/<profile>/examples/api_bench -> target/<profile>/collector
-    exe.parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("collector"))
-        .expect("collector binary next to the examples directory")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
-        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
-    });
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks / hz
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
-}
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
+/// CPU is measured in this many consecutive windows of the run, for a median with spread.
+const WINDOWS: u32 = 3;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -134,7 +86,14 @@ async fn stream(cgroups: usize, seconds: u64, counts: &[u64]) -> anyhow::Result<
     };
     let port = free_port();
     let child = Command::new(collector_binary())
-        .args(["serve", "--no-ebpf", "--ignore-cgroup1", "--listen"])
+        .args([
+            "serve",
+            "--no-ebpf",
+            "--ignore-cgroup1",
+            "--http-listen",
+            "off",
+            "--listen",
+        ])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--cgroup2-mount")
         .arg(&root)
@@ -180,10 +139,8 @@ async fn stream(cgroups: usize, seconds: u64, counts: &[u64]) -> anyhow::Result<
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
         measuring.store(true, Ordering::Relaxed);
-        let cpu0 = cpu_seconds(pid);
-        let t0 = Instant::now();
-        tokio::time::sleep(Duration::from_secs(seconds)).await;
-        let cpu = (cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64();
+        let each = Duration::from_secs_f64(seconds as f64 / f64::from(WINDOWS));
+        let cpu: Vec<f64> = cpu_windows(pid, WINDOWS, each).await;
         measuring.store(false, Ordering::Relaxed);
         let mut lat = latencies.lock().unwrap().clone();
         lat.sort_by(f64::total_cmp);
@@ -191,7 +148,8 @@ async fn stream(cgroups: usize, seconds: u64, counts: &[u64]) -> anyhow::Result<
             "{}",
             serde_json::json!({
                 "kind": "stream", "cgroups": cgroups, "subscribers": count, "seconds": seconds,
-                "collector_cpu_percent": cpu * 100.0, "messages": lat.len(),
+                "collector_cpu_percent": spread(&cpu.iter().map(|c| c * 100.0).collect::<Vec<_>>()),
+                "messages": lat.len(),
                 "latency_p50_ms": percentile(&lat, 0.5), "latency_p99_ms": percentile(&lat, 0.99),
                 "latency_max_ms": lat.last().copied().unwrap_or(f64::NAN),
                 "collector_rss_bytes": rss_bytes(pid),
@@ -376,19 +334,19 @@ async fn aggregate(seconds: u64, interval_ms: u64, counts: &[u64]) -> anyhow::Re
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let warmup = started.elapsed();
-        let cpu0 = cpu_seconds(pid);
-        let t0 = Instant::now();
-        tokio::time::sleep(Duration::from_secs(seconds)).await;
-        let cpu = (cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64();
+        // Whole intervals, so every window holds the same number of updates per node.
+        let windows = (seconds / interval.as_secs().max(1)).clamp(1, u64::from(WINDOWS)) as u32;
+        let cpu = cpu_windows(pid, windows, interval).await;
         let rss = rss_bytes(pid);
+        let per = |scale: f64| -> Vec<f64> { cpu.iter().map(|c| c * scale).collect() };
         println!(
             "{}",
             serde_json::json!({
                 "kind": "aggregate", "nodes": nodes, "pods_per_node": PODS_PER_NODE,
                 "interval_ms": interval_ms, "seconds": seconds,
                 "warmup_seconds": warmup.as_secs_f64(),
-                "aggregator_cpu_percent": cpu * 100.0,
-                "millicores_per_node": cpu * 1000.0 / nodes as f64,
+                "aggregator_cpu_percent": spread(&per(100.0)),
+                "millicores_per_node": spread(&per(1000.0 / nodes as f64)),
                 "rss_bytes": rss, "rss_mib_per_node": rss as f64 / nodes as f64 / (1 << 20) as f64,
             })
         );

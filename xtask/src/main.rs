@@ -5,7 +5,8 @@
 //! - `run`:     build and run the collector locally as root with working defaults
 //! - `test`:    fmt + clippy checks and every test, root/BPF integration tests included
 //! - `fuzz`:    run the parser fuzzers (cargo-fuzz) for a while each
-//! - `bench`:   measure streaming and aggregation cost, write a markdown + JSON report
+//! - `bench`:   measure collection cost, probe overhead, streaming and aggregation; write a
+//!   markdown + JSON report and a plot
 
 mod bench;
 mod cmd;
@@ -50,7 +51,8 @@ enum Task {
         seconds: u64,
         targets: Vec<String>,
     },
-    /// Measure Watch fan-out and aggregation cost; writes bench.md and bench.json to --out.
+    /// Measure collection cost, probe overhead, Watch fan-out and aggregation; writes bench.md,
+    /// bench.json and cost.svg to --out.
     Bench {
         /// About a minute instead of the full run.
         #[arg(long)]
@@ -165,6 +167,7 @@ fn test(no_lint: bool) -> anyhow::Result<()> {
             ]),
         )?;
     }
+    prereqs::ensure_test_tools()?;
     if std::env::var("COLLECTOR_REQUIRE_BPF").is_ok_and(|v| v == "1") {
         eprintln!("COLLECTOR_REQUIRE_BPF=1: root/BPF tests must run, skipping fails");
     } else if !cmd::is_root() {

@@ -78,6 +78,9 @@ pub struct ProbeConfig {
     /// Forward aya-log records from the programs into our logs.
     pub ebpf_log: bool,
     pub btf_path: PathBuf,
+    /// Turn on the kernel's bpf_stats for per-program run counts and time. While on, every BPF
+    /// program on the machine pays two clock reads per run (`cargo xtask bench` measures it).
+    pub run_stats: bool,
 }
 
 impl Default for ProbeConfig {
@@ -87,6 +90,7 @@ impl Default for ProbeConfig {
             max_cgroups: 16_384,
             ebpf_log: false,
             btf_path: PathBuf::from(offsets::VMLINUX_BTF),
+            run_stats: true,
         }
     }
 }
@@ -205,9 +209,11 @@ impl Probes {
             oom_variant,
             needs_offsets("cgroup lifecycle"),
         );
-        match RunStats::enable() {
-            Ok(stats) => probes.run_stats = Some(stats),
-            Err(e) => tracing::info!("bpf_stats unavailable, no per-program cost figures: {e}"),
+        if config.run_stats {
+            match RunStats::enable() {
+                Ok(stats) => probes.run_stats = Some(stats),
+                Err(e) => tracing::info!("bpf_stats unavailable, no per-program cost figures: {e}"),
+            }
         }
         probes.ebpf = Some(ebpf);
         probes

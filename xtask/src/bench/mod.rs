@@ -1,0 +1,206 @@
+//! `cargo xtask bench`: runs the measurement programs (collector/examples/*_bench.rs) in release
+//! mode, each printing one JSON object per line, and writes `bench.md`, `bench.json` and
+//! `cost.svg` to `--out`.
+//!
+//! Sections: collection cost against real cgroups (baseline / cgroupfs / eBPF, and the real
+//! daemon), probe overhead, Watch fan-out, aggregation. A section that fails is reported as
+//! such and the others still run; the command then exits non-zero.
+
+mod plot;
+mod report;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::Context as _;
+use serde_json::Value;
+
+/// What one run measures; `--quick` is about a minute after the build, the full run about ten.
+pub struct Plan {
+    pub quick: bool,
+    pub cost_counts: Vec<u64>,
+    pub cost_repeats: u64,
+    pub daemon_counts: Vec<u64>,
+    pub daemon_seconds: u64,
+    pub probe_repeats: u64,
+    pub roundtrips: u64,
+    pub pages: u64,
+    pub stream_seconds: u64,
+    pub subscribers: Vec<u64>,
+    pub aggregate_seconds: u64,
+    pub nodes: Vec<u64>,
+}
+
+impl Plan {
+    pub fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                quick,
+                cost_counts: vec![100, 1000],
+                cost_repeats: 3,
+                daemon_counts: vec![1000],
+                daemon_seconds: 10,
+                probe_repeats: 4,
+                roundtrips: 20_000,
+                pages: 8192,
+                stream_seconds: 3,
+                subscribers: vec![0, 1, 10, 100],
+                aggregate_seconds: 10,
+                nodes: vec![1000],
+            }
+        } else {
+            Self {
+                quick,
+                cost_counts: vec![100, 1000, 5000],
+                cost_repeats: 5,
+                daemon_counts: vec![1000, 5000],
+                daemon_seconds: 30,
+                probe_repeats: 10,
+                roundtrips: 50_000,
+                pages: 16_384,
+                stream_seconds: 21,
+                subscribers: vec![0, 1, 10, 100],
+                aggregate_seconds: 30,
+                nodes: vec![100, 1000, 5000],
+            }
+        }
+    }
+}
+
+/// One section's rows, or why it has none.
+pub type Section = Result<Vec<Value>, String>;
+
+/// Runs `target/release/examples/PROGRAM ARGS`, one JSON value per stdout line.
+fn run_program(program: &str, args: &[String]) -> Section {
+    eprintln!("{program} {}", args.join(" "));
+    let path = format!("target/release/examples/{program}");
+    let output = Command::new(&path)
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running {path}: {e}"))?;
+    let mut rows = Vec::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let row: Value =
+            serde_json::from_str(line).map_err(|e| format!("{program}: bad line {line:?}: {e}"))?;
+        eprintln!("  {row}");
+        rows.push(row);
+    }
+    if !output.status.success() {
+        return Err(format!(
+            "{program} {} failed ({})",
+            args.join(" "),
+            output.status
+        ));
+    }
+    Ok(rows)
+}
+
+fn strings<T: ToString>(items: impl IntoIterator<Item = T>) -> Vec<String> {
+    items.into_iter().map(|i| i.to_string()).collect()
+}
+
+/// Collection cost and probe overhead need root (cgroups to create, programs to load).
+fn needs_root(section: impl FnOnce() -> Section) -> Section {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("needs root (cgroups to create, BPF programs to load)".into());
+    }
+    section()
+}
+
+pub struct Results {
+    pub cost: Section,
+    pub daemon: Section,
+    pub probes: Section,
+    pub stream: Section,
+    pub aggregate: Section,
+}
+
+pub fn run(quick: bool, out: PathBuf) -> anyhow::Result<()> {
+    let plan = Plan::new(quick);
+    super::build_release_with_examples()?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut cost_args = strings([plan.cost_repeats]);
+    cost_args.insert(0, "cost".into());
+    cost_args.extend(strings(&plan.cost_counts));
+    let results = Results {
+        cost: needs_root(|| run_program("collect_bench", &cost_args)),
+        daemon: needs_root(|| {
+            let mut rows = Vec::new();
+            for n in &plan.daemon_counts {
+                let windows = (plan.daemon_seconds / 10).max(1);
+                let args = strings([
+                    "daemon".to_string(),
+                    n.to_string(),
+                    plan.daemon_seconds.to_string(),
+                    windows.to_string(),
+                ]);
+                rows.extend(run_program("collect_bench", &args)?);
+            }
+            Ok(rows)
+        }),
+        probes: needs_root(|| {
+            run_program(
+                "probe_bench",
+                &strings([plan.probe_repeats, plan.roundtrips, plan.pages]),
+            )
+        }),
+        stream: {
+            let mut args = strings(["stream", "1000"]);
+            args.push(plan.stream_seconds.to_string());
+            args.extend(strings(&plan.subscribers));
+            run_program("api_bench", &args)
+        },
+        aggregate: {
+            let mut args = strings([
+                "aggregate".to_string(),
+                plan.aggregate_seconds.to_string(),
+                "10000".into(),
+            ]);
+            args.extend(strings(&plan.nodes));
+            run_program("api_bench", &args)
+        },
+    };
+    let (cores, kernel) = machine();
+    let plot_note = match &results.cost {
+        Ok(rows) => plot::cost_per_pass(rows, &out.join("cost.svg"))
+            .map_or_else(|e| format!("plot failed: {e}"), |()| "cost.svg".into()),
+        Err(e) => format!("no plot: {e}"),
+    };
+    let md = report::markdown(&plan, &results, cores, &kernel, &plot_note);
+    let section = |s: &Section| match s {
+        Ok(rows) => Value::Array(rows.clone()),
+        Err(e) => serde_json::json!({ "error": e }),
+    };
+    let json = serde_json::json!({
+        "quick": quick, "cores": cores, "kernel": kernel,
+        "cost": section(&results.cost), "daemon": section(&results.daemon),
+        "probes": section(&results.probes), "stream": section(&results.stream),
+        "aggregate": section(&results.aggregate),
+    });
+    std::fs::write(out.join("bench.md"), &md)?;
+    std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&json)?)?;
+    println!("{md}");
+    eprintln!("report: {}/bench.md, bench.json, cost.svg", out.display());
+    let failed: Vec<&String> = [
+        &results.cost,
+        &results.daemon,
+        &results.probes,
+        &results.stream,
+        &results.aggregate,
+    ]
+    .into_iter()
+    .filter_map(|s| s.as_ref().err())
+    .collect();
+    anyhow::ensure!(failed.is_empty(), "sections failed: {failed:?}");
+    Ok(())
+}
+
+fn machine() -> (usize, String) {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    (cores, kernel)
+}

@@ -1,0 +1,405 @@
+//! The markdown report: every figure as median (min–max) over its repeats, each target with
+//! whether it was met.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use super::{Plan, Results, Section};
+
+/// A spread object's median (or a plain number), scaled.
+fn median(v: &Value, scale: f64) -> f64 {
+    v.get("median").unwrap_or(v).as_f64().unwrap_or(f64::NAN) * scale
+}
+
+/// "median (min–max)" of a spread object, scaled, with `digits` decimals; "–" when absent.
+fn spread(v: &Value, scale: f64, digits: usize) -> String {
+    if !median(v, scale).is_finite() {
+        return "–".into();
+    }
+    let at = |k: &str| v[k].as_f64().unwrap_or(f64::NAN) * scale;
+    if v.get("median").is_none() {
+        return format!("{:.digits$}", median(v, scale));
+    }
+    if v["n"].as_u64().unwrap_or(0) <= 1 {
+        return format!("{:.digits$}", at("median"));
+    }
+    format!(
+        "{:.digits$} ({:.digits$}–{:.digits$})",
+        at("median"),
+        at("min"),
+        at("max")
+    )
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "**not met**" }
+}
+
+const MIB: f64 = 1.0 / 1_048_576.0;
+
+/// Writes a section's rows with `body`, or the reason it has none.
+fn section(md: &mut String, title: &str, rows: &Section, body: impl FnOnce(&mut String, &[Value])) {
+    let _ = writeln!(md, "\n## {title}\n");
+    match rows {
+        Ok(rows) => body(md, rows),
+        Err(e) => {
+            let _ = writeln!(md, "Not measured: {e}");
+        }
+    }
+}
+
+fn find<'a>(rows: &'a [Value], created: u64, mode: &str) -> Option<&'a Value> {
+    rows.iter()
+        .find(|r| r["created"].as_u64() == Some(created) && r["mode"] == mode)
+}
+
+fn cost(md: &mut String, rows: &[Value], plot_note: &str) {
+    let _ = writeln!(
+        md,
+        "N cgroups created under the cgroup2 mount and in every v1 hierarchy, 20 of them with a \
+         live process (plus the host's own). Each measurement runs in a fresh process; the three \
+         modes alternate. (a) baseline: a cAdvisor-style pass reading and parsing every readable \
+         file of every cgroup directory; (b) the collector's sampler reading cgroupfs every pass \
+         (plus the Summary build); (c) the eBPF path at the daemon's defaults, 1 s passes with \
+         cgroupfs every 10 s: probe-only pass + full pass / 10. CPU time per pass; median \
+         (min–max). Plot: {plot_note}.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| N | cgroups | (a) ms/pass | (b) ms/pass | (c) ms/pass | (a) µs/cgroup | (b) µs/cgroup | (c) µs/cgroup | (a)/(c) | (b)/(c) | peak RSS MiB a / b / c |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut counts: Vec<u64> = rows.iter().filter_map(|r| r["created"].as_u64()).collect();
+    counts.dedup();
+    for n in counts {
+        let (Some(a), Some(b), Some(c)) = (
+            find(rows, n, "baseline"),
+            find(rows, n, "cgroupfs"),
+            find(rows, n, "ebpf"),
+        ) else {
+            continue;
+        };
+        let ratio = |x: &Value| median(&x["pass_us"], 1.0) / median(&c["pass_us"], 1.0);
+        let _ = writeln!(
+            md,
+            "| {n} | {} | {} | {} | {} | {} | {} | {} | {:.1}x | {:.1}x | {:.0} / {:.0} / {:.0} |",
+            c["cgroups"],
+            spread(&a["pass_us"], 1e-3, 2),
+            spread(&b["pass_us"], 1e-3, 2),
+            spread(&c["pass_us"], 1e-3, 3),
+            spread(&a["per_cgroup_us"], 1.0, 1),
+            spread(&b["per_cgroup_us"], 1.0, 1),
+            spread(&c["per_cgroup_us"], 1.0, 2),
+            ratio(a),
+            ratio(b),
+            median(&a["peak_rss_bytes"], MIB),
+            median(&b["peak_rss_bytes"], MIB),
+            median(&c["peak_rss_bytes"], MIB),
+        );
+    }
+    if let (Some(a), Some(c)) = (find(rows, 1000, "baseline"), find(rows, 1000, "ebpf")) {
+        let ratio = median(&a["pass_us"], 1.0) / median(&c["pass_us"], 1.0);
+        let _ = writeln!(
+            md,
+            "\nTarget: (c) >= 5x cheaper than (a) at 1,000 cgroups: {ratio:.1}x, {}. (c) splits \
+             into a probe-only pass of {} ms and a full pass of {} ms. a's files per pass: {}.",
+            verdict(ratio >= 5.0),
+            spread(&c["fast_pass_us"], 1e-3, 3),
+            spread(&c["full_pass_us"], 1e-3, 1),
+            a["files"]
+        );
+    }
+}
+
+fn daemon(md: &mut String, rows: &[Value]) {
+    let _ = writeln!(
+        md,
+        "`collector serve` with its defaults (eBPF, 1 s passes, cgroupfs every 10 s, no \
+         subscribers) over the same kind of tree, in a cgroup of its own (CPU from cpu.stat); \
+         windows of 10 s.\n"
+    );
+    let _ = writeln!(md, "| N created | CPU % of a core | RSS MiB | probes |");
+    let _ = writeln!(md, "|---|---|---|---|");
+    for r in rows {
+        let probes = r["probes"].as_object().map_or(String::new(), |p| {
+            let inactive: Vec<String> = p
+                .iter()
+                .filter(|(_, s)| *s != "active")
+                .map(|(name, s)| format!("{name}: {}", s.as_str().unwrap_or("?")))
+                .collect();
+            if inactive.is_empty() {
+                "all active".into()
+            } else {
+                inactive.join("; ")
+            }
+        });
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {probes} |",
+            r["created"],
+            spread(&r["cpu_percent"], 1.0, 2),
+            spread(&r["rss_bytes"], MIB, 1),
+        );
+    }
+    if let Some(r) = rows.iter().find(|r| r["created"] == 1000) {
+        let (cpu, rss) = (median(&r["cpu_percent"], 1.0), median(&r["rss_bytes"], MIB));
+        let _ = writeln!(
+            md,
+            "\nTargets at 1,000 cgroups, 1 s: <= 2 % of one core: {cpu:.2} %, {}; <= 40 MiB RSS: \
+             {rss:.1} MiB, {}.",
+            verdict(cpu <= 2.0),
+            verdict(rss <= 40.0)
+        );
+    }
+}
+
+fn probes(md: &mut String, rows: &[Value]) {
+    let Some(r) = rows.first() else { return };
+    let _ = writeln!(
+        md,
+        "Average run time per program from bpf_stats over the attached windows ({} repeats):\n",
+        r["repeats"]
+    );
+    let _ = writeln!(md, "| program | ns per run | runs |");
+    let _ = writeln!(md, "|---|---|---|");
+    if let Some(programs) = r["program_ns"].as_object() {
+        for (name, ns) in programs {
+            let runs = &r["program_runs"][name];
+            let _ = writeln!(md, "| {name} | {} | {runs} |", spread(ns, 1.0, 0));
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nMicrobenchmarks, detached / attached (bpf_stats on, the default) / attached with \
+         `--no-bpf-stats`, the three rotated every repeat. Ping-pong: two processes pinned to \
+         one CPU exchanging a byte over pipes ({} round trips; each is two wake-ups and two \
+         context switches). Page faults: first touch of {} fresh 4 KiB pages.\n",
+        r["roundtrips"], r["pages"]
+    );
+    let _ = writeln!(
+        md,
+        "| microbenchmark | detached ns/op | attached ns/op | no-stats ns/op | slowdown % | no-stats slowdown % |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for (name, key) in [
+        ("ping-pong round trip", "ping_pong"),
+        ("page fault", "page_fault"),
+    ] {
+        let s = &r[key];
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} | {} | {} |",
+            spread(&s["detached_ns"], 1.0, 0),
+            spread(&s["attached_ns"], 1.0, 0),
+            spread(&s["attached_no_stats_ns"], 1.0, 0),
+            spread(&s["slowdown_percent"], 1.0, 1),
+            spread(&s["slowdown_no_stats_percent"], 1.0, 1),
+        );
+    }
+    let switch_ns = median(&r["program_ns"]["sched_switch"], 1.0);
+    let slowdown = median(&r["ping_pong"]["slowdown_percent"], 1.0);
+    let _ = writeln!(
+        md,
+        "\nTargets: sched_switch <= 150 ns per run: {switch_ns:.0} ns, {}; context-switch \
+         microbenchmark slowdown <= 5 %: {slowdown:.1} %, {}.",
+        verdict(switch_ns <= 150.0),
+        verdict(slowdown <= 5.0)
+    );
+}
+
+fn stream(md: &mut String, rows: &[Value], seconds: u64) {
+    let _ = writeln!(
+        md,
+        "The collector runs as its own process (cgroupfs-only over a fixture tree whose every \
+         cgroup changes each pass); CPU is its utime+stime in three windows over {seconds} s. \
+         Latency is from the sample's timestamp (start of the sampling pass) to receipt, so it \
+         includes the pass itself. The subscribers run on the same machine and compete for its \
+         cores.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| subscribers | collector CPU % of a core | RSS MiB | messages | latency p50 ms | p99 ms | max ms |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.1} | {} | {} | {} | {} |",
+            r["subscribers"],
+            spread(&r["collector_cpu_percent"], 1.0, 1),
+            median(&r["collector_rss_bytes"], MIB),
+            r["messages"],
+            spread(&r["latency_p50_ms"], 1.0, 1),
+            spread(&r["latency_p99_ms"], 1.0, 1),
+            spread(&r["latency_max_ms"], 1.0, 1),
+        );
+    }
+    if let Some(r) = rows.iter().find(|r| r["subscribers"] == 100) {
+        let p99 = median(&r["latency_p99_ms"], 1.0);
+        let _ = writeln!(
+            md,
+            "\nTarget: p99 <= 50 ms with 100 subscribers: {p99:.1} ms, {}.",
+            verdict(p99 <= 50.0)
+        );
+    }
+}
+
+fn aggregate(md: &mut String, rows: &[Value]) {
+    let _ = writeln!(
+        md,
+        "A simulator plays N collectors (110 pods each, every pod changing every interval, one \
+         loopback address per node) into a separate `collector aggregate` process; CPU in three \
+         windows of one interval each after every node has a rate.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| nodes | aggregator CPU % | mCPU per node | RSS MiB | MiB per node | warm-up s |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.1} | {:.3} | {:.1} |",
+            r["nodes"],
+            spread(&r["aggregator_cpu_percent"], 1.0, 2),
+            spread(&r["millicores_per_node"], 1.0, 4),
+            median(&r["rss_bytes"], MIB),
+            median(&r["rss_mib_per_node"], 1.0),
+            median(&r["warmup_seconds"], 1.0),
+        );
+    }
+    if let Some(r) = rows.iter().rfind(|r| r["nodes"].as_u64() >= Some(1000)) {
+        let (cpu, rss) = (
+            median(&r["millicores_per_node"], 1.0),
+            median(&r["rss_mib_per_node"], 1.0),
+        );
+        let _ = writeln!(
+            md,
+            "\nTargets at {} nodes: <= 0.1 mCPU per node: {cpu:.4}, {}; <= 0.2 MiB per node: \
+             {rss:.3}, {}.",
+            r["nodes"],
+            verdict(cpu <= 0.1),
+            verdict(rss <= 0.2)
+        );
+    }
+}
+
+pub fn markdown(
+    plan: &Plan,
+    results: &Results,
+    cores: usize,
+    kernel: &str,
+    plot_note: &str,
+) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# collector bench{}\n",
+        if plan.quick { " (--quick)" } else { "" }
+    );
+    let _ = writeln!(
+        md,
+        "Machine: {cores} cores, kernel {kernel}. Figures are median (min–max) over repeats or \
+         windows of one run."
+    );
+    section(
+        &mut md,
+        "Collection cost vs cgroup count",
+        &results.cost,
+        |md, rows| cost(md, rows, plot_note),
+    );
+    section(&mut md, "The daemon at 1 s", &results.daemon, daemon);
+    section(&mut md, "Probe overhead", &results.probes, probes);
+    section(
+        &mut md,
+        "Streaming: Watch fan-out, 1,000 cgroups at 1 s",
+        &results.stream,
+        |md, rows| stream(md, rows, plan.stream_seconds),
+    );
+    section(
+        &mut md,
+        "Aggregation: simulated nodes x 110 pods, 10 s interval",
+        &results.aggregate,
+        aggregate,
+    );
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn s(median: f64, min: f64, max: f64) -> Value {
+        json!({ "median": median, "min": min, "max": max, "n": 3 })
+    }
+
+    fn cost_row(mode: &str, pass_us: f64) -> Value {
+        json!({
+            "kind": "cost", "created": 1000, "mode": mode, "cgroups": 1002.0,
+            "pass_us": s(pass_us, pass_us * 0.9, pass_us * 1.1),
+            "per_cgroup_us": s(pass_us / 1002.0, 0.0, 1.0),
+            "peak_rss_bytes": s(20.0 * 1_048_576.0, 0.0, 0.0),
+            "full_pass_us": s(98_000.0, 0.0, 0.0), "fast_pass_us": s(1250.0, 0.0, 0.0),
+            "files": 131_327,
+        })
+    }
+
+    #[test]
+    fn report_gives_ratios_spreads_and_verdicts() {
+        let cost = vec![
+            cost_row("baseline", 500_000.0),
+            cost_row("cgroupfs", 100_000.0),
+            cost_row("ebpf", 11_000.0),
+        ];
+        let daemon = vec![json!({
+            "created": 1000, "cpu_percent": s(2.5, 2.4, 2.6),
+            "rss_bytes": s(12.0 * 1_048_576.0, 0.0, 0.0),
+            "probes": { "sched_switch": "active", "page_faults_minor": "no perf events" },
+        })];
+        let results = Results {
+            cost: Ok(cost.clone()),
+            daemon: Ok(daemon),
+            probes: Err("needs root".into()),
+            stream: Ok(vec![json!({
+                "subscribers": 0, "collector_cpu_percent": s(2.0, 2.0, 2.0),
+                "collector_rss_bytes": 0, "messages": 0, "latency_p50_ms": null,
+            })]),
+            aggregate: Ok(Vec::new()),
+        };
+        let md = markdown(&Plan::new(true), &results, 2, "6.1.0", "cost.svg");
+        assert!(
+            md.contains("| 1000 | 1002.0 | 500.00 (450.00–550.00) |"),
+            "{md}"
+        );
+        assert!(md.contains("| 45.5x | 9.1x |"), "{md}");
+        assert!(
+            md.contains("5x cheaper than (a) at 1,000 cgroups: 45.5x, met"),
+            "{md}"
+        );
+        assert!(
+            md.contains("<= 2 % of one core: 2.50 %, **not met**"),
+            "{md}"
+        );
+        assert!(md.contains("<= 40 MiB RSS: 12.0 MiB, met"), "{md}");
+        assert!(md.contains("page_faults_minor: no perf events"), "{md}");
+        assert!(
+            md.contains("## Probe overhead\n\nNot measured: needs root"),
+            "{md}"
+        );
+        assert!(md.contains("| 0 | 2.0 (2.0–2.0) | 0.0 | 0 | – |"), "{md}");
+
+        let dir = std::env::temp_dir().join(format!("xtask-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let svg = dir.join("cost.svg");
+        super::super::plot::cost_per_pass(&cost, &svg).unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        for label in ["(a) cAdvisor-style", "(b) collector", "(c) collector, eBPF"] {
+            assert!(text.contains(label), "{label} missing from the plot");
+        }
+        assert!(super::super::plot::cost_per_pass(&[], &svg).is_err());
+    }
+}
