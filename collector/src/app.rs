@@ -7,6 +7,7 @@ use tokio::{sync::oneshot, task::JoinHandle};
 
 use crate::{
     cgroupfs::CgroupMounts,
+    http,
     node::NodeInfo,
     probes::{ProbeConfig, Probes},
     sampler::{self, Sampler},
@@ -40,6 +41,9 @@ pub struct ServeConfig {
     /// Read every controller from the cgroup2 mount, ignoring v1 hierarchies (for a cgroup2
     /// tree that is not the host's, such as a test fixture on a hybrid host).
     pub ignore_cgroup1: bool,
+    /// Address of the HTTP endpoints (kubelet's /stats/summary and /metrics/resource,
+    /// Prometheus /metrics); `None` turns them off. Plaintext.
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl Default for ServeConfig {
@@ -55,6 +59,7 @@ impl Default for ServeConfig {
             node_name: None,
             max_message_bytes: chunk::DEFAULT_MAX_MESSAGE_BYTES,
             ignore_cgroup1: false,
+            http_listen: None,
         }
     }
 }
@@ -65,11 +70,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A collector serving in the background.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where the HTTP endpoints listen, when on.
+    pub http_addr: Option<SocketAddr>,
     pub store: StoreHandle,
     pub server_stats: Arc<ServerStats>,
     store_task: JoinHandle<()>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    http: Option<(oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)>,
 }
 
 impl Running {
@@ -80,6 +88,13 @@ impl Running {
         self.store_task.abort();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        if let Some((tx, server)) = self.http.take() {
+            let _ = tx.send(());
+            match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+                Ok(result) => result?.context("HTTP server")?,
+                Err(_) => tracing::warn!("HTTP connections still open after {SHUTDOWN_GRACE:?}"),
+            }
         }
         match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.server).await {
             Ok(result) => result??,
@@ -153,12 +168,26 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
              --cgroup2-mount",
         )?;
     let node = NodeInfo::discover(mounts.clone(), config.node_name.clone());
+    if let Some(http) = config.http_listen {
+        check_listen_policy(http, false, config.allow_insecure_listen)
+            .context("the HTTP endpoints are plaintext (--http-listen)")?;
+    }
     // Bind before loading probes: a taken port should fail fast, not after BPF setup.
     let listener = server::bind(config.listen).await?;
     let addr = listener.local_addr()?;
+    let http_listener = match config.http_listen {
+        Some(addr) => Some(server::bind(addr).await?),
+        None => None,
+    };
+    let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
 
     let probe_config = config.probes.clone();
-    let mut probes = tokio::task::spawn_blocking(move || Probes::load(&probe_config)).await?;
+    let mut probes = tokio::task::spawn_blocking(move || {
+        let probes = Probes::load(&probe_config);
+        release_freed_memory();
+        probes
+    })
+    .await?;
     report_probes(&probes);
     if let Some(logger) = probes.logger.take() {
         tokio::spawn(pump_ebpf_logs(logger));
@@ -177,9 +206,23 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let server = tokio::spawn(server::serve(listener, service, tls, async {
         let _ = rx.await;
     }));
-    tracing::info!(%addr, cgroup2 = %mount.display(), "serving collector.v1.Collector");
+    let http = http_listener.map(|listener| {
+        let (tx, rx) = oneshot::channel::<()>();
+        let app = http::router(store.clone(), server_stats.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await
+        });
+        (tx, task)
+    });
+    tracing::info!(%addr, ?http_addr, cgroup2 = %mount.display(), "serving collector.v1.Collector");
     Ok(Running {
         addr,
+        http_addr,
+        http,
         store,
         server_stats,
         store_task,
@@ -224,5 +267,16 @@ async fn pump_ebpf_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
         };
         guard.get_inner_mut().flush();
         guard.clear_ready();
+    }
+}
+
+/// Hands the heap freed by probe loading (the kernel's parsed BTF and the object file, tens of
+/// MB at peak) back to the kernel: glibc keeps freed memory in its arenas otherwise, and it would
+/// stay in our RSS for the life of the process.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

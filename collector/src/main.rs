@@ -142,6 +142,10 @@ struct ServeArgs {
     /// Forward log records from the eBPF programs (aya-log) into the collector's log.
     #[arg(long, env = "COLLECTOR_EBPF_LOG")]
     ebpf_log: bool,
+    /// Leave the kernel's bpf_stats off: no per-program run counts and time, and no clock reads
+    /// added to every BPF program's runs on the node.
+    #[arg(long, env = "COLLECTOR_NO_BPF_STATS")]
+    no_bpf_stats: bool,
     /// Capacity of the per-cgroup eBPF maps.
     #[arg(long, env = "COLLECTOR_MAX_CGROUPS", default_value_t = 16_384)]
     max_cgroups: u32,
@@ -169,6 +173,10 @@ struct ServeArgs {
     /// --cgroup2-mount tree that is not the host's).
     #[arg(long, env = "COLLECTOR_IGNORE_CGROUP1")]
     ignore_cgroup1: bool,
+    /// HTTP listen address of /stats/summary, /metrics/resource and /metrics (plaintext;
+    /// "off" to disable).
+    #[arg(long, env = "COLLECTOR_HTTP_LISTEN", default_value = collector::http::DEFAULT_LISTEN)]
+    http_listen: String,
     #[command(flatten)]
     tls: ServerTlsArgs,
 }
@@ -240,6 +248,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             disabled: args.no_ebpf,
             max_cgroups: args.max_cgroups,
             ebpf_log: args.ebpf_log,
+            run_stats: !args.no_bpf_stats,
             ..ProbeConfig::default()
         },
         cgroup2_mount: args.cgroup2_mount,
@@ -250,6 +259,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         node_name: args.node_name,
         max_message_bytes: args.max_message_bytes,
         ignore_cgroup1: args.ignore_cgroup1,
+        http_listen: optional_address(&args.http_listen)?,
     };
     let running = app::start(config).await?;
     eprintln!(
@@ -259,14 +269,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     running.run_until(shutdown_signal()).await
 }
 
+/// `--http-listen`: an address, or "off".
+fn optional_address(value: &str) -> anyhow::Result<Option<SocketAddr>> {
+    match value {
+        "off" | "" => Ok(None),
+        addr => Ok(Some(addr.parse().map_err(|e| {
+            anyhow::anyhow!("--http-listen {addr:?}: {e} (an address, or \"off\")")
+        })?)),
+    }
+}
+
 async fn aggregate(args: AggregateArgs) -> anyhow::Result<()> {
     let ms = Duration::from_millis;
-    let http_listen = match args.http_listen.as_str() {
-        "off" | "" => None,
-        addr => Some(addr.parse().map_err(|e| {
-            anyhow::anyhow!("--http-listen {addr:?}: {e} (an address, or \"off\")")
-        })?),
-    };
+    let http_listen = optional_address(&args.http_listen)?;
     anyhow::ensure!(
         args.forget_after_ms >= args.stale_after_ms,
         "--forget-after-ms must be at least --stale-after-ms"

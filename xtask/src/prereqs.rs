@@ -97,14 +97,22 @@ fn install_llvm_dev(major: u32) -> anyhow::Result<()> {
              --no-default-features --features llvm-{major}"
         );
     }
+    apt_install(&package, "LLVM for bpf-linker")
+        .with_context(|| format!("installing {package}; is an LLVM {major} repository configured?"))
+}
+
+/// Installs a Debian package with apt-get (through sudo when not root).
+fn apt_install(package: &str, why: &str) -> anyhow::Result<()> {
     let sudo: &[&str] = if cmd::is_root() {
         &[]
     } else if find("sudo").is_some() {
         &["sudo"]
     } else {
-        bail!("{package} is needed; run as root: apt-get update && apt-get install -y {package}")
+        bail!(
+            "{package} is needed ({why}); run as root: apt-get update && apt-get install -y {package}"
+        )
     };
-    eprintln!("==> installing {package} (LLVM for bpf-linker)");
+    eprintln!("==> installing {package} ({why})");
     let apt = |args: &[&str]| {
         let mut all: Vec<&str> = sudo.to_vec();
         all.push("apt-get");
@@ -114,6 +122,24 @@ fn install_llvm_dev(major: u32) -> anyhow::Result<()> {
         cmd::run(&mut c)
     };
     apt(&["update", "-qq"])?;
-    apt(&["install", "-y", "-qq", &package])
-        .with_context(|| format!("installing {package}; is an LLVM {major} repository configured?"))
+    apt(&["install", "-y", "-qq", "--no-install-recommends", package])
+}
+
+/// What the tests run besides cargo: promtool and a Prometheus server (Debian: prometheus),
+/// which check and scrape our exposition.
+pub fn ensure_test_tools() -> anyhow::Result<()> {
+    if find("promtool").is_some() && find("prometheus").is_some() {
+        return Ok(());
+    }
+    let debian = Path::new("/etc/debian_version").exists() && find("apt-get").is_some();
+    if !debian {
+        bail!(
+            "the tests need promtool and prometheus (the Prometheus server) on PATH; install \
+             your distribution's prometheus package"
+        );
+    }
+    apt_install(
+        "prometheus",
+        "promtool and a Prometheus server for the exposition tests",
+    )
 }

@@ -1,0 +1,90 @@
+//! The collector's HTTP endpoints, for what speaks kubelet or Prometheus rather than gRPC:
+//! - `/stats/summary[?only_cpu_and_memory=true]`: kubelet's Summary API JSON;
+//! - `/metrics/resource`: kubelet's resource metrics, which metrics-server scrapes;
+//! - `/metrics`: the collector's own metrics and the eBPF extras;
+//! - `/healthz`: 200 once the first sample is in, 503 before.
+//!
+//! Every handler reads the latest snapshot the store published; none waits for a pass.
+
+mod own;
+pub mod prom;
+mod resource;
+mod summary_json;
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::{Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+
+use crate::{server::ServerStats, store::StoreHandle};
+
+/// Plaintext HTTP default: loopback, next to the gRPC port's family.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50080";
+
+#[derive(Clone)]
+struct AppState {
+    store: StoreHandle,
+    server: Arc<ServerStats>,
+}
+
+pub fn router(store: StoreHandle, server: Arc<ServerStats>) -> Router {
+    Router::new()
+        .route("/stats/summary", get(stats_summary))
+        .route("/metrics/resource", get(metrics_resource))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(AppState { store, server })
+}
+
+fn text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, prom::CONTENT_TYPE)], body).into_response()
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, message).into_response()
+}
+
+async fn stats_summary(
+    State(app): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let only = match query.get("only_cpu_and_memory").map(String::as_str) {
+        None | Some("") => false,
+        Some(v) => match summary_json::parse_bool(v) {
+            Some(b) => b,
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid only_cpu_and_memory {v:?}: want true or false\n"),
+                );
+            }
+        },
+    };
+    match app.store.latest() {
+        Some(snapshot) => Json(summary_json::render(&snapshot, only)).into_response(),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no sample taken yet; retry in a second\n".into(),
+        ),
+    }
+}
+
+async fn metrics_resource(State(app): State<AppState>) -> Response {
+    text(resource::render(app.store.latest().as_deref()))
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    text(own::render(app.store.latest().as_deref(), &app.server))
+}
+
+async fn healthz(State(app): State<AppState>) -> Response {
+    match app.store.latest() {
+        Some(_) => "ok\n".into_response(),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "no sample yet\n".into()),
+    }
+}

@@ -1,0 +1,353 @@
+//! `/metrics`: the collector's own health and cost, and what only the probes can tell (eBPF CPU
+//! time, page faults, run-queue wait histograms, OOM kills) per container and pod, with the same
+//! container/pod/namespace labels as `/metrics/resource`.
+
+use std::sync::atomic::Ordering;
+
+use collector_common::RUNQ_BUCKETS;
+
+use super::{
+    prom::{Exposition, Kind},
+    resource::{pod_name, pod_namespace},
+};
+use crate::{runq, sampler::CgroupSample, server::ServerStats, store::Snapshot};
+
+/// Histogram edges: bucket i of the kernel histogram holds waits in [2^i, 2^(i+1)) ns, so the
+/// cumulative count up to edge 2^k ns is the sum of buckets below k. Every other power of two
+/// from ~1 µs to ~1 s keeps the series per cgroup at 12.
+const RUNQ_EDGES_LOG2: [usize; 11] = [10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30];
+
+fn declare(e: &mut Exposition) {
+    let families: [(&'static str, Kind, &'static str); 26] = [
+        (
+            "collector_sampler_passes_total",
+            Kind::Counter,
+            "Sampling passes since start.",
+        ),
+        (
+            "collector_cgroups",
+            Kind::Gauge,
+            "Cgroups in the last sampling pass.",
+        ),
+        (
+            "collector_cgroupfs_parse_errors_total",
+            Kind::Counter,
+            "Values in cgroup files that did not parse (the field was reported absent).",
+        ),
+        (
+            "collector_cgroupfs_read_errors_total",
+            Kind::Counter,
+            "cgroup files that existed but could not be read (the field was reported absent).",
+        ),
+        (
+            "collector_ebpf_map_read_errors_total",
+            Kind::Counter,
+            "Failed reads of the eBPF maps (that pass had no eBPF fields).",
+        ),
+        (
+            "collector_ebpf_map_entries",
+            Kind::Gauge,
+            "Entries in each per-cgroup eBPF map.",
+        ),
+        (
+            "collector_ebpf_dropped_total",
+            Kind::Counter,
+            "Measurements lost because an eBPF map or the event ring was full, by what was lost.",
+        ),
+        (
+            "collector_ebpf_running_read_failures_total",
+            Kind::Counter,
+            "Switches where the incoming task's cgroup could not be read.",
+        ),
+        (
+            "collector_watch_subscribers",
+            Kind::Gauge,
+            "Watch streams open now.",
+        ),
+        (
+            "collector_watch_dropped_subscribers_total",
+            Kind::Counter,
+            "Watch subscribers dropped for falling behind.",
+        ),
+        (
+            "collector_probe_up",
+            Kind::Gauge,
+            "1 when the eBPF program is loaded and attached, 0 otherwise.",
+        ),
+        (
+            "collector_bpf_program_runs_total",
+            Kind::Counter,
+            "Runs of each eBPF program since bpf_stats was enabled.",
+        ),
+        (
+            "collector_bpf_program_run_seconds_total",
+            Kind::Counter,
+            "Time spent in each eBPF program since bpf_stats was enabled.",
+        ),
+        (
+            "container_ebpf_cpu_usage_seconds_total",
+            Kind::Counter,
+            "On-CPU time of the container's tasks seen by the sched_switch probe since it attached.",
+        ),
+        (
+            "container_ebpf_page_faults_total",
+            Kind::Counter,
+            "Page faults of the container's tasks seen by the perf probes since they attached, by type.",
+        ),
+        (
+            "container_ebpf_oom_kills_total",
+            Kind::Counter,
+            "OOM kills of the container's tasks seen by the mark_victim probe since it attached.",
+        ),
+        (
+            "container_runqueue_wait_seconds",
+            Kind::Histogram,
+            "Time the container's runnable tasks waited for a CPU, since the probes attached.",
+        ),
+        (
+            "pod_ebpf_cpu_usage_seconds_total",
+            Kind::Counter,
+            "On-CPU time of the pod's tasks seen by the sched_switch probe since it attached.",
+        ),
+        (
+            "pod_ebpf_page_faults_total",
+            Kind::Counter,
+            "Page faults of the pod's tasks seen by the perf probes since they attached, by type.",
+        ),
+        (
+            "pod_ebpf_oom_kills_total",
+            Kind::Counter,
+            "OOM kills of the pod's tasks seen by the mark_victim probe since it attached.",
+        ),
+        (
+            "pod_runqueue_wait_seconds",
+            Kind::Histogram,
+            "Time the pod's runnable tasks waited for a CPU, since the probes attached.",
+        ),
+        (
+            "node_ebpf_cpu_usage_seconds_total",
+            Kind::Counter,
+            "On-CPU time of every task but the idle ones, seen by the sched_switch probe since it attached.",
+        ),
+        (
+            "node_ebpf_page_faults_total",
+            Kind::Counter,
+            "Page faults seen by the perf probes since they attached, by type.",
+        ),
+        (
+            "node_runqueue_wait_seconds",
+            Kind::Histogram,
+            "Time runnable tasks waited for a CPU, since the probes attached.",
+        ),
+        (
+            "collector_terminated_cgroups",
+            Kind::Gauge,
+            "Removed cgroups whose final records are kept for late subscribers.",
+        ),
+        (
+            "collector_oom_kills_recent",
+            Kind::Gauge,
+            "OOM kills kept for late subscribers.",
+        ),
+    ];
+    for (name, kind, help) in families {
+        e.family(name, kind, help);
+    }
+}
+
+fn collector(e: &mut Exposition, s: &Snapshot, server: &ServerStats) {
+    let st = &s.stats;
+    let counter = |e: &mut Exposition, name, labels: &[(&str, &str)], v: u64| {
+        e.sample(name, "", labels, v as f64, None);
+    };
+    counter(e, "collector_sampler_passes_total", &[], st.passes);
+    counter(e, "collector_cgroups", &[], s.sample.cgroups.len() as u64);
+    counter(
+        e,
+        "collector_cgroupfs_parse_errors_total",
+        &[],
+        st.parse_errors,
+    );
+    counter(
+        e,
+        "collector_cgroupfs_read_errors_total",
+        &[],
+        st.read_errors,
+    );
+    counter(
+        e,
+        "collector_ebpf_map_read_errors_total",
+        &[],
+        st.probe_read_errors,
+    );
+    counter(
+        e,
+        "collector_ebpf_running_read_failures_total",
+        &[],
+        st.ebpf_running_read_failures,
+    );
+    for (map, v) in [
+        ("cpu", st.ebpf_map_entries),
+        ("faults", st.ebpf_fault_map_entries),
+        ("runq", st.ebpf_runq_map_entries),
+    ] {
+        counter(e, "collector_ebpf_map_entries", &[("map", map)], v);
+    }
+    for (what, v) in [
+        ("cpu_intervals", st.ebpf_dropped_intervals),
+        ("faults", st.ebpf_dropped_faults),
+        ("runq_waits", st.ebpf_dropped_runq_waits),
+        ("events", st.ebpf_dropped_events),
+    ] {
+        counter(e, "collector_ebpf_dropped_total", &[("what", what)], v);
+    }
+    let subscribers = server.watch_subscribers.load(Ordering::Relaxed);
+    counter(e, "collector_watch_subscribers", &[], subscribers);
+    counter(
+        e,
+        "collector_watch_dropped_subscribers_total",
+        &[],
+        server.dropped_subscribers(),
+    );
+    for p in &s.probes {
+        let up = u64::from(p.is_active());
+        counter(
+            e,
+            "collector_probe_up",
+            &[("probe", p.name), ("provides", p.provides)],
+            up,
+        );
+    }
+    for p in &s.program_stats {
+        let labels = [("program", p.name.as_str())];
+        counter(e, "collector_bpf_program_runs_total", &labels, p.run_count);
+        e.sample(
+            "collector_bpf_program_run_seconds_total",
+            "",
+            &labels,
+            p.run_time_ns as f64 / 1e9,
+            None,
+        );
+    }
+    counter(
+        e,
+        "collector_terminated_cgroups",
+        &[],
+        s.recent.terminated.len() as u64,
+    );
+    counter(
+        e,
+        "collector_oom_kills_recent",
+        &[],
+        s.recent.oom_kills.len() as u64,
+    );
+}
+
+/// The eBPF families of one level ("node", "pod" or "container") for one cgroup's sample.
+fn ebpf(e: &mut Exposition, level: Level, labels: &[(&str, &str)], c: &CgroupSample) {
+    let v = &c.ebpf;
+    if let Some(ns) = v.cpu_ns {
+        e.sample(level.cpu, "", labels, ns as f64 / 1e9, None);
+    }
+    if let Some([minor, major]) = v.faults {
+        for (kind, n) in [("minor", minor), ("major", major)] {
+            let mut l = labels.to_vec();
+            l.push(("type", kind));
+            e.sample(level.faults, "", &l, n as f64, None);
+        }
+    }
+    if let (Some(name), Some(n)) = (level.oom, v.oom_kills) {
+        e.sample(name, "", labels, n as f64, None);
+    }
+    if let Some(h) = &v.runq {
+        let (waits, total_ns) = runq::totals(h);
+        let mut cumulative = 0u64;
+        let mut below = 0; // buckets already summed
+        for k in RUNQ_EDGES_LOG2 {
+            cumulative += h[below..k.min(RUNQ_BUCKETS)].iter().sum::<u64>();
+            below = k.min(RUNQ_BUCKETS);
+            let le = super::prom::format_value((1u64 << k) as f64 / 1e9);
+            let mut l = labels.to_vec();
+            l.push(("le", &le));
+            e.sample(level.runq, "_bucket", &l, cumulative as f64, None);
+        }
+        let mut l = labels.to_vec();
+        l.push(("le", "+Inf"));
+        e.sample(level.runq, "_bucket", &l, waits as f64, None);
+        e.sample(level.runq, "_sum", labels, total_ns as f64 / 1e9, None);
+        e.sample(level.runq, "_count", labels, waits as f64, None);
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Level {
+    cpu: &'static str,
+    faults: &'static str,
+    oom: Option<&'static str>,
+    runq: &'static str,
+}
+
+const NODE: Level = Level {
+    cpu: "node_ebpf_cpu_usage_seconds_total",
+    faults: "node_ebpf_page_faults_total",
+    oom: None,
+    runq: "node_runqueue_wait_seconds",
+};
+const POD: Level = Level {
+    cpu: "pod_ebpf_cpu_usage_seconds_total",
+    faults: "pod_ebpf_page_faults_total",
+    oom: Some("pod_ebpf_oom_kills_total"),
+    runq: "pod_runqueue_wait_seconds",
+};
+const CONTAINER: Level = Level {
+    cpu: "container_ebpf_cpu_usage_seconds_total",
+    faults: "container_ebpf_page_faults_total",
+    oom: Some("container_ebpf_oom_kills_total"),
+    runq: "container_runqueue_wait_seconds",
+};
+
+fn by_id(s: &Snapshot, id: u64) -> Option<&CgroupSample> {
+    let cgroups = &s.sample.cgroups;
+    cgroups
+        .binary_search_by_key(&id, |c| c.id)
+        .ok()
+        .map(|i| &cgroups[i])
+}
+
+pub fn render(snapshot: Option<&Snapshot>, server: &ServerStats) -> String {
+    let mut e = Exposition::default();
+    declare(&mut e);
+    let Some(s) = snapshot else {
+        let subscribers = server.watch_subscribers.load(Ordering::Relaxed);
+        e.sample(
+            "collector_watch_subscribers",
+            "",
+            &[],
+            subscribers as f64,
+            None,
+        );
+        return e.render();
+    };
+    collector(&mut e, s, server);
+    // The root cgroup is the node (the sample is sorted by id; the root has the smallest path).
+    if let Some(root) = s.sample.cgroups.iter().find(|c| &*c.path == "/") {
+        ebpf(&mut e, NODE, &[], root);
+    }
+    for pod in &s.pods {
+        let (name, namespace) = (pod_name(pod), pod_namespace(pod));
+        if let Some(c) = by_id(s, pod.cgroup_id) {
+            ebpf(&mut e, POD, &[("pod", name), ("namespace", namespace)], c);
+        }
+        for container in &pod.containers {
+            if let Some(c) = by_id(s, container.cgroup_id) {
+                let labels = [
+                    ("container", container.name.as_str()),
+                    ("pod", name),
+                    ("namespace", namespace),
+                ];
+                ebpf(&mut e, CONTAINER, &labels, c);
+            }
+        }
+    }
+    e.render()
+}
