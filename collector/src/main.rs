@@ -266,6 +266,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "collector listening on {addr} (gRPC, reflection on)\n  watch it:  collector top --endpoint http://{addr}\n  or:        grpcurl -plaintext {addr} collector.v1.Collector/GetSummary",
         addr = running.addr
     );
+    if let Some(http) = running.http_addr {
+        eprintln!(
+            "  HTTP:      curl http://{http}/metrics/resource  (also /stats/summary, /metrics)"
+        );
+    }
     running.run_until(shutdown_signal()).await
 }
 

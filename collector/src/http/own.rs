@@ -2,12 +2,12 @@
 //! time, page faults, run-queue wait histograms, OOM kills) per container and pod, with the same
 //! container/pod/namespace labels as `/metrics/resource`.
 
-use std::sync::atomic::Ordering;
+use std::sync::{LazyLock, atomic::Ordering};
 
 use collector_common::RUNQ_BUCKETS;
 
 use super::{
-    prom::{Exposition, Kind},
+    prom::{Exposition, Kind, format_value},
     resource::{pod_name, pod_namespace},
 };
 use crate::{runq, sampler::CgroupSample, server::ServerStats, store::Snapshot};
@@ -16,6 +16,14 @@ use crate::{runq, sampler::CgroupSample, server::ServerStats, store::Snapshot};
 /// cumulative count up to edge 2^k ns is the sum of buckets below k. Every other power of two
 /// from ~1 µs to ~1 s keeps the series per cgroup at 12.
 const RUNQ_EDGES_LOG2: [usize; 11] = [10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30];
+
+/// Each edge with its `le` label, formatted once rather than per cgroup per scrape.
+static RUNQ_EDGES: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
+    RUNQ_EDGES_LOG2
+        .iter()
+        .map(|&k| (k, format_value((1u64 << k) as f64 / 1e9)))
+        .collect()
+});
 
 fn declare(e: &mut Exposition) {
     let families: [(&'static str, Kind, &'static str); 26] = [
@@ -157,30 +165,31 @@ fn declare(e: &mut Exposition) {
 
 fn collector(e: &mut Exposition, s: &Snapshot, server: &ServerStats) {
     let st = &s.stats;
-    let counter = |e: &mut Exposition, name, labels: &[(&str, &str)], v: u64| {
+    // Counters and gauges alike: every figure here is an integer.
+    let int = |e: &mut Exposition, name, labels: &[(&str, &str)], v: u64| {
         e.sample(name, "", labels, v as f64, None);
     };
-    counter(e, "collector_sampler_passes_total", &[], st.passes);
-    counter(e, "collector_cgroups", &[], s.sample.cgroups.len() as u64);
-    counter(
+    int(e, "collector_sampler_passes_total", &[], st.passes);
+    int(e, "collector_cgroups", &[], s.sample.cgroups.len() as u64);
+    int(
         e,
         "collector_cgroupfs_parse_errors_total",
         &[],
         st.parse_errors,
     );
-    counter(
+    int(
         e,
         "collector_cgroupfs_read_errors_total",
         &[],
         st.read_errors,
     );
-    counter(
+    int(
         e,
         "collector_ebpf_map_read_errors_total",
         &[],
         st.probe_read_errors,
     );
-    counter(
+    int(
         e,
         "collector_ebpf_running_read_failures_total",
         &[],
@@ -191,7 +200,7 @@ fn collector(e: &mut Exposition, s: &Snapshot, server: &ServerStats) {
         ("faults", st.ebpf_fault_map_entries),
         ("runq", st.ebpf_runq_map_entries),
     ] {
-        counter(e, "collector_ebpf_map_entries", &[("map", map)], v);
+        int(e, "collector_ebpf_map_entries", &[("map", map)], v);
     }
     for (what, v) in [
         ("cpu_intervals", st.ebpf_dropped_intervals),
@@ -199,11 +208,11 @@ fn collector(e: &mut Exposition, s: &Snapshot, server: &ServerStats) {
         ("runq_waits", st.ebpf_dropped_runq_waits),
         ("events", st.ebpf_dropped_events),
     ] {
-        counter(e, "collector_ebpf_dropped_total", &[("what", what)], v);
+        int(e, "collector_ebpf_dropped_total", &[("what", what)], v);
     }
     let subscribers = server.watch_subscribers.load(Ordering::Relaxed);
-    counter(e, "collector_watch_subscribers", &[], subscribers);
-    counter(
+    int(e, "collector_watch_subscribers", &[], subscribers);
+    int(
         e,
         "collector_watch_dropped_subscribers_total",
         &[],
@@ -211,7 +220,7 @@ fn collector(e: &mut Exposition, s: &Snapshot, server: &ServerStats) {
     );
     for p in &s.probes {
         let up = u64::from(p.is_active());
-        counter(
+        int(
             e,
             "collector_probe_up",
             &[("probe", p.name), ("provides", p.provides)],
@@ -220,7 +229,7 @@ fn collector(e: &mut Exposition, s: &Snapshot, server: &ServerStats) {
     }
     for p in &s.program_stats {
         let labels = [("program", p.name.as_str())];
-        counter(e, "collector_bpf_program_runs_total", &labels, p.run_count);
+        int(e, "collector_bpf_program_runs_total", &labels, p.run_count);
         e.sample(
             "collector_bpf_program_run_seconds_total",
             "",
@@ -229,13 +238,13 @@ fn collector(e: &mut Exposition, s: &Snapshot, server: &ServerStats) {
             None,
         );
     }
-    counter(
+    int(
         e,
         "collector_terminated_cgroups",
         &[],
         s.recent.terminated.len() as u64,
     );
-    counter(
+    int(
         e,
         "collector_oom_kills_recent",
         &[],
@@ -263,12 +272,12 @@ fn ebpf(e: &mut Exposition, level: Level, labels: &[(&str, &str)], c: &CgroupSam
         let (waits, total_ns) = runq::totals(h);
         let mut cumulative = 0u64;
         let mut below = 0; // buckets already summed
-        for k in RUNQ_EDGES_LOG2 {
-            cumulative += h[below..k.min(RUNQ_BUCKETS)].iter().sum::<u64>();
-            below = k.min(RUNQ_BUCKETS);
-            let le = super::prom::format_value((1u64 << k) as f64 / 1e9);
+        for (k, le) in RUNQ_EDGES.iter() {
+            let upto = (*k).min(RUNQ_BUCKETS);
+            cumulative += h[below..upto].iter().sum::<u64>();
+            below = upto;
             let mut l = labels.to_vec();
-            l.push(("le", &le));
+            l.push(("le", le));
             e.sample(level.runq, "_bucket", &l, cumulative as f64, None);
         }
         let mut l = labels.to_vec();
@@ -329,7 +338,7 @@ pub fn render(snapshot: Option<&Snapshot>, server: &ServerStats) -> String {
         return e.render();
     };
     collector(&mut e, s, server);
-    // The root cgroup is the node (the sample is sorted by id; the root has the smallest path).
+    // The root cgroup is the node.
     if let Some(root) = s.sample.cgroups.iter().find(|c| &*c.path == "/") {
         ebpf(&mut e, NODE, &[], root);
     }

@@ -69,12 +69,17 @@ impl Plan {
 /// One section's rows, or why it has none.
 pub type Section = Result<Vec<Value>, String>;
 
-/// Runs `target/release/examples/PROGRAM ARGS`, one JSON value per stdout line.
-fn run_program(program: &str, args: &[String]) -> Section {
+/// Runs `target/release/examples/PROGRAM WORDS... NUMBERS...`, one JSON value per stdout line.
+fn run_program(program: &str, words: &[&str], numbers: &[u64]) -> Section {
+    let args: Vec<String> = words
+        .iter()
+        .map(|w| w.to_string())
+        .chain(numbers.iter().map(u64::to_string))
+        .collect();
     eprintln!("{program} {}", args.join(" "));
     let path = format!("target/release/examples/{program}");
     let output = Command::new(&path)
-        .args(args)
+        .args(&args)
         .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|e| format!("running {path}: {e}"))?;
@@ -95,14 +100,9 @@ fn run_program(program: &str, args: &[String]) -> Section {
     Ok(rows)
 }
 
-fn strings<T: ToString>(items: impl IntoIterator<Item = T>) -> Vec<String> {
-    items.into_iter().map(|i| i.to_string()).collect()
-}
-
 /// Collection cost and probe overhead need root (cgroups to create, programs to load).
 fn needs_root(section: impl FnOnce() -> Section) -> Section {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !super::cmd::is_root() {
         return Err("needs root (cgroups to create, BPF programs to load)".into());
     }
     section()
@@ -120,45 +120,29 @@ pub fn run(quick: bool, out: PathBuf) -> anyhow::Result<()> {
     let plan = Plan::new(quick);
     super::build_release_with_examples()?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let mut cost_args = strings([plan.cost_repeats]);
-    cost_args.insert(0, "cost".into());
-    cost_args.extend(strings(&plan.cost_counts));
+    let cost_args = [&[plan.cost_repeats][..], &plan.cost_counts].concat();
     let results = Results {
-        cost: needs_root(|| run_program("collect_bench", &cost_args)),
+        cost: needs_root(|| run_program("collect_bench", &["cost"], &cost_args)),
         daemon: needs_root(|| {
             let mut rows = Vec::new();
-            for n in &plan.daemon_counts {
-                let windows = (plan.daemon_seconds / 10).max(1);
-                let args = strings([
-                    "daemon".to_string(),
-                    n.to_string(),
-                    plan.daemon_seconds.to_string(),
-                    windows.to_string(),
-                ]);
-                rows.extend(run_program("collect_bench", &args)?);
+            let windows = (plan.daemon_seconds / 10).max(1);
+            for &n in &plan.daemon_counts {
+                let numbers = [n, plan.daemon_seconds, windows];
+                rows.extend(run_program("collect_bench", &["daemon"], &numbers)?);
             }
             Ok(rows)
         }),
         probes: needs_root(|| {
-            run_program(
-                "probe_bench",
-                &strings([plan.probe_repeats, plan.roundtrips, plan.pages]),
-            )
+            let numbers = [plan.probe_repeats, plan.roundtrips, plan.pages];
+            run_program("probe_bench", &[], &numbers)
         }),
         stream: {
-            let mut args = strings(["stream", "1000"]);
-            args.push(plan.stream_seconds.to_string());
-            args.extend(strings(&plan.subscribers));
-            run_program("api_bench", &args)
+            let numbers = [&[1000, plan.stream_seconds][..], &plan.subscribers].concat();
+            run_program("api_bench", &["stream"], &numbers)
         },
         aggregate: {
-            let mut args = strings([
-                "aggregate".to_string(),
-                plan.aggregate_seconds.to_string(),
-                "10000".into(),
-            ]);
-            args.extend(strings(&plan.nodes));
-            run_program("api_bench", &args)
+            let numbers = [&[plan.aggregate_seconds, 10_000][..], &plan.nodes].concat();
+            run_program("api_bench", &["aggregate"], &numbers)
         },
     };
     let (cores, kernel) = machine();
