@@ -30,6 +30,13 @@ fn build_proto() -> anyhow::Result<()> {
     tonic_prost_build::configure()
         .compile_fds(fds)
         .context("generating Rust code for collector.proto")?;
+    // The vendored Kubernetes CRI API: only the RuntimeService client (we are never a runtime).
+    let cri = protox::compile([proto_root.join("cri/runtime/v1/api.proto")], [&proto_root])
+        .context("compiling the vendored CRI runtime.v1 proto")?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_fds(cri)
+        .context("generating the CRI client")?;
     Ok(())
 }
 

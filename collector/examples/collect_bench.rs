@@ -222,7 +222,7 @@ fn timed_passes(passes: u32, mut pass: impl FnMut() -> anyhow::Result<()>) -> an
 fn sampler_pass(sampler: &mut Sampler, node: &NodeInfo) -> anyhow::Result<()> {
     let sample = sampler.sample()?;
     let rates = vec![CgroupRates::default(); sample.cgroups.len()];
-    black_box(summary::build(&sample, &rates, node));
+    black_box(summary::build(&sample, &rates, node, &Default::default()));
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use tokio::{sync::oneshot, task::JoinHandle};
 
 use crate::{
     cgroupfs::CgroupMounts,
+    cri::{self, CriSetting},
     http,
     node::NodeInfo,
     probes::{ProbeConfig, Probes},
@@ -44,6 +45,11 @@ pub struct ServeConfig {
     /// Address of the HTTP endpoints (kubelet's /stats/summary and /metrics/resource,
     /// Prometheus /metrics); `None` turns them off. Plaintext.
     pub http_listen: Option<SocketAddr>,
+    /// Where to ask for pod and container names (CRI). Off by default in the library so tests
+    /// never see the host's runtime; the CLI defaults to `auto`.
+    pub cri: CriSetting,
+    /// Pace of full CRI re-lists (new containers are named sooner, on demand).
+    pub cri_refresh: Duration,
 }
 
 impl Default for ServeConfig {
@@ -60,6 +66,8 @@ impl Default for ServeConfig {
             max_message_bytes: chunk::DEFAULT_MAX_MESSAGE_BYTES,
             ignore_cgroup1: false,
             http_listen: None,
+            cri: CriSetting::Off,
+            cri_refresh: cri::resolver::DEFAULT_REFRESH,
         }
     }
 }
@@ -75,6 +83,7 @@ pub struct Running {
     pub store: StoreHandle,
     pub server_stats: Arc<ServerStats>,
     store_task: JoinHandle<()>,
+    cri_task: Option<JoinHandle<()>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     http: Option<(oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)>,
@@ -86,6 +95,9 @@ impl Running {
         // Ending the store closes every subscription, so streams finish and the graceful
         // shutdown below does not wait on clients that never hang up.
         self.store_task.abort();
+        if let Some(cri) = &self.cri_task {
+            cri.abort();
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -195,7 +207,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
 
     let sampler = Sampler::new(mount.clone(), &mounts, probes)
         .with_cgroupfs_interval(config.cgroupfs_interval);
-    let (store, store_task) = store::spawn(sampler, node, config.base_period);
+    let (names, cri_task) = cri::resolver::spawn(config.cri.clone(), config.cri_refresh);
+    let (store, store_task) = store::spawn(sampler, node, names, config.base_period);
     let (tx, rx) = oneshot::channel();
     let server_stats = Arc::new(ServerStats::default());
     let service = CollectorService::new(
@@ -226,6 +239,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         store,
         server_stats,
         store_task,
+        cri_task,
         shutdown: Some(tx),
         server,
     })

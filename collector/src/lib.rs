@@ -8,6 +8,7 @@ pub mod aggregate;
 pub mod app;
 pub mod cgroupfs;
 pub mod client;
+pub mod cri;
 pub mod http;
 pub mod k8s;
 pub mod node;

@@ -8,6 +8,7 @@ use collector::{
     aggregate::{self, AggregateConfig, cluster::Freshness, discovery::Targets},
     app::{self, ServeConfig},
     client::ClientTls,
+    cri::CriSetting,
     probes::ProbeConfig,
     server::{chunk, tls::ServerTlsFiles},
     top::{self, SortBy, TopConfig, View},
@@ -177,6 +178,14 @@ struct ServeArgs {
     /// "off" to disable).
     #[arg(long, env = "COLLECTOR_HTTP_LISTEN", default_value = collector::http::DEFAULT_LISTEN)]
     http_listen: String,
+    /// Container runtime (CRI) socket that names pods and containers: "auto" (containerd,
+    /// then CRI-O, then cri-dockerd at their default paths), "off", or a path / unix:// URL.
+    #[arg(long, env = "COLLECTOR_CRI_SOCKET", default_value = "auto")]
+    cri_socket: CriSetting,
+    /// Seconds between full CRI re-lists; new containers are named sooner, on demand.
+    #[arg(long, env = "COLLECTOR_CRI_REFRESH_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    cri_refresh_secs: u64,
     #[command(flatten)]
     tls: ServerTlsArgs,
 }
@@ -260,6 +269,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_message_bytes: args.max_message_bytes,
         ignore_cgroup1: args.ignore_cgroup1,
         http_listen: optional_address(&args.http_listen)?,
+        cri: args.cri_socket,
+        cri_refresh: Duration::from_secs(args.cri_refresh_secs),
     };
     let running = app::start(config).await?;
     eprintln!(

@@ -10,6 +10,7 @@ use std::{
 use tokio::sync::{Notify, watch};
 
 use crate::{
+    cri::CriNames,
     node::NodeInfo,
     probes::ProbeStatus,
     probes::{ProgramRunStats, RUNQ_VALUES},
@@ -199,6 +200,21 @@ impl StoreHandle {
     }
 }
 
+/// Containers the runtime has not named yet (their name is still their id).
+fn unnamed_containers(pods: &[proto::PodStats]) -> impl Iterator<Item = &str> {
+    pods.iter()
+        .flat_map(|p| &p.containers)
+        .filter(|c| c.name == c.container_id)
+        .map(|c| c.container_id.as_str())
+}
+
+/// The probes' statuses and the CRI names' status, in one list for every reader.
+fn statuses(sampler: &Sampler, names: &CriNames) -> Vec<ProbeStatus> {
+    let mut statuses = sampler.probes().statuses.clone();
+    statuses.push(names.status());
+    statuses
+}
+
 fn lock(m: &Mutex<Intervals>) -> std::sync::MutexGuard<'_, Intervals> {
     // A panic while holding this lock cannot leave the map inconsistent; keep going.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -209,6 +225,7 @@ fn lock(m: &Mutex<Intervals>) -> std::sync::MutexGuard<'_, Intervals> {
 pub fn spawn(
     sampler: Sampler,
     node: NodeInfo,
+    names: Arc<CriNames>,
     base_period: Duration,
 ) -> (StoreHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
@@ -221,13 +238,22 @@ pub fn spawn(
         node: Arc::new(node),
     };
     let node = handle.node.clone();
-    let task = tokio::spawn(run(sampler, node, tx, intervals, changed, base_period));
+    let task = tokio::spawn(run(
+        sampler,
+        node,
+        names,
+        tx,
+        intervals,
+        changed,
+        base_period,
+    ));
     (handle, task)
 }
 
 async fn run(
     mut sampler: Sampler,
     node: Arc<NodeInfo>,
+    names: Arc<CriNames>,
     tx: watch::Sender<Option<Arc<Snapshot>>>,
     intervals: Arc<Mutex<Intervals>>,
     changed: Arc<Notify>,
@@ -254,7 +280,8 @@ async fn run(
         match result {
             Ok(sample) => {
                 let rates = rates_since(&mut previous, &sample);
-                let (node_stats, pods) = summary::build(&sample, &rates, &node);
+                let (node_stats, pods) = summary::build(&sample, &rates, &node, &names.table());
+                names.request(unnamed_containers(&pods));
                 if !sample.terminated.is_empty() || !sample.oom_kills.is_empty() {
                     Arc::make_mut(&mut recent).push(seq, &sample);
                 }
@@ -265,7 +292,7 @@ async fn run(
                     seq,
                     sample,
                     rates,
-                    probes: sampler.probes().statuses.clone(),
+                    probes: statuses(&sampler, &names),
                     stats: sampler.stats,
                     node_stats,
                     pods,

@@ -158,6 +158,16 @@ fn daemonset_runs_the_agent_on_every_node_with_what_it_needs() {
     ] {
         assert!(mounted.iter().any(|m| m == path), "{path} not mounted");
     }
+    // The socket --cri-socket=auto tries first is inside a mounted directory.
+    assert!(args.contains(&"--cri-socket=auto".to_owned()));
+    let containerd = std::path::Path::new(collector::cri::endpoint::DEFAULT_SOCKETS[0]);
+    assert!(
+        mounted
+            .iter()
+            .any(|m| containerd.parent() == Some(std::path::Path::new(m))),
+        "{} is not reachable in the pod",
+        containerd.display()
+    );
 
     let svc = kind(&docs, "Service");
     assert_eq!(

@@ -92,11 +92,16 @@ async fn snapshot_then_updates_with_changes_only() {
     assert!(svc.ebpf_cpu.is_none());
     assert!(svc.ebpf_faults.is_none() && svc.runq_latency.is_none());
     assert_eq!(svc.ebpf_oom_kills, None);
-    // Every program reports its status, each saying why it is not running.
-    assert!(snapshot.probes.len() >= 9, "{:?}", snapshot.probes);
+    // Every program reports its status, each saying why it is not running; so do CRI names.
+    assert!(snapshot.probes.len() >= 10, "{:?}", snapshot.probes);
     for probe in &snapshot.probes {
         assert_eq!(probe.state(), State::Unsupported, "{probe:?}");
-        assert!(probe.reason.contains("--no-ebpf"), "{probe:?}");
+        let flag = if probe.name == "cri" {
+            "--cri-socket off"
+        } else {
+            "--no-ebpf"
+        };
+        assert!(probe.reason.contains(flag), "{probe:?}");
     }
     assert!(snapshot.node.is_some());
 

@@ -50,7 +50,7 @@ fn summarize(
         boot_time_unix_nano: 42,
         ..NodeInfo::default()
     };
-    let (node_stats, pods) = summary::build(&sample, &rates, &node);
+    let (node_stats, pods) = summary::build(&sample, &rates, &node, &Default::default());
     let snap = Snapshot {
         records: Default::default(),
         seq: 0,

@@ -97,22 +97,21 @@ fn install_llvm_dev(major: u32) -> anyhow::Result<()> {
              --no-default-features --features llvm-{major}"
         );
     }
-    apt_install(&package, "LLVM for bpf-linker")
+    apt_install(&[&package], "LLVM for bpf-linker")
         .with_context(|| format!("installing {package}; is an LLVM {major} repository configured?"))
 }
 
 /// Installs a Debian package with apt-get (through sudo when not root).
-fn apt_install(package: &str, why: &str) -> anyhow::Result<()> {
+fn apt_install(packages: &[&str], why: &str) -> anyhow::Result<()> {
+    let list = packages.join(" ");
     let sudo: &[&str] = if cmd::is_root() {
         &[]
     } else if find("sudo").is_some() {
         &["sudo"]
     } else {
-        bail!(
-            "{package} is needed ({why}); run as root: apt-get update && apt-get install -y {package}"
-        )
+        bail!("{list} needed ({why}); run as root: apt-get update && apt-get install -y {list}")
     };
-    eprintln!("==> installing {package} ({why})");
+    eprintln!("==> installing {list} ({why})");
     let apt = |args: &[&str]| {
         let mut all: Vec<&str> = sudo.to_vec();
         all.push("apt-get");
@@ -122,24 +121,71 @@ fn apt_install(package: &str, why: &str) -> anyhow::Result<()> {
         cmd::run(&mut c)
     };
     apt(&["update", "-qq"])?;
-    apt(&["install", "-y", "-qq", "--no-install-recommends", package])
+    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    install.extend_from_slice(packages);
+    apt(&install)
 }
 
-/// What the tests run besides cargo: promtool and a Prometheus server (Debian: prometheus),
-/// which check and scrape our exposition.
+/// What the tests run besides cargo, by Debian package: the program that tells it is there,
+/// and what needs it.
+const TEST_TOOLS: &[(&str, &str, &str)] = &[
+    (
+        "prometheus",
+        "promtool",
+        "promtool and a Prometheus server check and scrape our exposition",
+    ),
+    (
+        "containerd",
+        "containerd",
+        "the CRI test runs pods through a real containerd",
+    ),
+    ("runc", "runc", "containerd's OCI runtime"),
+    (
+        "busybox-static",
+        "busybox",
+        "the CRI test's image is built from a static busybox",
+    ),
+];
+
+/// Installs the missing [`TEST_TOOLS`] in one apt run (Debian), or says which are missing.
 pub fn ensure_test_tools() -> anyhow::Result<()> {
-    if find("promtool").is_some() && find("prometheus").is_some() {
-        return Ok(());
-    }
-    let debian = Path::new("/etc/debian_version").exists() && find("apt-get").is_some();
+    let debian = Path::new("/etc/debian_version").exists() && find("dpkg-query").is_some();
     if !debian {
+        let missing: Vec<&str> = TEST_TOOLS
+            .iter()
+            .filter(|(_, program, _)| find(program).is_none())
+            .map(|(package, _, _)| *package)
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
         bail!(
-            "the tests need promtool and prometheus (the Prometheus server) on PATH; install \
-             your distribution's prometheus package"
+            "the tests need these packages (Debian names): {}; install your distribution's \
+             equivalents",
+            missing.join(", ")
         );
     }
-    apt_install(
-        "prometheus",
-        "promtool and a Prometheus server for the exposition tests",
+    // By package, not program: Debian's dynamic `busybox` has the same /bin/busybox.
+    let missing: Vec<&str> = TEST_TOOLS
+        .iter()
+        .filter(|(package, _, _)| !deb_installed(package))
+        .map(|(package, _, _)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let why: Vec<&str> = TEST_TOOLS
+        .iter()
+        .filter(|(package, _, _)| missing.contains(package))
+        .map(|(_, _, why)| *why)
+        .collect();
+    apt_install(&missing, &why.join("; "))
+}
+
+fn deb_installed(package: &str) -> bool {
+    output(
+        "dpkg-query",
+        &["--show", "--showformat=${db:Status-Status}", package],
     )
+    .is_some_and(|status| status.trim() == "installed")
 }

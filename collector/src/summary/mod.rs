@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     cgroupfs::reading::Source,
+    cri::NameTable,
     k8s::identity::{self, Identity},
     node::NodeInfo,
     proto,
@@ -16,10 +17,15 @@ use crate::{
 
 /// Node and pods of one sample (`rates` in `sample.cgroups` order), pods sorted by uid and their
 /// containers by id. The store builds this once per sample for every reader.
+///
+/// `names` (from the CRI runtime) names pods and containers and marks sandbox ("pause")
+/// containers, which kubelet leaves out; without an entry a pod keeps an empty name and a
+/// container is named by its id.
 pub fn build(
     sample: &Sample,
     rates: &[CgroupRates],
     node: &NodeInfo,
+    names: &NameTable,
 ) -> (proto::NodeStats, Vec<proto::PodStats>) {
     let time = unix_nanos(sample.wall);
     let mut node_stats = proto::NodeStats {
@@ -35,17 +41,21 @@ pub fn build(
             continue;
         }
         let identity = identity::identify(&c.path);
-        if !matches!(identity, Some(Identity::Pod(_) | Identity::Container(..))) {
-            continue;
+        match &identity {
+            Some(Identity::Pod(_)) => {}
+            Some(Identity::Container(_, container)) if !names.is_sandbox(&container.id) => {}
+            _ => continue,
         }
         let res = Resources::of(c, rates);
         match identity {
             Some(Identity::Pod(pod)) => {
                 let stats = pods.entry(pod.uid.clone()).or_default();
+                let name = names.pod(&pod.uid);
                 *stats = proto::PodStats {
                     pod_ref: Some(proto::PodReference {
+                        name: name.map(|n| n.name.clone()).unwrap_or_default(),
+                        namespace: name.map(|n| n.namespace.clone()).unwrap_or_default(),
                         uid: pod.uid,
-                        ..Default::default()
                     }),
                     start_time_unix_nano: c.created_unix_nano.unwrap_or_default(),
                     qos_class: pod.qos.as_str().to_owned(),
@@ -63,7 +73,10 @@ pub fn build(
             Some(Identity::Container(pod, container)) => containers.push((
                 pod.uid,
                 proto::ContainerStats {
-                    name: container.id.clone(),
+                    name: names
+                        .container(&container.id)
+                        .unwrap_or(&container.id)
+                        .to_owned(),
                     start_time_unix_nano: c.created_unix_nano.unwrap_or_default(),
                     cpu: Some(res.cpu),
                     memory: res.memory,
