@@ -10,6 +10,7 @@ use crate::{
     cri::{self, CriSetting},
     http,
     node::NodeInfo,
+    percentiles::{self, UsageWindows},
     probes::{ProbeConfig, Probes},
     sampler::{self, Sampler},
     server::{
@@ -50,6 +51,8 @@ pub struct ServeConfig {
     pub cri: CriSetting,
     /// Pace of full CRI re-lists (new containers are named sooner, on demand).
     pub cri_refresh: Duration,
+    /// Span of the pod and container usage percentiles.
+    pub percentile_window: Duration,
 }
 
 impl Default for ServeConfig {
@@ -68,6 +71,7 @@ impl Default for ServeConfig {
             http_listen: None,
             cri: CriSetting::Off,
             cri_refresh: cri::resolver::DEFAULT_REFRESH,
+            percentile_window: percentiles::DEFAULT_WINDOW,
         }
     }
 }
@@ -208,7 +212,11 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let sampler = Sampler::new(mount.clone(), &mounts, probes)
         .with_cgroupfs_interval(config.cgroupfs_interval);
     let (names, cri_task) = cri::resolver::spawn(config.cri.clone(), config.cri_refresh);
-    let (store, store_task) = store::spawn(sampler, node, names, config.base_period);
+    let extras = store::Extras {
+        names,
+        windows: UsageWindows::new(config.percentile_window),
+    };
+    let (store, store_task) = store::spawn(sampler, node, extras, config.base_period);
     let (tx, rx) = oneshot::channel();
     let server_stats = Arc::new(ServerStats::default());
     let service = CollectorService::new(

@@ -12,6 +12,7 @@ pub mod cri;
 pub mod http;
 pub mod k8s;
 pub mod node;
+pub mod percentiles;
 pub mod probes;
 pub mod rate;
 pub mod runq;

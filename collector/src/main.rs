@@ -9,6 +9,7 @@ use collector::{
     app::{self, ServeConfig},
     client::ClientTls,
     cri::CriSetting,
+    percentiles,
     probes::ProbeConfig,
     server::{chunk, tls::ServerTlsFiles},
     top::{self, SortBy, TopConfig, View},
@@ -186,6 +187,11 @@ struct ServeArgs {
     #[arg(long, env = "COLLECTOR_CRI_REFRESH_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     cri_refresh_secs: u64,
+    /// Window of the pod and container CPU / working-set percentiles (p50 … p99, max): 10m by
+    /// default, 1h for longer peaks; 1m ..= 24h.
+    #[arg(long, env = "COLLECTOR_PERCENTILE_WINDOW", default_value = "10m",
+          value_parser = percentiles::parse_window)]
+    percentile_window: Duration,
     #[command(flatten)]
     tls: ServerTlsArgs,
 }
@@ -271,6 +277,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         http_listen: optional_address(&args.http_listen)?,
         cri: args.cri_socket,
         cri_refresh: Duration::from_secs(args.cri_refresh_secs),
+        percentile_window: args.percentile_window,
     };
     let running = app::start(config).await?;
     eprintln!(

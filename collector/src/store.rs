@@ -12,6 +12,7 @@ use tokio::sync::{Notify, watch};
 use crate::{
     cri::CriNames,
     node::NodeInfo,
+    percentiles::UsageWindows,
     probes::ProbeStatus,
     probes::{ProgramRunStats, RUNQ_VALUES},
     proto,
@@ -220,12 +221,20 @@ fn lock(m: &Mutex<Intervals>) -> std::sync::MutexGuard<'_, Intervals> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What the store adds to each summary beyond the sample; it owns both.
+pub struct Extras {
+    /// Pod and container names from the runtime (CRI).
+    pub names: Arc<CriNames>,
+    /// Sliding-window percentiles of pod and container usage.
+    pub windows: UsageWindows,
+}
+
 /// Starts the store task. `base_period` is the pace without faster subscribers. Aborting the
 /// returned task ends every subscription (their snapshot channel closes).
 pub fn spawn(
     sampler: Sampler,
     node: NodeInfo,
-    names: Arc<CriNames>,
+    extras: Extras,
     base_period: Duration,
 ) -> (StoreHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
@@ -241,7 +250,7 @@ pub fn spawn(
     let task = tokio::spawn(run(
         sampler,
         node,
-        names,
+        extras,
         tx,
         intervals,
         changed,
@@ -253,7 +262,7 @@ pub fn spawn(
 async fn run(
     mut sampler: Sampler,
     node: Arc<NodeInfo>,
-    names: Arc<CriNames>,
+    mut extras: Extras,
     tx: watch::Sender<Option<Arc<Snapshot>>>,
     intervals: Arc<Mutex<Intervals>>,
     changed: Arc<Notify>,
@@ -280,8 +289,12 @@ async fn run(
         match result {
             Ok(sample) => {
                 let rates = rates_since(&mut previous, &sample);
-                let (node_stats, pods) = summary::build(&sample, &rates, &node, &names.table());
+                let names = &extras.names;
+                let (node_stats, mut pods) = summary::build(&sample, &rates, &node, &names.table());
                 names.request(unnamed_containers(&pods));
+                extras
+                    .windows
+                    .observe(&mut pods, convert::unix_nanos(sample.wall));
                 if !sample.terminated.is_empty() || !sample.oom_kills.is_empty() {
                     Arc::make_mut(&mut recent).push(seq, &sample);
                 }
@@ -292,7 +305,7 @@ async fn run(
                     seq,
                     sample,
                     rates,
-                    probes: statuses(&sampler, &names),
+                    probes: statuses(&sampler, &extras.names),
                     stats: sampler.stats,
                     node_stats,
                     pods,

@@ -120,8 +120,11 @@ async fn removed_cgroup_is_announced_and_its_time_moves_to_the_parent() {
     eprintln!(
         "parent after child removal: ebpf {parent_ebpf}, cgroupfs {parent_fs}, child rusage {truth}"
     );
+    // 5 %: switch-to-switch time also holds the interrupts served while the burner ran,
+    // which rusage leaves out (seen: +2.8 % on a busy 2-core host). Losing the child's time
+    // would be -100 %.
     assert!(
-        relative_diff(parent_ebpf, truth, truth) < 0.02,
+        relative_diff(parent_ebpf, truth, truth) < 0.05,
         "parent eBPF {parent_ebpf} ns lost the removed child's {truth} ns"
     );
     assert!(relative_diff(parent_fs, truth, truth) < 0.02);

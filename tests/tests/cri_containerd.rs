@@ -106,6 +106,22 @@ async fn containerd_pod_is_named_from_cri_with_its_cpu() {
         "a one-thread busy loop used {cores:.2} cores"
     );
 
+    // The sliding-window percentiles follow the same series.
+    let window = burn
+        .usage_percentiles
+        .as_ref()
+        .and_then(|p| p.cpu_nano_cores.as_ref())
+        .expect("CPU percentiles once a rate exists");
+    assert!(
+        window.samples >= 1 && window.p50 <= window.max,
+        "{window:?}"
+    );
+    assert!(
+        (0.3..=1.2).contains(&(window.max as f64 / 1e9)),
+        "busiest sample {:.2} cores",
+        window.max as f64 / 1e9
+    );
+
     // The CPU time is the container cgroup's own counter, read between our two reads of it.
     let cpu_stat = cgroup2_mount()
         .unwrap()

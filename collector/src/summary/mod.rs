@@ -68,6 +68,8 @@ pub fn build(
                     ebpf: res.ebpf,
                     cgroup_id: c.id,
                     cgroup_path: c.path.to_string(),
+                    // Filled by the store's sliding windows.
+                    usage_percentiles: None,
                 };
             }
             Some(Identity::Container(pod, container)) => containers.push((
@@ -88,6 +90,7 @@ pub fn build(
                     runtime: container.runtime.as_str().to_owned(),
                     cgroup_id: c.id,
                     cgroup_path: c.path.to_string(),
+                    usage_percentiles: None,
                 },
             )),
             Some(Identity::PodInternal(_)) | None => {}
