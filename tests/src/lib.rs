@@ -138,12 +138,20 @@ impl TestCgroup {
         // because `procs` outlives the spawn.
         unsafe {
             command.pre_exec(move || {
+                // Joining a cgroup with the cpuset controller (pure v2 nodes) resets the CPU
+                // affinity to the cpuset's; keep a pin made before (pin_to_cpu).
+                let mut affinity: libc::cpu_set_t = std::mem::zeroed();
+                let size = size_of::<libc::cpu_set_t>();
+                let pinned = libc::sched_getaffinity(0, size, &mut affinity) == 0;
                 // "0" means the writing process itself, in v1 and v2 alike.
                 let pid = b"0\n";
                 for &fd in &fds {
                     if libc::write(fd, pid.as_ptr().cast(), pid.len()) < 0 {
                         return Err(io::Error::last_os_error());
                     }
+                }
+                if pinned && libc::sched_setaffinity(0, size, &affinity) != 0 {
+                    return Err(io::Error::last_os_error());
                 }
                 Ok(())
             });

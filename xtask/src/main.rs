@@ -12,6 +12,7 @@ mod bench;
 mod cmd;
 mod fuzz;
 mod prereqs;
+mod vm;
 
 use std::{os::unix::process::CommandExt as _, process::Command, time::Instant};
 
@@ -39,11 +40,18 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Format and lint checks, then every test (root/BPF tests included).
+    /// Format and lint checks, then every test on this host (root/BPF tests included); with
+    /// --vm, the root/BPF suite in a QEMU guest on another kernel with pure cgroup v2 instead.
     Test {
         /// Skip fmt and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// The root/BPF suite in a VM (not yet part of the default run: see the README).
+        #[arg(long)]
+        vm: bool,
+        /// Guest kernel: a Debian series whose newest linux-image-<series>.0-N-amd64 is used.
+        #[arg(long, default_value = vm::DEFAULT_KERNEL)]
+        kernel: String,
     },
     /// Fuzz the parsers of kernel text (all targets unless named), each for --seconds.
     Fuzz {
@@ -74,7 +82,11 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Build { release } => build(release),
         Task::Run { args } => run(args),
-        Task::Test { no_lint } => test(no_lint),
+        Task::Test {
+            no_lint,
+            vm,
+            kernel,
+        } => test(no_lint, vm, &kernel),
         Task::Fuzz { seconds, targets } => fuzz::run(targets, seconds),
         Task::Bench { quick, out } => bench::run(quick, out),
     }
@@ -137,48 +149,72 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
     Err(command.exec()).context("starting the collector")
 }
 
-fn test(no_lint: bool) -> anyhow::Result<()> {
+fn test(no_lint: bool, vm_only: bool, kernel: &str) -> anyhow::Result<()> {
     let start = Instant::now();
     if !no_lint {
-        cmd::timed(
-            "cargo fmt --check",
-            cargo().args(["fmt", "--all", "--check"]),
-        )?;
-        cmd::timed(
-            "clippy (host crates)",
-            cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]),
-        )?;
-        cmd::timed(
-            "clippy (eBPF crate, bpfel-unknown-none)",
-            Command::new("rustup").args([
-                "run",
-                "nightly",
-                "cargo",
-                "clippy",
-                "--package",
-                "collector-ebpf",
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-                "--",
-                "-D",
-                "warnings",
-            ]),
-        )?;
+        lint()?;
     }
-    prereqs::ensure_test_tools()?;
-    if std::env::var("COLLECTOR_REQUIRE_BPF").is_ok_and(|v| v == "1") {
-        eprintln!("COLLECTOR_REQUIRE_BPF=1: root/BPF tests must run, skipping fails");
-    } else if !cmd::is_root() {
-        eprintln!("note: not root, so root/BPF integration tests will skip (with a message)");
+    prereqs::ensure_test_tools(vm_only)?;
+    let mut host = None;
+    if !vm_only {
+        if std::env::var("COLLECTOR_REQUIRE_BPF").is_ok_and(|v| v == "1") {
+            eprintln!("COLLECTOR_REQUIRE_BPF=1: root/BPF tests must run, skipping fails");
+        } else if !cmd::is_root() {
+            eprintln!("note: not root, so root/BPF integration tests will skip (with a message)");
+        }
+        host = Some(cmd::cargo_test(cargo().args(["test", "--no-fail-fast"]))?);
     }
-    let totals = cmd::cargo_test(cargo().args(["test", "--no-fail-fast"]))?;
+    let guest = if vm_only {
+        Some(vm::run(kernel)?)
+    } else {
+        None
+    };
     eprintln!(
         "all checks and tests passed in {:.0} s",
         start.elapsed().as_secs_f64()
     );
-    // The closing line: totals over every test binary (cargo prints one line per binary).
-    println!("tests: {} passed, {} failed", totals.passed, totals.failed);
+    // The closing lines: totals over every host test binary (cargo prints one line per
+    // binary), and the VM's.
+    if let Some(totals) = host {
+        println!("tests: {} passed, {} failed", totals.passed, totals.failed);
+    }
+    if let Some(g) = guest {
+        println!(
+            "vm tests ({}): {} test binaries passed; boot {:.1} s, suite {:.0} s",
+            g.kernel,
+            g.passed,
+            g.boot.as_secs_f64(),
+            g.total.as_secs_f64()
+        );
+    }
     Ok(())
+}
+
+fn lint() -> anyhow::Result<()> {
+    cmd::timed(
+        "cargo fmt --check",
+        cargo().args(["fmt", "--all", "--check"]),
+    )?;
+    cmd::timed(
+        "clippy (host crates)",
+        cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]),
+    )?;
+    cmd::timed(
+        "clippy (eBPF crate, bpfel-unknown-none)",
+        Command::new("rustup").args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--package",
+            "collector-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )
 }

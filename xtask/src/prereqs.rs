@@ -143,15 +143,30 @@ const TEST_TOOLS: &[(&str, &str, &str)] = &[
     (
         "busybox-static",
         "busybox",
-        "the CRI test's image is built from a static busybox",
+        "the CRI test's image and the VM's userland",
     ),
 ];
+/// What `cargo xtask test --vm` adds.
+const VM_TOOLS: &[(&str, &str, &str)] = &[
+    (
+        "qemu-system-x86",
+        "qemu-system-x86_64",
+        "the VM suite boots another kernel under TCG",
+    ),
+    ("e2fsprogs", "mkfs.ext4", "the VM's scratch disk"),
+];
 
-/// Installs the missing [`TEST_TOOLS`] in one apt run (Debian), or says which are missing.
-pub fn ensure_test_tools() -> anyhow::Result<()> {
+/// Installs the missing [`TEST_TOOLS`] (and [`VM_TOOLS`] with `vm`) in one apt run (Debian),
+/// or says which are missing.
+pub fn ensure_test_tools(vm: bool) -> anyhow::Result<()> {
+    let tools: Vec<(&str, &str, &str)> = TEST_TOOLS
+        .iter()
+        .chain(if vm { VM_TOOLS } else { &[] })
+        .copied()
+        .collect();
     let debian = Path::new("/etc/debian_version").exists() && find("dpkg-query").is_some();
     if !debian {
-        let missing: Vec<&str> = TEST_TOOLS
+        let missing: Vec<&str> = tools
             .iter()
             .filter(|(_, program, _)| find(program).is_none())
             .map(|(package, _, _)| *package)
@@ -166,7 +181,7 @@ pub fn ensure_test_tools() -> anyhow::Result<()> {
         );
     }
     // By package, not program: Debian's dynamic `busybox` has the same /bin/busybox.
-    let missing: Vec<&str> = TEST_TOOLS
+    let missing: Vec<&str> = tools
         .iter()
         .filter(|(package, _, _)| !deb_installed(package))
         .map(|(package, _, _)| *package)
@@ -174,7 +189,7 @@ pub fn ensure_test_tools() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let why: Vec<&str> = TEST_TOOLS
+    let why: Vec<&str> = tools
         .iter()
         .filter(|(package, _, _)| missing.contains(package))
         .map(|(_, _, why)| *why)

@@ -13,7 +13,23 @@ fn main() {
     let mib = args.next().unwrap_or(64);
     let ms = args.next().unwrap_or(500);
     const PAGE: usize = 4096;
-    let mut memory = vec![0u8; (mib as usize) << 20];
+    let len = (mib as usize) << 20;
+    // SAFETY: a fresh private anonymous mapping, only ever used as the slice below.
+    let memory: &mut [u8] = unsafe {
+        let ptr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(ptr, libc::MAP_FAILED, "mmap {len} bytes");
+        // 4 KiB pages, so one fault per page whatever the node's THP setting (Debian's 6.1
+        // defaults to always: 64 MiB would be ~32 faults, not 16,384).
+        libc::madvise(ptr, len, libc::MADV_NOHUGEPAGE);
+        std::slice::from_raw_parts_mut(ptr.cast(), len)
+    };
     for page in memory.chunks_mut(PAGE) {
         page[0] = 1;
     }
@@ -28,5 +44,5 @@ fn main() {
     std::io::stdout().flush().ok();
     // Blocks until the parent closes our stdin (or kills us).
     let _ = std::io::stdin().lock().lines().count();
-    std::hint::black_box((&memory, x));
+    std::hint::black_box((&*memory, x));
 }

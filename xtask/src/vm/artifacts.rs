@@ -1,0 +1,89 @@
+//! The guest's programs: the integration test binaries and the helper binaries they start,
+//! built in release mode and statically linked (the initramfs has no libc).
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+pub const TARGET: &str = "x86_64-unknown-linux-gnu";
+const PACKAGE: &str = "collector-integration-tests";
+/// Host-only: it needs containerd, which the guest does not have.
+const HOST_ONLY_TESTS: &[&str] = &["cri_containerd"];
+
+pub struct Artifacts {
+    /// Test executables, each run in the guest in this order.
+    pub tests: Vec<PathBuf>,
+    /// Programs the tests start by their build path (`CARGO_BIN_EXE_*`).
+    pub helpers: Vec<PathBuf>,
+}
+
+pub fn build() -> anyhow::Result<Artifacts> {
+    eprintln!("==> building the integration tests statically for the VM ({TARGET}, release)");
+    // An explicit --target keeps RUSTFLAGS off build scripts and off the eBPF build, which
+    // aya-build runs for bpfel with its own flags.
+    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "test",
+            "--no-run",
+            "--release",
+            "--package",
+            PACKAGE,
+            "--target",
+            TARGET,
+            "--message-format=json-render-diagnostics",
+        ])
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+            "-C target-feature=+crt-static",
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo")?;
+    let mut artifacts = Artifacts {
+        tests: Vec::new(),
+        helpers: Vec::new(),
+    };
+    let stdout = child.stdout.take().context("cargo stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" || msg["package_id"].as_str().is_none() {
+            continue;
+        }
+        let Some(exe) = msg["executable"].as_str() else {
+            continue;
+        };
+        let kinds: Vec<&str> = msg["target"]["kind"]
+            .as_array()
+            .map(|k| k.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        let name = msg["target"]["name"].as_str().unwrap_or_default();
+        if !msg["package_id"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(PACKAGE)
+        {
+            continue;
+        }
+        if kinds.contains(&"bin") {
+            artifacts.helpers.push(exe.into());
+        } else if kinds.contains(&"test") && !HOST_ONLY_TESTS.contains(&name) {
+            artifacts.tests.push(exe.into());
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("building the VM test binaries failed ({status})");
+    }
+    if artifacts.tests.is_empty() {
+        bail!("cargo built no integration test binaries for the VM");
+    }
+    artifacts.tests.sort();
+    Ok(artifacts)
+}

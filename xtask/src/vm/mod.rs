@@ -1,0 +1,146 @@
+//! `cargo xtask test --vm`: the root/BPF integration tests in a QEMU guest on another kernel
+//! (Debian's 6.1 LTS by default) with pure cgroup v2 and every controller enabled, which our
+//! hosts (6.18, hybrid cgroups) cannot show.
+
+mod artifacts;
+mod initramfs;
+mod kernel;
+mod qemu;
+
+use std::{fs, path::Path, process::Command, time::Duration};
+
+use anyhow::{Context as _, bail};
+
+use crate::cmd;
+
+pub const DEFAULT_KERNEL: &str = "6.1";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(40 * 60);
+/// For the scratch disk: the virtio PCI transport, the block driver and ext4 (whose crc32c is
+/// a crypto-API soft dependency, not in its `depends=`).
+const MODULES: &[&str] = &["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"];
+const BUSYBOX: &str = "/bin/busybox";
+const SCRATCH_MIB: u64 = 256;
+
+pub struct Summary {
+    pub kernel: String,
+    pub passed: u32,
+    pub boot: Duration,
+    pub total: Duration,
+}
+
+/// Builds, packs, boots and runs; fails unless every test binary passed in the guest.
+pub fn run(kernel_series: &str) -> anyhow::Result<Summary> {
+    for (program, package) in [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("busybox", "busybox-static"),
+        ("mkfs.ext4", "e2fsprogs"),
+    ] {
+        if cmd::find(program).is_none() && !Path::new("/usr/sbin").join(program).exists() {
+            bail!("{program} not found (Debian: apt-get install {package})");
+        }
+    }
+    let kernel = kernel::fetch(kernel_series)?;
+    let artifacts = artifacts::build()?;
+    let work = kernel::cache_dir()?.join("run");
+    fs::create_dir_all(&work)?;
+
+    let modules = kernel.modules_in_load_order(MODULES)?;
+    // CARGO_TARGET_TMPDIR of a --target build: the tests put files that must live on a real
+    // disk there.
+    let scratch_dir = Path::new("target").join(artifacts::TARGET).join("tmp");
+    fs::create_dir_all(&scratch_dir)?;
+    let scratch_mount = scratch_dir.canonicalize()?;
+    let initramfs = work.join("initramfs.cpio");
+    pack(&initramfs, &artifacts, &modules, &scratch_mount)?;
+    let disk = work.join("scratch.img");
+    make_scratch_disk(&disk)?;
+
+    let timeout = std::env::var("COLLECTOR_VM_TIMEOUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
+    eprintln!(
+        "==> booting {} under TCG ({} test binaries; timeout {timeout:?})",
+        kernel.package,
+        artifacts.tests.len()
+    );
+    let outcome = qemu::run(&qemu::Boot {
+        vmlinuz: &kernel.vmlinuz,
+        initramfs: &initramfs,
+        scratch_disk: &disk,
+        memory_mib: 2048,
+        cpus: 2,
+        timeout,
+    })?;
+    if outcome.failed > 0 || outcome.passed as usize != artifacts.tests.len() {
+        bail!(
+            "VM suite on {}: {} test binaries passed, {} failed (of {})",
+            kernel.release,
+            outcome.passed,
+            outcome.failed,
+            artifacts.tests.len()
+        );
+    }
+    Ok(Summary {
+        kernel: kernel.release,
+        passed: outcome.passed,
+        boot: outcome.boot,
+        total: outcome.total,
+    })
+}
+
+fn pack(
+    out: &Path,
+    artifacts: &artifacts::Artifacts,
+    modules: &[std::path::PathBuf],
+    scratch_mount: &Path,
+) -> anyhow::Result<()> {
+    let file = fs::File::create(out)?;
+    let mut a = initramfs::Archive::new(std::io::BufWriter::new(file));
+    for dir in ["/proc", "/sys", "/dev", "/tmp", "/root", "/etc"] {
+        a.dir(dir)?;
+    }
+    a.host_file(BUSYBOX, Path::new(BUSYBOX))?;
+    a.symlink("/bin/sh", "busybox")?;
+    // At their build paths: the tests start helpers by the path compiled into them.
+    for exe in artifacts.tests.iter().chain(&artifacts.helpers) {
+        a.host_file(&path_str(exe)?, exe)?;
+    }
+    let mut guest_modules = Vec::new();
+    for (i, ko) in modules.iter().enumerate() {
+        let name = ko.file_name().context("module name")?.to_string_lossy();
+        let guest = format!("/modules/{i:02}-{name}");
+        a.host_file(&guest, ko)?;
+        guest_modules.push(guest);
+    }
+    let tests: Vec<String> = artifacts
+        .tests
+        .iter()
+        .map(|t| path_str(t))
+        .collect::<anyhow::Result<_>>()?;
+    let init = include_str!("init.sh")
+        .replace("@MODULES@", &guest_modules.join(" "))
+        .replace("@SCRATCH@", &path_str(scratch_mount)?)
+        .replace("@TESTS@", &tests.join(" "));
+    a.file("/init", init.as_bytes(), 0o755)?;
+    use std::io::Write as _;
+    a.finish()?.flush()?;
+    Ok(())
+}
+
+fn make_scratch_disk(path: &Path) -> anyhow::Result<()> {
+    let file = fs::File::create(path)?;
+    file.set_len(SCRATCH_MIB << 20)?;
+    drop(file);
+    cmd::run(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-O", "^has_journal"])
+            .arg(path),
+    )
+}
+
+fn path_str(p: &Path) -> anyhow::Result<String> {
+    p.to_str()
+        .map(str::to_owned)
+        .with_context(|| format!("non-UTF-8 path {}", p.display()))
+}
