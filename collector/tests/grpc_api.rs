@@ -427,23 +427,14 @@ async fn a_big_snapshot_arrives_in_chunks_under_the_limit() {
         fs::create_dir(dir.path().join(format!("c{i}"))).unwrap();
     }
     bump_all(dir.path(), CGROUPS, 1);
-    let running = app::start(ServeConfig {
-        max_message_bytes: LIMIT,
-        ..common::cgroupfs_only(dir.path())
-    })
-    .await
-    .unwrap();
-    let mut client = CollectorClient::connect(format!("http://{}", running.addr))
-        .await
-        .unwrap();
-    let mut stream = client
-        .watch(WatchRequest {
-            interval_ms: Some(100),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (running, mut stream) = common::start_watching(
+        ServeConfig {
+            max_message_bytes: LIMIT,
+            ..common::cgroupfs_only(dir.path())
+        },
+        100,
+    )
+    .await;
     let mut chunks = Vec::new();
     loop {
         let msg = stream.message().await.unwrap().unwrap();

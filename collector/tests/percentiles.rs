@@ -6,10 +6,7 @@ mod common;
 
 use std::{fs, time::Duration};
 
-use collector::{
-    app::{self, ServeConfig},
-    proto::{ContainerStats, WatchRequest, collector_client::CollectorClient},
-};
+use collector::{app::ServeConfig, proto::ContainerStats};
 use common::{cgroupfs_only, node_tree};
 
 const CONTAINER_DIR: &str = "kubepods/burstable/pod11111111-2222-3333-4444-555555555555/\
@@ -22,23 +19,14 @@ const STEP: u64 = 10 << 20;
 async fn working_set_percentiles_stream_and_follow_a_step() {
     let dir = tempfile::tempdir().unwrap();
     let root = node_tree(dir.path());
-    let running = app::start(ServeConfig {
-        ignore_cgroup1: true,
-        ..cgroupfs_only(&root)
-    })
-    .await
-    .unwrap();
-    let mut client = CollectorClient::connect(format!("http://{}", running.addr))
-        .await
-        .unwrap();
-    let mut stream = client
-        .watch(WatchRequest {
-            interval_ms: Some(100),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (running, mut stream) = common::start_watching(
+        ServeConfig {
+            ignore_cgroup1: true,
+            ..cgroupfs_only(&root)
+        },
+        100,
+    )
+    .await;
     let mut stepped = false;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {

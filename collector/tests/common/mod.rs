@@ -13,6 +13,7 @@ use std::{
 use collector::{
     app::{self, Running, ServeConfig},
     probes::ProbeConfig,
+    proto::{WatchRequest, WatchResponse, collector_client::CollectorClient},
 };
 
 pub fn testdata(name: &str) -> PathBuf {
@@ -142,4 +143,25 @@ pub async fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16,
         .and_then(|s| s.parse().ok())
         .ok_or_else(bad)?;
     Ok((status, body.to_owned()))
+}
+
+/// Starts a collector with `config` and subscribes to Watch at `interval_ms`.
+#[allow(dead_code)] // not every test binary watches
+pub async fn start_watching(
+    config: ServeConfig,
+    interval_ms: u32,
+) -> (Running, tonic::Streaming<WatchResponse>) {
+    let running = app::start(config).await.unwrap();
+    let mut client = CollectorClient::connect(format!("http://{}", running.addr))
+        .await
+        .unwrap();
+    let stream = client
+        .watch(WatchRequest {
+            interval_ms: Some(interval_ms),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (running, stream)
 }
