@@ -9,7 +9,7 @@
 
 use std::{
     collections::HashMap,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
@@ -142,11 +142,18 @@ pub fn spawn(setting: CriSetting, period: Duration) -> (Arc<CriNames>, Option<Jo
     (names, Some(task))
 }
 
+/// A runtime that answered: its client, socket and self-description (asked once).
+struct Connected {
+    client: Client,
+    socket: PathBuf,
+    version: String,
+}
+
 async fn refresh_loop(names: Arc<CriNames>, setting: CriSetting, period: Duration) {
-    let mut runtime: Option<(Client, PathBuf)> = None;
+    // Some while the runtime answers: a failed list drops the connection.
+    let mut runtime: Option<Connected> = None;
     let mut next_periodic = Instant::now();
     let mut last_attempt: Option<Instant> = None;
-    let mut healthy = false;
     loop {
         let periodic = tokio::select! {
             _ = tokio::time::sleep_until(next_periodic) => true,
@@ -154,7 +161,7 @@ async fn refresh_loop(names: Arc<CriNames>, setting: CriSetting, period: Duratio
         };
         if !periodic {
             // On demand: only while the runtime answers, and not faster than MIN_GAP.
-            if !healthy {
+            if runtime.is_none() {
                 continue;
             }
             if let Some(at) = last_attempt
@@ -167,46 +174,46 @@ async fn refresh_loop(names: Arc<CriNames>, setting: CriSetting, period: Duratio
         }
         last_attempt = Some(Instant::now());
         names.refresh_started(periodic);
-        if runtime.is_none() {
-            match find_runtime(&setting).await {
-                Ok(found) => runtime = Some(found),
+        let connected = match runtime.take() {
+            Some(c) => c,
+            None => match find_runtime(&setting).await {
+                Ok(c) => c,
                 Err(state) => {
-                    healthy = false;
                     names.set_state(state);
                     continue;
                 }
-            }
-        }
-        let Some((client, socket)) = runtime.as_mut() else {
-            continue;
+            },
         };
-        match list(client).await {
-            Ok(table) => {
-                healthy = true;
-                names.publish(table);
-                let version = version(client).await;
-                names.set_state(ProbeState::Active {
-                    note: Some(format!("{version} at {}", socket.display())),
-                });
-            }
-            Err(status) => {
-                healthy = false;
-                // Keep the last table: names of containers that still run are still right.
-                names.set_state(ProbeState::Failed(format!(
-                    "{} stopped answering ({}: {}); new pods are named by uid and containers \
-                     by id until it does",
-                    socket.display(),
-                    status.code(),
-                    status.message()
-                )));
-                runtime = None;
-            }
+        runtime = refresh(&names, connected).await;
+    }
+}
+
+/// Lists and publishes; the connection back while the runtime answers.
+async fn refresh(names: &CriNames, mut c: Connected) -> Option<Connected> {
+    match list(&mut c.client).await {
+        Ok(table) => {
+            names.publish(table);
+            names.set_state(ProbeState::Active {
+                note: Some(format!("{} at {}", c.version, c.socket.display())),
+            });
+            Some(c)
+        }
+        Err(status) => {
+            // Keep the last table: names of containers that still run are still right.
+            names.set_state(ProbeState::Failed(format!(
+                "{} stopped answering ({}: {}); new pods are named by uid and containers by \
+                 id until it does",
+                c.socket.display(),
+                status.code(),
+                status.message()
+            )));
+            None
         }
     }
 }
 
 /// The first candidate socket that exists and accepts a connection.
-async fn find_runtime(setting: &CriSetting) -> Result<(Client, PathBuf), ProbeState> {
+async fn find_runtime(setting: &CriSetting) -> Result<Connected, ProbeState> {
     let candidates = setting.candidates();
     let mut failures = Vec::new();
     for socket in &candidates {
@@ -214,7 +221,14 @@ async fn find_runtime(setting: &CriSetting) -> Result<(Client, PathBuf), ProbeSt
             continue;
         }
         match endpoint::connect(socket).await {
-            Ok(client) => return Ok((client, socket.clone())),
+            Ok(mut client) => {
+                let version = version(&mut client).await;
+                return Ok(Connected {
+                    client,
+                    socket: socket.clone(),
+                    version,
+                });
+            }
             Err(e) => failures.push(format!("{}: {}", socket.display(), error_chain(&e))),
         }
     }
@@ -263,7 +277,7 @@ async fn version(client: &mut Client) -> String {
 fn join_paths(paths: &[PathBuf]) -> String {
     paths
         .iter()
-        .map(|p: &PathBuf| Path::display(p).to_string())
+        .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(", ")
 }

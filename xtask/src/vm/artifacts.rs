@@ -53,7 +53,10 @@ pub fn build() -> anyhow::Result<Artifacts> {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
-        if msg["reason"] != "compiler-artifact" || msg["package_id"].as_str().is_none() {
+        let ours = msg["package_id"]
+            .as_str()
+            .is_some_and(|id| id.contains(PACKAGE));
+        if msg["reason"] != "compiler-artifact" || !ours {
             continue;
         }
         let Some(exe) = msg["executable"].as_str() else {
@@ -64,13 +67,6 @@ pub fn build() -> anyhow::Result<Artifacts> {
             .map(|k| k.iter().filter_map(|v| v.as_str()).collect())
             .unwrap_or_default();
         let name = msg["target"]["name"].as_str().unwrap_or_default();
-        if !msg["package_id"]
-            .as_str()
-            .unwrap_or_default()
-            .contains(PACKAGE)
-        {
-            continue;
-        }
         if kinds.contains(&"bin") {
             artifacts.helpers.push(exe.into());
         } else if kinds.contains(&"test") && !HOST_ONLY_TESTS.contains(&name) {
