@@ -84,9 +84,12 @@ async fn runq_latency_of_hogs_sharing_a_cpu_and_of_a_lone_sleeper() {
         hog_p50 > 1_000_000,
         "two hogs on one CPU wait {hog_p50} ns at p50"
     );
+    // Relative, not absolute: a lone sleeper's worst waits are tens of microseconds on bare
+    // metal but about a millisecond under an emulated CPU (the VM suite), while sharing a CPU
+    // costs a hog whole scheduler slices either way.
     assert!(
-        nap_p99 < 1_000_000,
-        "a lone sleeper waits {nap_p99} ns at p99"
+        nap_p99 <= hog_p50 / 4,
+        "a lone sleeper waits {nap_p99} ns at p99, hogs {hog_p50} ns at p50"
     );
     drop((hogs, sleeper));
     running.stop().await.unwrap();
