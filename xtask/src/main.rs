@@ -40,18 +40,25 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Format and lint checks, then every test on this host (root/BPF tests included); with
-    /// --vm, the root/BPF suite in a QEMU guest on another kernel with pure cgroup v2 instead.
+    /// Format and lint checks, every test on this host (root/BPF tests included), then the
+    /// root/BPF suite again in a QEMU guest on another kernel with pure cgroup v2.
     Test {
         /// Skip fmt and clippy.
         #[arg(long)]
         no_lint: bool,
-        /// The root/BPF suite in a VM (not yet part of the default run: see the README).
+        /// Only the host's tests, no VM.
+        #[arg(long, conflicts_with = "vm")]
+        host: bool,
+        /// Only the VM suite, no host tests.
         #[arg(long)]
         vm: bool,
         /// Guest kernel: a Debian series whose newest linux-image-<series>.0-N-amd64 is used.
         #[arg(long, default_value = vm::DEFAULT_KERNEL)]
         kernel: String,
+        /// Arguments after `--` go to every test binary, host and guest (a name filter,
+        /// `--nocapture`).
+        #[arg(last = true)]
+        test_args: Vec<String>,
     },
     /// Fuzz the parsers of kernel text (all targets unless named), each for --seconds.
     Fuzz {
@@ -84,9 +91,19 @@ fn main() -> anyhow::Result<()> {
         Task::Run { args } => run(args),
         Task::Test {
             no_lint,
+            host,
             vm,
             kernel,
-        } => test(no_lint, vm, &kernel),
+            test_args,
+        } => test(
+            no_lint,
+            Suites {
+                host: !vm,
+                vm: !host,
+            },
+            &kernel,
+            &test_args,
+        ),
         Task::Fuzz { seconds, targets } => fuzz::run(targets, seconds),
         Task::Bench { quick, out } => bench::run(quick, out),
     }
@@ -149,23 +166,33 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
     Err(command.exec()).context("starting the collector")
 }
 
-fn test(no_lint: bool, vm_only: bool, kernel: &str) -> anyhow::Result<()> {
+/// Which suites `cargo xtask test` runs: both unless told otherwise.
+struct Suites {
+    host: bool,
+    vm: bool,
+}
+
+fn test(no_lint: bool, suites: Suites, kernel: &str, test_args: &[String]) -> anyhow::Result<()> {
     let start = Instant::now();
     if !no_lint {
         lint()?;
     }
-    prereqs::ensure_test_tools(vm_only)?;
+    prereqs::ensure_test_tools(suites.vm)?;
     let mut host = None;
-    if !vm_only {
+    if suites.host {
         if std::env::var("COLLECTOR_REQUIRE_BPF").is_ok_and(|v| v == "1") {
             eprintln!("COLLECTOR_REQUIRE_BPF=1: root/BPF tests must run, skipping fails");
         } else if !cmd::is_root() {
             eprintln!("note: not root, so root/BPF integration tests will skip (with a message)");
         }
-        host = Some(cmd::cargo_test(cargo().args(["test", "--no-fail-fast"]))?);
+        host = Some(cmd::cargo_test(
+            cargo()
+                .args(["test", "--no-fail-fast", "--"])
+                .args(test_args),
+        )?);
     }
-    let guest = if vm_only {
-        Some(vm::run(kernel)?)
+    let guest = if suites.vm {
+        Some(vm::run(kernel, test_args)?)
     } else {
         None
     };
@@ -180,7 +207,7 @@ fn test(no_lint: bool, vm_only: bool, kernel: &str) -> anyhow::Result<()> {
     }
     if let Some(g) = guest {
         println!(
-            "vm tests ({}): {} test binaries passed; boot {:.1} s, suite {:.0} s",
+            "vm tests ({}): {} test binary runs passed; boot {:.1} s, suite {:.0} s",
             g.kernel,
             g.passed,
             g.boot.as_secs_f64(),

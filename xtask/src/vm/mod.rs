@@ -3,6 +3,7 @@
 //! hosts (6.18, hybrid cgroups) cannot show.
 
 mod artifacts;
+mod hang;
 mod initramfs;
 mod kernel;
 mod qemu;
@@ -29,7 +30,7 @@ pub struct Summary {
 }
 
 /// Builds, packs, boots and runs; fails unless every test binary passed in the guest.
-pub fn run(kernel_series: &str) -> anyhow::Result<Summary> {
+pub fn run(kernel_series: &str, test_args: &[String]) -> anyhow::Result<Summary> {
     for (program, package) in [
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("busybox", "busybox-static"),
@@ -50,8 +51,21 @@ pub fn run(kernel_series: &str) -> anyhow::Result<Summary> {
     let scratch_dir = Path::new("target").join(artifacts::TARGET).join("tmp");
     fs::create_dir_all(&scratch_dir)?;
     let scratch_mount = scratch_dir.canonicalize()?;
+    let rounds: usize = match std::env::var("COLLECTOR_VM_ROUNDS") {
+        Ok(n) => n
+            .parse()
+            .ok()
+            .filter(|&n| n > 0)
+            .with_context(|| format!("COLLECTOR_VM_ROUNDS={n}: want a positive count"))?,
+        Err(_) => 1,
+    };
     let initramfs = work.join("initramfs.cpio");
-    pack(&initramfs, &artifacts, &modules, &scratch_mount)?;
+    let guest = Guest {
+        scratch_mount: &scratch_mount,
+        test_args,
+        rounds,
+    };
+    pack(&initramfs, &artifacts, &modules, &guest)?;
     let disk = work.join("scratch.img");
     make_scratch_disk(&disk)?;
 
@@ -68,17 +82,18 @@ pub fn run(kernel_series: &str) -> anyhow::Result<Summary> {
         vmlinuz: &kernel.vmlinuz,
         initramfs: &initramfs,
         scratch_disk: &disk,
+        monitor: &work.join("monitor.sock"),
         memory_mib: 2048,
         cpus: 2,
         timeout,
     })?;
-    if outcome.failed > 0 || outcome.passed as usize != artifacts.tests.len() {
+    let runs = artifacts.tests.len() * rounds;
+    if outcome.failed > 0 || outcome.passed as usize != runs {
         bail!(
-            "VM suite on {}: {} test binaries passed, {} failed (of {})",
+            "VM suite on {}: {} test binary runs passed, {} failed (of {runs})",
             kernel.release,
             outcome.passed,
             outcome.failed,
-            artifacts.tests.len()
         );
     }
     Ok(Summary {
@@ -89,11 +104,21 @@ pub fn run(kernel_series: &str) -> anyhow::Result<Summary> {
     })
 }
 
+/// What the guest's init is told.
+struct Guest<'a> {
+    /// Where the scratch disk goes: the tests' CARGO_TARGET_TMPDIR.
+    scratch_mount: &'a Path,
+    /// For every test binary (a name filter, `--nocapture`).
+    test_args: &'a [String],
+    /// Times the whole list of test binaries runs.
+    rounds: usize,
+}
+
 fn pack(
     out: &Path,
     artifacts: &artifacts::Artifacts,
     modules: &[std::path::PathBuf],
-    scratch_mount: &Path,
+    guest: &Guest,
 ) -> anyhow::Result<()> {
     let file = fs::File::create(out)?;
     let mut a = initramfs::Archive::new(std::io::BufWriter::new(file));
@@ -118,10 +143,18 @@ fn pack(
         .iter()
         .map(|t| path_str(t))
         .collect::<anyhow::Result<_>>()?;
+    let hold_fault_events = artifacts
+        .helpers
+        .iter()
+        .find(|h| h.file_name().is_some_and(|n| n == "hold_fault_events"))
+        .context("the hold_fault_events helper was not built")?;
     let init = include_str!("init.sh")
+        .replace("@HOLD_FAULT_EVENTS@", &path_str(hold_fault_events)?)
         .replace("@MODULES@", &guest_modules.join(" "))
-        .replace("@SCRATCH@", &path_str(scratch_mount)?)
-        .replace("@TESTS@", &tests.join(" "));
+        .replace("@SCRATCH@", &path_str(guest.scratch_mount)?)
+        .replace("@ROUNDS@", &guest.rounds.to_string())
+        .replace("@TESTS@", &tests.join(" "))
+        .replace("@TEST_ARGS@", &shell_words(guest.test_args)?);
     a.file("/init", init.as_bytes(), 0o755)?;
     use std::io::Write as _;
     a.finish()?.flush()?;
@@ -137,6 +170,18 @@ fn make_scratch_disk(path: &Path) -> anyhow::Result<()> {
             .args(["-q", "-F", "-O", "^has_journal"])
             .arg(path),
     )
+}
+
+/// Single-quoted for the init script; a quote inside would end the quoting, so it is refused.
+fn shell_words(args: &[String]) -> anyhow::Result<String> {
+    if let Some(bad) = args.iter().find(|a| a.contains('\'')) {
+        bail!("test argument {bad:?}: single quotes cannot be passed to the guest");
+    }
+    Ok(args
+        .iter()
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" "))
 }
 
 fn path_str(p: &Path) -> anyhow::Result<String> {

@@ -1,6 +1,7 @@
 //! Boots the guest under TCG and follows its serial console: every line is shown as it comes,
 //! and the run fails on a kernel panic, an oops, a soft lockup, the failure marker, a missing
-//! result or the timeout.
+//! result, a silent guest (a hang with interrupts off prints nothing; its vCPUs' places are
+//! reported) or the timeout.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -12,6 +13,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+use super::hang;
+
 /// Lines that end the run as a failure whatever the tests say.
 const KERNEL_TROUBLE: &[&str] = &[
     "Kernel panic",
@@ -22,11 +25,16 @@ const KERNEL_TROUBLE: &[&str] = &[
     "general protection fault",
 ];
 const RESULT: &str = "COLLECTOR-VM-RESULT:";
+/// No console line for this long means a hung guest: the longest test binary takes about 15 s
+/// in the guest, and a soft lockup is reported within about 45 s.
+const SILENCE: Duration = Duration::from_secs(5 * 60);
 
 pub struct Boot<'a> {
     pub vmlinuz: &'a Path,
     pub initramfs: &'a Path,
     pub scratch_disk: &'a Path,
+    /// QEMU's human monitor, for a report of where a silent guest's vCPUs are.
+    pub monitor: &'a Path,
     pub memory_mib: u32,
     pub cpus: u32,
     pub timeout: Duration,
@@ -46,7 +54,8 @@ pub fn run(boot: &Boot) -> anyhow::Result<Outcome> {
         .args(["-accel", "tcg,thread=multi", "-cpu", "max"])
         .args(["-m", &boot.memory_mib.to_string()])
         .args(["-smp", &boot.cpus.to_string()])
-        .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
+        .args(["-display", "none", "-serial", "stdio", "-monitor"])
+        .arg(format!("unix:{},server,nowait", boot.monitor.display()))
         .args(["-nic", "none", "-no-reboot"])
         .arg("-kernel")
         .arg(boot.vmlinuz)
@@ -59,7 +68,8 @@ pub fn run(boot: &Boot) -> anyhow::Result<Outcome> {
         ))
         .args([
             "-append",
-            "console=ttyS0 rdinit=/init panic=-1 oops=panic softlockup_panic=1 loglevel=4",
+            "console=ttyS0 rdinit=/init panic=-1 oops=panic softlockup_panic=1 \
+             softlockup_all_cpu_backtrace=1 loglevel=4",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -81,10 +91,15 @@ pub fn run(boot: &Boot) -> anyhow::Result<Outcome> {
     let mut boot_time = None;
     let mut result = None;
     let mut trouble = None;
+    let mut last_line = Instant::now();
     loop {
-        let left = boot.timeout.saturating_sub(started.elapsed());
+        let left = boot
+            .timeout
+            .saturating_sub(started.elapsed())
+            .min(SILENCE.saturating_sub(last_line.elapsed()));
         match rx.recv_timeout(left) {
             Ok(line) => {
+                last_line = Instant::now();
                 println!("vm| {line}");
                 if boot_time.is_none() && line.starts_with("COLLECTOR-VM") {
                     boot_time = Some(started.elapsed());
@@ -99,6 +114,15 @@ pub fn run(boot: &Boot) -> anyhow::Result<Outcome> {
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) if last_line.elapsed() >= SILENCE => {
+                let places = hang::vcpu_places(boot.monitor);
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "the guest printed nothing for {SILENCE:?}: hung. Its vCPUs were at:\n{}",
+                    hang::symbolize(&places, boot.scratch_disk)
+                );
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 let _ = child.wait();
