@@ -11,7 +11,9 @@ mount -t devtmpfs devtmpfs /dev
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
-mount -t tmpfs tmpfs /tmp
+# No tmpfs on /tmp: the initramfs root is already in memory and writable, and a checkout under
+# /tmp has its binaries there (a mount would hide them).
+chmod 1777 /tmp
 ip link set lo up
 # Every controller for the test cgroups below the root, as on a pure-v2 node.
 for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
