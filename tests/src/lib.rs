@@ -289,6 +289,24 @@ pub fn wait_cpu_ns(child: Child) -> anyhow::Result<u64> {
     Ok(ns(usage.ru_utime) + ns(usage.ru_stime))
 }
 
+/// A cgroup file holding one number (memory.current, memory.usage_in_bytes).
+pub fn read_u64(path: &Path) -> u64 {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The value of `key` in the text of a flat-keyed cgroup file (memory.stat, memory.events).
+pub fn flat_key(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {key} in the file"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// |a - b| / reference, for "agrees within x %" checks.
 pub fn relative_diff(a: u64, b: u64, reference: u64) -> f64 {
     a.abs_diff(b) as f64 / reference.max(1) as f64

@@ -8,8 +8,9 @@ use std::{
 
 use collector::{
     app::{self, Running, ServeConfig},
+    probes::ProbeConfig,
     proto::{
-        CgroupStats, OomKill, TerminatedCgroup, WatchRequest, WatchResponse,
+        CgroupStats, GetSummaryRequest, OomKill, TerminatedCgroup, WatchRequest, WatchResponse,
         collector_client::CollectorClient, probe_status::State,
     },
 };
@@ -94,6 +95,30 @@ pub async fn start_local(config: ServeConfig) -> (Running, CollectorClient<Chann
         .await
         .unwrap();
     (running, client)
+}
+
+/// Starts an in-process collector with its probes off (the kernel's own accounting is what is
+/// under test) and returns it with the record of the cgroup at `relative` from a summary.
+pub async fn cgroupfs_record(relative: &str) -> (Running, CgroupStats) {
+    let (running, mut client) = start_local(ServeConfig {
+        probes: ProbeConfig {
+            disabled: true,
+            ..ProbeConfig::default()
+        },
+        ..ServeConfig::default()
+    })
+    .await;
+    let summary = client
+        .get_summary(GetSummaryRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let record = summary
+        .cgroups
+        .into_iter()
+        .find(|c| c.path == relative)
+        .unwrap_or_else(|| panic!("{relative} is not in the summary"));
+    (running, record)
 }
 
 /// Starts an in-process collector on loopback (cgroupfs read on every pass, so both sources

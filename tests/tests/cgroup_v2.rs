@@ -2,30 +2,24 @@
 //! controller's own files on live cgroup2 cgroups against the eBPF fault probes and against
 //! kubelet's working-set and available formulas.
 
-use std::{fs, path::Path, process::Command, time::Duration};
+use std::{fs, process::Command, time::Duration};
 
-use collector::{
-    app::ServeConfig,
-    probes::ProbeConfig,
-    proto::{CgroupStats, EbpfFaults, GetSummaryRequest, WatchResponse},
-};
+use collector::proto::{EbpfFaults, WatchResponse};
 use collector_integration_tests::{
-    TestCgroup, can_run_v2, finish, relative_diff, spawn_until_ready, uncached_file,
-    watch::{View, catch_up, start_local, start_watching_with},
+    TestCgroup, can_run_v2, finish, flat_key, read_u64, relative_diff, spawn_until_ready,
+    uncached_file,
+    watch::{View, catch_up, cgroupfs_record, start_watching_with},
 };
 use tonic::Streaming;
 
 const PAGE: u64 = 4096;
 
-/// A `key value` line of a flat-keyed cgroup file such as memory.stat.
-fn stat_key(dir: &Path, file: &str, key: &str) -> u64 {
-    let text = fs::read_to_string(dir.join(file)).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {key} in {file}"))
-        .trim()
-        .parse()
-        .unwrap()
+/// A key of the cgroup's memory.stat, read now.
+fn memory_stat(cgroup: &TestCgroup, key: &str) -> u64 {
+    flat_key(
+        &fs::read_to_string(cgroup.path.join("memory.stat")).unwrap(),
+        key,
+    )
 }
 
 /// memory.stat's fault counters.
@@ -44,8 +38,8 @@ async fn faults_now(
 ) -> (MemoryStatFaults, EbpfFaults) {
     catch_up(stream, view, Duration::from_millis(100)).await;
     let file = MemoryStatFaults {
-        pgfault: stat_key(&cgroup.path, "memory.stat", "pgfault"),
-        pgmajfault: stat_key(&cgroup.path, "memory.stat", "pgmajfault"),
+        pgfault: memory_stat(cgroup, "pgfault"),
+        pgmajfault: memory_stat(cgroup, "pgmajfault"),
     };
     let record = &view.cgroups[&cgroup.id()];
     let ebpf = record.ebpf_faults.expect("ebpf_faults");
@@ -55,10 +49,6 @@ async fn faults_now(
     assert_eq!(memory.page_faults, Some(file.pgfault));
     assert_eq!(memory.major_page_faults, Some(file.pgmajfault));
     (file, ebpf)
-}
-
-fn read_u64(path: &Path) -> u64 {
-    fs::read_to_string(path).unwrap().trim().parse().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,29 +150,11 @@ async fn working_set_and_available_follow_kubelets_formula_under_memory_max() {
         Command::new(env!("CARGO_BIN_EXE_touch_file")).arg(&path),
     ));
 
-    let (running, mut client) = start_local(ServeConfig {
-        // The kernel's own accounting is under test here, not the probes.
-        probes: ProbeConfig {
-            disabled: true,
-            ..ProbeConfig::default()
-        },
-        ..ServeConfig::default()
-    })
-    .await;
-    let summary = client
-        .get_summary(GetSummaryRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let (running, record) = cgroupfs_record(&cgroup.relative).await;
     let current = read_u64(&cgroup.path.join("memory.current"));
-    let inactive_file = stat_key(&cgroup.path, "memory.stat", "inactive_file");
-    let anon = stat_key(&cgroup.path, "memory.stat", "anon");
-    let file = stat_key(&cgroup.path, "memory.stat", "file");
-    let record: &CgroupStats = summary
-        .cgroups
-        .iter()
-        .find(|c| c.path == cgroup.relative)
-        .expect("the test cgroup is in the summary");
+    let inactive_file = memory_stat(&cgroup, "inactive_file");
+    let anon = memory_stat(&cgroup, "anon");
+    let file = memory_stat(&cgroup, "file");
     let memory = record.memory.as_ref().expect("memory stats");
     eprintln!(
         "memory.current {current}, inactive_file {inactive_file}, anon {anon}, file {file}; \

@@ -10,13 +10,10 @@ use std::{
     process::{Command, Stdio},
 };
 
-use collector::{
-    app::ServeConfig,
-    cgroupfs::CgroupMounts,
-    probes::ProbeConfig,
-    proto::{CgroupStats, GetSummaryRequest},
+use collector::cgroupfs::CgroupMounts;
+use collector_integration_tests::{
+    TestCgroup, can_run, flat_key, read_u64, relative_diff, watch::cgroupfs_record,
 };
-use collector_integration_tests::{TestCgroup, can_run, relative_diff, watch::start_local};
 
 const TOUCH_MIB: u64 = 64;
 const BURN_MS: u64 = 700;
@@ -35,9 +32,9 @@ impl MemoryFiles {
         let stat = fs::read_to_string(dir.join("memory.stat")).unwrap();
         Self {
             usage: read_u64(&dir.join("memory.usage_in_bytes")),
-            rss: key(&stat, "total_rss"),
-            inactive_file: key(&stat, "total_inactive_file"),
-            pgfault: key(&stat, "total_pgfault"),
+            rss: flat_key(&stat, "total_rss"),
+            inactive_file: flat_key(&stat, "total_inactive_file"),
+            pgfault: flat_key(&stat, "total_pgfault"),
         }
     }
 
@@ -45,25 +42,11 @@ impl MemoryFiles {
         let stat = fs::read_to_string(dir.join("memory.stat")).unwrap();
         Self {
             usage: read_u64(&dir.join("memory.current")),
-            rss: key(&stat, "anon"),
-            inactive_file: key(&stat, "inactive_file"),
-            pgfault: key(&stat, "pgfault"),
+            rss: flat_key(&stat, "anon"),
+            inactive_file: flat_key(&stat, "inactive_file"),
+            pgfault: flat_key(&stat, "pgfault"),
         }
     }
-}
-
-fn read_u64(path: &Path) -> u64 {
-    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.trim().parse().unwrap()
-}
-
-fn key(stat: &str, key: &str) -> u64 {
-    stat.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {key} in memory.stat"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,25 +77,7 @@ async fn memory_from_its_own_hierarchy_and_cpu_from_cgroup2() {
         .unwrap();
     assert_eq!(ready.trim(), "ready", "workload did not start");
 
-    let (running, mut client) = start_local(ServeConfig {
-        // The kernel's own accounting is under test here, not the probes.
-        probes: ProbeConfig {
-            disabled: true,
-            ..ProbeConfig::default()
-        },
-        ..ServeConfig::default()
-    })
-    .await;
-    let summary = client
-        .get_summary(GetSummaryRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let record: &CgroupStats = summary
-        .cgroups
-        .iter()
-        .find(|c| c.path == cgroup.relative)
-        .expect("the test cgroup is in the summary");
+    let (running, record) = cgroupfs_record(&cgroup.relative).await;
 
     // The workload is idle now, so the files read after the sample still match it closely.
     let truth = match cgroup.v1_path(v1_memory.as_deref().unwrap_or(Path::new("/-"))) {
