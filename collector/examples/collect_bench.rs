@@ -35,8 +35,8 @@ use collector::{
     cgroupfs::CgroupMounts,
     node::NodeInfo,
     probes::{ProbeConfig, Probes},
+    rate::CgroupRates,
     sampler::{DEFAULT_CGROUPFS_INTERVAL, Sampler},
-    store::CgroupRates,
     summary,
 };
 use serde_json::{Value, json};

@@ -9,14 +9,15 @@ use crate::{
     cgroupfs::CgroupMounts,
     cri::{self, CriSetting},
     http,
+    net::{
+        listen::{bind, check_listen_policy},
+        tls::{ServerTlsFiles, load_tls},
+    },
     node::NodeInfo,
     percentiles::{self, UsageWindows},
     probes::{ProbeConfig, Probes},
     sampler::{self, Sampler},
-    server::{
-        self, CollectorService, ServerStats, chunk,
-        tls::{ServerTlsFiles, TlsReloader},
-    },
+    server::{self, CollectorService, ServerStats, chunk},
     store::{self, StoreHandle},
 };
 
@@ -134,35 +135,6 @@ impl Running {
     }
 }
 
-/// Plaintext is for loopback; anything else needs TLS or an explicit opt-out, which is logged.
-pub fn check_listen_policy(
-    addr: SocketAddr,
-    tls: bool,
-    allow_insecure: bool,
-) -> anyhow::Result<()> {
-    if tls || addr.ip().is_loopback() {
-        return Ok(());
-    }
-    anyhow::ensure!(
-        allow_insecure,
-        "refusing to serve plaintext gRPC on non-loopback {addr}: pass --tls-cert and --tls-key \
-         (and --tls-client-ca for mutual TLS), or --allow-insecure-listen if the network is \
-         trusted"
-    );
-    tracing::warn!(
-        "serving plaintext gRPC on non-loopback {addr} (--allow-insecure-listen): anyone who can \
-         reach it can read this node's metrics"
-    );
-    Ok(())
-}
-
-/// Loads the TLS files when configured; a bad file stops startup with its path in the error.
-pub fn load_tls(files: Option<&ServerTlsFiles>) -> anyhow::Result<Option<Arc<TlsReloader>>> {
-    files
-        .map(|f| TlsReloader::load(f.clone()).context("loading TLS certificates"))
-        .transpose()
-}
-
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     check_listen_policy(
         config.listen,
@@ -189,10 +161,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             .context("the HTTP endpoints are plaintext (--http-listen)")?;
     }
     // Bind before loading probes: a taken port should fail fast, not after BPF setup.
-    let listener = server::bind(config.listen).await?;
+    let listener = bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let http_listener = match config.http_listen {
-        Some(addr) => Some(server::bind(addr).await?),
+        Some(addr) => Some(bind(addr).await?),
         None => None,
     };
     let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;

@@ -1,26 +1,54 @@
 //! eBPF-augmented container resource collector.
 //!
-//! Data flows one way: [`cgroupfs`] and [`probes`] are read by the [`sampler`], whose passes the
-//! [`store`] task owns and publishes as snapshots, which the [`server`] streams to subscribers
-//! such as [`top`].
+//! ## Layers
+//!
+//! Data flows one way: the kernel's counters are read by the [`probes`] and [`cgroupfs`], merged
+//! per cgroup by the [`sampler`], turned into rates and the kubelet Summary model, published by
+//! the [`store`] task, and served by the [`server`] (gRPC) and [`http`] endpoints to the
+//! [`aggregate`]or and [`top`]. Imports follow the same direction: each module may use only the
+//! modules listed above it in this table. `cargo xtask test` checks every `use` and every
+//! `crate::` path against it (`xtask/src/layers.rs`), and a new module must be given a row.
+//!
+//! | order | module | holds |
+//! |---|---|---|
+//! | 1 | [`proto`] | the generated `collector.v1` wire types |
+//! | 2 | [`unix_time`] | wall-clock times as the wire formats carry them |
+//! | 3 | [`net`] | server TLS with reloading, the listen policy, client connections |
+//! | 4 | [`cgroupfs`] | reading and parsing the kernel's cgroup files, v1 and v2 |
+//! | 5 | [`k8s`] | Kubernetes identities from cgroup paths |
+//! | 6 | [`node`] | facts about this node (name, kernel, mounts, CPUs) |
+//! | 7 | [`probes`] | loading the eBPF programs and reading their maps |
+//! | 8 | [`cri`] | pod and container names from the container runtime |
+//! | 9 | [`sampler`] | one pass: cgroupfs and probes merged per cgroup |
+//! | 10 | [`rate`] | counter rates and run-queue windows with kubelet's rules |
+//! | 11 | [`summary`] | the kubelet Summary model and its formulas |
+//! | 12 | [`percentiles`] | sliding-window usage percentiles of pods and containers |
+//! | 13 | [`convert`] | samples -> protobuf records (statuses, stats, events) |
+//! | 14 | [`store`] | the task that owns the samples and publishes snapshots |
+//! | 15 | [`server`] | the gRPC API: Collector, Watch fan-out, health, reflection |
+//! | 16 | [`http`] | kubelet's HTTP endpoints and Prometheus metrics |
+//! | 17 | [`aggregate`] | the cluster aggregator fed by many collectors |
+//! | 18 | [`top`] | `collector top`, a client of either |
+//! | 19 | [`app`] | assembling a running collector from its configuration |
 
 pub mod aggregate;
 pub mod app;
 pub mod cgroupfs;
-pub mod client;
+pub mod convert;
 pub mod cri;
 pub mod http;
 pub mod k8s;
+pub mod net;
 pub mod node;
 pub mod percentiles;
 pub mod probes;
 pub mod rate;
-pub mod runq;
 pub mod sampler;
 pub mod server;
 pub mod store;
 pub mod summary;
 pub mod top;
+pub mod unix_time;
 
 /// Generated from proto/collector/v1/collector.proto.
 pub mod proto {

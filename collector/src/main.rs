@@ -7,11 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use collector::{
     aggregate::{self, AggregateConfig, cluster::Freshness, discovery::Targets},
     app::{self, ServeConfig},
-    client::ClientTls,
     cri::CriSetting,
+    net::{client::ClientTls, tls::ServerTlsFiles},
     percentiles,
     probes::ProbeConfig,
-    server::{chunk, tls::ServerTlsFiles},
+    server::chunk,
     top::{self, SortBy, TopConfig, View},
 };
 use tracing_subscriber::EnvFilter;

@@ -18,8 +18,9 @@ use collector::{
     node::NodeInfo,
     probes::{ProbeConfig, Probes},
     proto::{self, PodStats},
+    rate::CgroupRates,
     sampler::Sampler,
-    store::{CgroupRates, Snapshot},
+    store::Snapshot,
     summary,
 };
 

@@ -8,9 +8,11 @@ use std::{fs, path::Path};
 
 use collector::{
     app::{self, Running, ServeConfig},
-    client::{self, ClientTls},
+    net::{
+        client::{self, ClientTls},
+        tls::{ServerTlsFiles, TlsReloader},
+    },
     proto::{GetSummaryRequest, collector_client::CollectorClient},
-    server::tls::{ServerTlsFiles, TlsReloader},
 };
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,

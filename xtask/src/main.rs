@@ -3,7 +3,8 @@
 //! - `prereqs`: check and install what the build needs (idempotent, quiet when present)
 //! - `build`:   build everything, eBPF programs included
 //! - `run`:     build and run the collector locally as root with working defaults
-//! - `test`:    fmt + clippy checks and every test, root/BPF integration tests included
+//! - `test`:    the layer check, fmt + clippy and every test, root/BPF integration tests included
+//! - `layers`:  check that the collector's imports follow its layer table
 //! - `fuzz`:    run the parser fuzzers (cargo-fuzz) for a while each
 //! - `bench`:   measure collection cost, probe overhead, streaming and aggregation; write a
 //!   markdown + JSON report and a plot
@@ -11,6 +12,7 @@
 mod bench;
 mod cmd;
 mod fuzz;
+mod layers;
 mod prereqs;
 mod vm;
 
@@ -60,6 +62,9 @@ enum Task {
         #[arg(last = true)]
         test_args: Vec<String>,
     },
+    /// Check that the collector's modules import only earlier layers (the table in
+    /// collector/src/lib.rs); `test` runs it first.
+    Layers,
     /// Fuzz the parsers of kernel text (all targets unless named), each for --seconds.
     Fuzz {
         #[arg(long, default_value_t = 60)]
@@ -104,6 +109,7 @@ fn main() -> anyhow::Result<()> {
             &kernel,
             &test_args,
         ),
+        Task::Layers => layers::check(),
         Task::Fuzz { seconds, targets } => fuzz::run(targets, seconds),
         Task::Bench { quick, out } => bench::run(quick, out),
     }
@@ -218,6 +224,7 @@ fn test(no_lint: bool, suites: Suites, kernel: &str, test_args: &[String]) -> an
 }
 
 fn lint() -> anyhow::Result<()> {
+    layers::check()?;
     cmd::timed(
         "cargo fmt --check",
         cargo().args(["fmt", "--all", "--check"]),

@@ -12,11 +12,11 @@ use super::cluster::Cluster;
 use crate::{
     proto::{self, aggregator_server::Aggregator},
     server::{
-        convert::unix_nanos,
         filter::check_dns_label,
         outbox::{self, End, Outbox, SubscriberStream},
         requested_interval,
     },
+    unix_time::unix_nanos,
 };
 
 pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(10);

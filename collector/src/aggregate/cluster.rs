@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use crate::{proto, server::convert::unix_nanos};
+use crate::{proto, unix_time::unix_nanos};
 
 /// One node as last published by its feeder.
 #[derive(Debug)]

@@ -11,7 +11,7 @@ use super::{
     node_state::NodeState,
 };
 use crate::{
-    client::{self, ClientTls},
+    net::client::{self, ClientTls},
     proto::{self, collector_client::CollectorClient},
 };
 

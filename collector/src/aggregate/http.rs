@@ -13,7 +13,11 @@ use axum::{
 use serde_json::{Value, json};
 
 use super::{cluster::Cluster, quantity};
-use crate::{proto, server::filter::check_dns_label};
+use crate::{
+    proto,
+    server::filter::check_dns_label,
+    unix_time::{now_unix_nano, rfc3339_seconds},
+};
 
 const GROUP_VERSION: &str = "metrics.k8s.io/v1beta1";
 const PREFIX: &str = "/apis/metrics.k8s.io/v1beta1";
@@ -44,9 +48,9 @@ fn node_json(n: &proto::NodeMetrics) -> Value {
         "apiVersion": GROUP_VERSION,
         "metadata": {
             "name": n.name,
-            "creationTimestamp": quantity::rfc3339_seconds(quantity::now_unix_nano()),
+            "creationTimestamp": rfc3339_seconds(now_unix_nano()),
         },
-        "timestamp": quantity::rfc3339_seconds(n.timestamp_unix_nano),
+        "timestamp": rfc3339_seconds(n.timestamp_unix_nano),
         "window": quantity::go_duration(Duration::from_nanos(n.window_nano_seconds)),
         "usage": {
             "cpu": quantity::cpu(n.cpu_nano_cores.unwrap_or_default()),
@@ -75,10 +79,10 @@ fn pod_json(p: &proto::PodMetrics) -> Value {
         "metadata": {
             "name": pod_name(p),
             "namespace": p.namespace,
-            "creationTimestamp": quantity::rfc3339_seconds(quantity::now_unix_nano()),
+            "creationTimestamp": rfc3339_seconds(now_unix_nano()),
             "labels": {},
         },
-        "timestamp": quantity::rfc3339_seconds(p.timestamp_unix_nano),
+        "timestamp": rfc3339_seconds(p.timestamp_unix_nano),
         "window": quantity::go_duration(Duration::from_nanos(p.window_nano_seconds)),
         "containers": containers,
     })

@@ -20,10 +20,13 @@ use anyhow::Context as _;
 use tokio::{sync::oneshot, task::JoinHandle};
 
 use crate::{
-    app::{check_listen_policy, load_tls},
-    client::ClientTls,
+    net::{
+        client::ClientTls,
+        listen::{bind, check_listen_policy},
+        tls::{ServerTlsFiles, load_tls},
+    },
     proto::aggregator_server::AggregatorServer,
-    server::{self, tls::ServerTlsFiles},
+    server,
 };
 use cluster::{Cluster, Freshness};
 use discovery::Targets;
@@ -138,10 +141,10 @@ pub async fn start(config: AggregateConfig) -> anyhow::Result<RunningAggregator>
             .context("the metrics.k8s.io endpoint is plaintext HTTP")?;
     }
     let tls = load_tls(config.server_tls.as_ref())?;
-    let grpc_listener = server::bind(config.grpc_listen).await?;
+    let grpc_listener = bind(config.grpc_listen).await?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_listener = match config.http_listen {
-        Some(addr) => Some(server::bind(addr).await?),
+        Some(addr) => Some(bind(addr).await?),
         None => None,
     };
     let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;

@@ -10,7 +10,7 @@ use super::{
     prom::{Exposition, Kind, format_value},
     resource::{pod_name, pod_namespace},
 };
-use crate::{runq, sampler::CgroupSample, server::ServerStats, store::Snapshot};
+use crate::{rate::runq, sampler::CgroupSample, server::ServerStats, store::Snapshot};
 
 /// Histogram edges: bucket i of the kernel histogram holds waits in [2^i, 2^(i+1)) ns, so the
 /// cumulative count up to edge 2^k ns is the sum of buckets below k. Every other power of two

@@ -4,7 +4,7 @@
 use serde_json::{Map, Value, json};
 
 use super::resource::{pod_name, pod_namespace};
-use crate::{aggregate::quantity::rfc3339_seconds, proto, store::Snapshot};
+use crate::{proto, store::Snapshot, unix_time::rfc3339_seconds};
 
 /// Inserts `key: value` when the value is present.
 fn put(m: &mut Map<String, Value>, key: &str, value: Option<impl Into<Value>>) {

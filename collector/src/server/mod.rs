@@ -1,14 +1,11 @@
 //! The gRPC API: `collector.v1.Collector` plus health and reflection.
 
 pub mod chunk;
-pub mod convert;
 pub mod filter;
 pub mod outbox;
-pub mod tls;
 pub mod watch;
 
 use std::{
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -21,11 +18,14 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::{
+    convert,
+    net::tls,
     proto::{
         self,
         collector_server::{Collector, CollectorServer},
     },
-    store::StoreHandle,
+    store::{Snapshot, StoreHandle},
+    unix_time::unix_nanos,
 };
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -43,6 +43,15 @@ pub struct ServerStats {
 impl ServerStats {
     pub fn dropped_subscribers(&self) -> u64 {
         self.dropped_subscribers.load(Ordering::Relaxed)
+    }
+
+    /// The sampler's and probes' figures of `snap` with this server's Watch counters.
+    pub fn collector_stats(&self, snap: &Snapshot) -> proto::CollectorStats {
+        proto::CollectorStats {
+            watch_subscribers: self.watch_subscribers.load(Ordering::Relaxed),
+            dropped_subscribers: self.dropped_subscribers(),
+            ..convert::collector_stats(&snap.stats, &snap.program_stats)
+        }
     }
 }
 
@@ -105,7 +114,7 @@ impl Collector for CollectorService {
             .first_or_latest(FIRST_SAMPLE_PATIENCE)
             .await
             .ok_or_else(|| Status::unavailable("no sample taken yet; retry in a second"))?;
-        let time = convert::unix_nanos(snap.sample.wall);
+        let time = unix_nanos(snap.sample.wall);
         Ok(Response::new(proto::Summary {
             timestamp_unix_nano: time,
             node: Some((*self.node).clone()),
@@ -119,11 +128,7 @@ impl Collector for CollectorService {
                 .map(|(c, r)| convert::cgroup_stats(c, *r, histograms))
                 .collect(),
             probes: snap.probes.iter().map(convert::probe_status).collect(),
-            collector: Some(convert::collector_stats(
-                &snap.stats,
-                &snap.program_stats,
-                &self.stats,
-            )),
+            collector: Some(self.stats.collector_stats(&snap)),
             recently_terminated: snap
                 .recent
                 .terminated
@@ -253,11 +258,4 @@ async fn report_probe_health(store: StoreHandle, reporter: tonic_health::server:
             .set_service_status(probe_health_name(probe.name), status)
             .await;
     }
-}
-
-/// Binds the API address, with the address in the error.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }

@@ -11,15 +11,16 @@ use std::{
 };
 
 use super::{
-    ServerStats, chunk, convert,
+    ServerStats, chunk,
     filter::Filter,
     outbox::{self, End, Outbox, SubscriberStream},
 };
 use crate::{
-    proto,
+    convert, proto,
     rate::{Reading, per_second},
     sampler::CgroupSample,
     store::{Record, Snapshot, Subscription},
+    unix_time::unix_nanos,
 };
 
 fn pod_uid(p: &proto::PodStats) -> String {
@@ -98,13 +99,7 @@ async fn stream(
         return End::Closed;
     };
     let mut state = SubscriberState::new(opts.clone());
-    let stats = |snap: &Snapshot| {
-        Some(convert::collector_stats(
-            &snap.stats,
-            &snap.program_stats,
-            &ctx.server_stats,
-        ))
-    };
+    let stats = |snap: &Snapshot| Some(ctx.server_stats.collector_stats(snap));
     let mut snapshot = state.snapshot(&first, &ctx.node);
     snapshot.collector = stats(&first);
     state.pods_snapshot(&first, &mut snapshot);
@@ -263,7 +258,7 @@ impl SubscriberState {
         proto::WatchResponse {
             sequence: self.next_sequence(),
             snapshot: true,
-            timestamp_unix_nano: convert::unix_nanos(snap.sample.wall),
+            timestamp_unix_nano: unix_nanos(snap.sample.wall),
             cgroups,
             removed_cgroup_ids: Vec::new(),
             probes: self.probes.clone(),
@@ -338,7 +333,7 @@ impl SubscriberState {
         proto::WatchResponse {
             sequence: self.next_sequence(),
             snapshot: false,
-            timestamp_unix_nano: convert::unix_nanos(snap.sample.wall),
+            timestamp_unix_nano: unix_nanos(snap.sample.wall),
             cgroups: changed,
             removed_cgroup_ids: removed,
             probes,

@@ -5,9 +5,9 @@ use crate::{
         parse::{Io, Limit, Psi, PsiData},
         reading::{CgroupReading, CpuReading, MemoryReading, Source},
     },
-    proto, runq,
+    proto,
+    rate::{CgroupRates, runq},
     sampler::EbpfValues,
-    store::CgroupRates,
 };
 
 /// usage − inactive_file, floored at 0; usage alone when inactive_file is unknown.

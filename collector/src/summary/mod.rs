@@ -10,9 +10,9 @@ use crate::{
     k8s::identity::{self, Identity},
     node::NodeInfo,
     proto,
+    rate::CgroupRates,
     sampler::{CgroupSample, MemInfo, Sample},
-    server::convert::unix_nanos,
-    store::CgroupRates,
+    unix_time::unix_nanos,
 };
 
 /// Node and pods of one sample (`rates` in `sample.cgroups` order), pods sorted by uid and their

@@ -1,25 +1,18 @@
-//! Internal model -> protobuf messages.
-
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use std::sync::atomic::Ordering;
+//! The sampler's model -> protobuf messages: raw cgroup records, probe statuses, node info,
+//! collector stats, terminated cgroups and OOM kills. The one place the wire format is built
+//! from samples; the store, every server and the exporters use it (the kubelet Summary blocks
+//! are built by [`crate::summary`], which this module reuses).
 
 use crate::{
     cgroupfs::reading::Source,
     node::NodeInfo,
     probes::{ProbeState, ProbeStatus, ProgramRunStats},
     proto,
+    rate::CgroupRates,
     sampler::{CgroupSample, OomKill, SamplerStats, Terminated},
-    server::ServerStats,
-    store::CgroupRates,
     summary::{Resources, formulas},
+    unix_time::unix_nanos,
 };
-
-pub fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
 
 /// The raw record of one cgroup; `histograms` adds the run-queue log2 buckets.
 pub fn cgroup_stats(c: &CgroupSample, rates: CgroupRates, histograms: bool) -> proto::CgroupStats {
@@ -95,10 +88,11 @@ pub fn node_info(n: &NodeInfo) -> proto::NodeInfo {
     }
 }
 
+/// The sampler's and the probes' own figures; the server that sends them adds its Watch counters
+/// (`watch_subscribers`, `dropped_subscribers`).
 pub fn collector_stats(
     sampler: &SamplerStats,
     programs: &[ProgramRunStats],
-    server: &ServerStats,
 ) -> proto::CollectorStats {
     proto::CollectorStats {
         ebpf_fault_map_entries: sampler.ebpf_fault_map_entries,
@@ -122,8 +116,8 @@ pub fn collector_stats(
         ebpf_map_entries: sampler.ebpf_map_entries,
         ebpf_dropped_intervals: sampler.ebpf_dropped_intervals,
         ebpf_running_read_failures: sampler.ebpf_running_read_failures,
-        watch_subscribers: server.watch_subscribers.load(Ordering::Relaxed),
-        dropped_subscribers: server.dropped_subscribers.load(Ordering::Relaxed),
+        watch_subscribers: 0,
+        dropped_subscribers: 0,
     }
 }
 

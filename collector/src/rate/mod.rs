@@ -1,4 +1,10 @@
-//! Rates from two samples of a cumulative counter, with kubelet's rules.
+//! Rates from two samples of a cumulative counter, with kubelet's rules: [`per_second`] for one
+//! counter, [`cgroup`] for every rate of a cgroup, [`runq`] for run-queue latency windows.
+
+pub mod cgroup;
+pub mod runq;
+
+pub use cgroup::CgroupRates;
 
 use std::time::Instant;
 

@@ -9,6 +9,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use anyhow::Context as _;
 use futures::Stream;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -228,4 +229,11 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Loads the TLS files when configured; a bad file stops startup with its path in the error.
+pub fn load_tls(files: Option<&ServerTlsFiles>) -> anyhow::Result<Option<Arc<TlsReloader>>> {
+    files
+        .map(|f| TlsReloader::load(f.clone()).context("loading TLS certificates"))
+        .transpose()
 }
