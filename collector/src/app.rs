@@ -10,8 +10,9 @@ use crate::{
     cri::{self, CriSetting},
     http,
     net::{
+        accept,
         listen::{bind, check_listen_policy},
-        tls::{ServerTlsFiles, load_tls},
+        tls::{Protocol, ServerTlsFiles, load_tls},
     },
     node::NodeInfo,
     percentiles::{self, UsageWindows},
@@ -54,6 +55,11 @@ pub struct ServeConfig {
     pub cri_refresh: Duration,
     /// Span of the pod and container usage percentiles.
     pub percentile_window: Duration,
+    /// Health turns NOT_SERVING when the newest sample is older than this; `None` derives it
+    /// from `base_period` ([`store::stale_after`]).
+    pub stale_after: Option<Duration>,
+    /// Caps on connections, streams and Watch subscribers, and the interval policy.
+    pub limits: server::Limits,
 }
 
 impl Default for ServeConfig {
@@ -73,6 +79,8 @@ impl Default for ServeConfig {
             cri: CriSetting::Off,
             cri_refresh: cri::resolver::DEFAULT_REFRESH,
             percentile_window: percentiles::DEFAULT_WINDOW,
+            stale_after: None,
+            limits: server::Limits::default(),
         }
     }
 }
@@ -87,8 +95,11 @@ pub struct Running {
     pub http_addr: Option<SocketAddr>,
     pub store: StoreHandle,
     pub server_stats: Arc<ServerStats>,
-    store_task: JoinHandle<()>,
-    cri_task: Option<JoinHandle<()>>,
+    store_task: tokio::task::AbortHandle,
+    cri_task: Option<tokio::task::AbortHandle>,
+    /// Watches the store and CRI tasks; `core_ended` hears when one ends on its own.
+    supervisor: JoinHandle<()>,
+    core_ended: Option<oneshot::Receiver<String>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     http: Option<(oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)>,
@@ -99,6 +110,7 @@ impl Running {
     pub async fn stop(mut self) -> anyhow::Result<()> {
         // Ending the store closes every subscription, so streams finish and the graceful
         // shutdown below does not wait on clients that never hang up.
+        self.supervisor.abort();
         self.store_task.abort();
         if let Some(cri) = &self.cri_task {
             cri.abort();
@@ -123,13 +135,36 @@ impl Running {
         Ok(())
     }
 
-    /// Waits until the server ends on its own (an error) or `signal` completes.
+    /// Waits until `signal` completes, or fails when a server or a core task ends on its own:
+    /// a collector whose store task died would serve its last snapshot forever, so the process
+    /// exits and Kubernetes restarts it.
     pub async fn run_until(
         mut self,
         signal: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
+        let core_ended = self.core_ended.take();
+        let core = async move {
+            match core_ended {
+                Some(rx) => rx.await.unwrap_or_else(|_| "a core task".to_owned()),
+                None => std::future::pending().await,
+            }
+        };
+        let http = async {
+            match self.http.as_mut() {
+                Some((_, task)) => task.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            result = &mut self.server => { result??; Ok(()) }
+            result = &mut self.server => {
+                result??;
+                anyhow::bail!("the gRPC server stopped on its own")
+            }
+            result = http => {
+                result??;
+                anyhow::bail!("the HTTP server stopped on its own")
+            }
+            what = core => anyhow::bail!("{what} ended; exiting so that the collector is restarted"),
             _ = signal => self.stop().await,
         }
     }
@@ -141,7 +176,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         config.tls.is_some(),
         config.allow_insecure_listen,
     )?;
-    let tls = load_tls(config.tls.as_ref())?;
+    let tls = load_tls(config.tls.as_ref(), Protocol::Grpc)?;
+    let http_tls = load_tls(config.tls.as_ref(), Protocol::Http1)?;
     let mut mounts = CgroupMounts::discover().context("reading /proc/self/mountinfo")?;
     if config.ignore_cgroup1 {
         mounts.v1.clear();
@@ -157,8 +193,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         )?;
     let node = NodeInfo::discover(mounts.clone(), config.node_name.clone());
     if let Some(http) = config.http_listen {
-        check_listen_policy(http, false, config.allow_insecure_listen)
-            .context("the HTTP endpoints are plaintext (--http-listen)")?;
+        check_listen_policy(http, config.tls.is_some(), config.allow_insecure_listen)
+            .context("--http-listen")?;
     }
     // Bind before loading probes: a taken port should fail fast, not after BPF setup.
     let listener = bind(config.listen).await?;
@@ -168,6 +204,24 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         None => None,
     };
     let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let server_stats = Arc::new(ServerStats::default());
+    let max_connections = config.limits.max_connections;
+    let incoming = accept::incoming(
+        listener,
+        tls,
+        max_connections,
+        server_stats.grpc_connections.clone(),
+    )?;
+    let http_incoming = http_listener
+        .map(|l| {
+            accept::incoming(
+                l,
+                http_tls,
+                max_connections,
+                server_stats.http_connections.clone(),
+            )
+        })
+        .transpose()?;
 
     let probe_config = config.probes.clone();
     let mut probes = tokio::task::spawn_blocking(move || {
@@ -188,26 +242,36 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         names,
         windows: UsageWindows::new(config.percentile_window),
     };
-    let (store, store_task) = store::spawn(sampler, node, extras, config.base_period);
+    let stale_after = config
+        .stale_after
+        .unwrap_or_else(|| store::stale_after(config.base_period));
+    let (store, store_task) = store::spawn(sampler, node, extras, config.base_period, stale_after);
+    let store_abort = store_task.abort_handle();
+    let cri_abort = cri_task.as_ref().map(JoinHandle::abort_handle);
+    let (core_tx, core_rx) = oneshot::channel();
+    let supervisor = tokio::spawn(supervise(store_task, cri_task, core_tx));
     let (tx, rx) = oneshot::channel();
-    let server_stats = Arc::new(ServerStats::default());
     let service = CollectorService::new(
         store.clone(),
         server_stats.clone(),
         config.max_message_bytes,
+        config.limits,
     );
-    let server = tokio::spawn(server::serve(listener, service, tls, async {
+    let server = tokio::spawn(server::serve(incoming, service, async {
         let _ = rx.await;
     }));
-    let http = http_listener.map(|listener| {
+    let http = http_incoming.map(|incoming| {
         let (tx, rx) = oneshot::channel::<()>();
         let app = http::router(store.clone(), server_stats.clone());
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await
+            axum::serve(
+                incoming,
+                app.into_make_service_with_connect_info::<accept::Peer>(),
+            )
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
         });
         (tx, task)
     });
@@ -218,11 +282,36 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         http,
         store,
         server_stats,
-        store_task,
-        cri_task,
+        store_task: store_abort,
+        cri_task: cri_abort,
+        supervisor,
+        core_ended: Some(core_rx),
         shutdown: Some(tx),
         server,
     })
+}
+
+/// Waits for the store task or the CRI names task to end (neither does while the collector
+/// runs) and says which did and how.
+async fn supervise(
+    store: JoinHandle<()>,
+    cri: Option<JoinHandle<()>>,
+    ended: oneshot::Sender<String>,
+) {
+    let describe = |what: &str, result: Result<(), tokio::task::JoinError>| match result {
+        Ok(()) => format!("{what} returned"),
+        Err(e) if e.is_panic() => format!("{what} panicked"),
+        Err(_) => format!("{what} was cancelled"),
+    };
+    let what = match cri {
+        Some(cri) => tokio::select! {
+            r = store => describe("the store task", r),
+            r = cri => describe("the CRI names task", r),
+        },
+        None => describe("the store task", store.await),
+    };
+    tracing::error!("{what}");
+    let _ = ended.send(what);
 }
 
 /// One line per probe, and one clear warning when eBPF is off altogether.
@@ -272,5 +361,24 @@ fn release_freed_memory() {
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_core_task_that_ends_is_reported() {
+        let store = tokio::spawn(async { panic!("a bug in the store") });
+        let (tx, rx) = oneshot::channel();
+        supervise(store, None, tx).await;
+        assert_eq!(rx.await.unwrap(), "the store task panicked");
+
+        let store = tokio::spawn(std::future::pending::<()>());
+        let cri = tokio::spawn(async {});
+        let (tx, rx) = oneshot::channel();
+        supervise(store, Some(cri), tx).await;
+        assert_eq!(rx.await.unwrap(), "the CRI names task returned");
     }
 }

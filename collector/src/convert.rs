@@ -110,6 +110,7 @@ pub fn collector_stats(
             })
             .collect(),
         passes: sampler.passes,
+        failed_passes: sampler.failed_passes,
         parse_errors: sampler.parse_errors,
         read_errors: sampler.read_errors,
         probe_read_errors: sampler.probe_read_errors,

@@ -8,10 +8,10 @@ use collector::{
     aggregate::{self, AggregateConfig, cluster::Freshness, discovery::Targets},
     app::{self, ServeConfig},
     cri::CriSetting,
-    net::{client::ClientTls, tls::ServerTlsFiles},
+    net::{self, client::ClientTls, tls::ServerTlsFiles},
     percentiles,
     probes::ProbeConfig,
-    server::chunk,
+    server::{self, chunk},
     top::{self, SortBy, TopConfig, View},
 };
 use tracing_subscriber::EnvFilter;
@@ -58,6 +58,41 @@ impl ServerTlsArgs {
             key: self.tls_key.clone()?,
             client_ca: self.tls_client_ca.clone(),
         })
+    }
+}
+
+#[derive(Args, Clone)]
+struct LimitArgs {
+    /// Open connections per listener; more are closed as soon as they are accepted.
+    #[arg(long, env = "COLLECTOR_MAX_CONNECTIONS", default_value_t = net::accept::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
+    max_connections: usize,
+    /// Concurrent gRPC calls (HTTP/2 streams) per connection.
+    #[arg(long, env = "COLLECTOR_MAX_STREAMS_PER_CONNECTION",
+          default_value_t = server::DEFAULT_MAX_STREAMS_PER_CONNECTION,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    max_streams_per_connection: u32,
+    /// Watch subscribers at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "COLLECTOR_MAX_WATCH_SUBSCRIBERS",
+          default_value_t = server::DEFAULT_MAX_WATCH_SUBSCRIBERS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    max_watch_subscribers: usize,
+    /// The shortest Watch interval a caller off this host may ask for, in ms (loopback callers:
+    /// 100).
+    #[arg(long, env = "COLLECTOR_MIN_WATCH_INTERVAL_MS",
+          default_value_t = server::DEFAULT_MIN_REMOTE_INTERVAL.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    min_watch_interval_ms: u64,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> server::Limits {
+        server::Limits {
+            max_connections: self.max_connections,
+            max_streams_per_connection: self.max_streams_per_connection,
+            max_watch_subscribers: self.max_watch_subscribers,
+            min_remote_interval: Duration::from_millis(self.min_watch_interval_ms),
+        }
     }
 }
 
@@ -131,6 +166,8 @@ struct AggregateArgs {
     server_tls: ServerTlsArgs,
     #[command(flatten)]
     client_tls: ClientTlsArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 #[derive(Args, Clone)]
@@ -194,6 +231,8 @@ struct ServeArgs {
     percentile_window: Duration,
     #[command(flatten)]
     tls: ServerTlsArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 #[derive(Args)]
@@ -278,7 +317,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cri: args.cri_socket,
         cri_refresh: Duration::from_secs(args.cri_refresh_secs),
         percentile_window: args.percentile_window,
+        stale_after: None,
+        limits: args.limits.limits(),
     };
+    // Connections, the cgroup walk and the probes all take descriptors: never let the
+    // runtime's soft limit (1,024 on some) turn load into failed passes.
+    raise_fd_limit();
     let running = app::start(config).await?;
     eprintln!(
         "collector listening on {addr} (gRPC, reflection on)\n  watch it:  collector top --endpoint http://{addr}\n  or:        grpcurl -plaintext {addr} collector.v1.Collector/GetSummary",
@@ -327,6 +371,7 @@ async fn aggregate(args: AggregateArgs) -> anyhow::Result<()> {
         http_listen,
         server_tls: args.server_tls.files(),
         allow_insecure_listen: args.server_tls.allow_insecure_listen,
+        limits: args.limits.limits(),
     };
     raise_fd_limit();
     let running = aggregate::start(config).await?;
@@ -341,7 +386,8 @@ async fn aggregate(args: AggregateArgs) -> anyhow::Result<()> {
     running.run_until(shutdown_signal()).await
 }
 
-/// One connection per collector: raise the soft open-files limit to the hard one.
+/// Raise the soft open-files limit to the hard one (the aggregator holds one connection per
+/// collector; the collector a descriptor per open cgroup directory and connection).
 fn raise_fd_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

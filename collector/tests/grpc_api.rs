@@ -219,8 +219,45 @@ async fn get_summary_health_and_reflection() {
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("unexpected reflection response");
     };
-    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
-    assert!(names.contains(&"collector.v1.Collector"), "{names:?}");
+    let mut names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    names.sort();
+    // Exactly what this server serves: grpcurl can describe and call health, and the
+    // aggregator's API (in the same proto package) is not offered by a collector.
+    assert_eq!(
+        names,
+        [
+            "collector.v1.Collector",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection"
+        ]
+    );
+    // Health's messages resolve through reflection too.
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(
+            "grpc.health.v1.Health".into(),
+        )),
+    };
+    let mut responses = ServerReflectionClient::new(
+        Channel::from_shared(format!("http://{}", running.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    )
+    .server_reflection_info(tokio_stream::iter([request]))
+    .await
+    .unwrap()
+    .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    assert!(
+        matches!(
+            response.message_response,
+            Some(MessageResponse::FileDescriptorResponse(_))
+        ),
+        "{:?}",
+        response.message_response
+    );
     running.stop().await.unwrap();
 }
 

@@ -12,6 +12,7 @@ use super::cluster::Cluster;
 use crate::{
     proto::{self, aggregator_server::Aggregator},
     server::{
+        Admission, Limits,
         filter::check_dns_label,
         outbox::{self, End, Outbox, SubscriberStream},
         requested_interval,
@@ -27,11 +28,15 @@ const SUBSCRIBER_BUFFER: usize = 8;
 
 pub struct AggregatorService {
     cluster: Arc<Cluster>,
+    admission: Admission,
 }
 
 impl AggregatorService {
-    pub fn new(cluster: Arc<Cluster>) -> Self {
-        Self { cluster }
+    pub fn new(cluster: Arc<Cluster>, limits: &Limits) -> Self {
+        Self {
+            cluster,
+            admission: Admission::new(limits.max_watch_subscribers, Default::default()),
+        }
     }
 }
 
@@ -78,13 +83,19 @@ impl Aggregator for AggregatorService {
             MIN_WATCH_INTERVAL..=MAX_WATCH_INTERVAL,
         )?;
         let ns = namespace(&req.namespace)?.map(str::to_owned);
-        let (out, stream) = outbox::channel(SUBSCRIBER_BUFFER);
+        let slot = self
+            .admission
+            .admit("cluster Watch", "--max-watch-subscribers")?;
+        let (out, stream) = outbox::channel(outbox::Bounds {
+            messages: SUBSCRIBER_BUFFER,
+            bytes: outbox::SUBSCRIBER_QUEUE_BYTES,
+        });
         let cluster = self.cluster.clone();
         tokio::spawn(async move {
             let end = watch(&cluster, interval, ns, &out).await;
             out.finish(end, "cluster Watch");
         });
-        Ok(Response::new(stream))
+        Ok(Response::new(Admission::hold(slot, stream)))
     }
 }
 

@@ -19,9 +19,34 @@ use super::{
 /// v1 reports cpuacct.stat in USER_HZ ticks, which is 100 on every Linux ABI.
 const NS_PER_USER_HZ_TICK: u64 = 10_000_000;
 
-/// The cgroup was removed while being read.
-#[derive(Debug)]
-pub struct Vanished;
+/// Why a cgroup has no reading this pass.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The cgroup was removed while being read: it leaves the pass.
+    #[error("the cgroup was removed while being read")]
+    Vanished,
+    /// The process could not look (out of file descriptors or memory, or permission denied
+    /// on a cgroup directory). Nothing is known about the cgroup, so it must not be reported
+    /// gone: the pass fails instead.
+    #[error("{what}: {source}")]
+    Fault { what: String, source: io::Error },
+}
+
+/// Errors that say a directory is not there (any more), as opposed to not readable by us.
+fn is_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT | libc::ENODEV | libc::ENOTDIR)
+    )
+}
+
+/// Errors that are about this process, not the file: every other open would fail as well.
+pub fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
+    )
+}
 
 /// The hierarchies a reading draws from. cpu and cpuacct are usually co-mounted; they are kept
 /// apart because they need not be.
@@ -86,6 +111,8 @@ pub struct CgroupReader {
     v2_controllers: V2Controllers,
     dirs: Dirs,
     buf: FileBuffer,
+    /// The first resource-exhaustion error of the cgroup being read: it fails the read.
+    fault: Option<(&'static CStr, io::Error)>,
 }
 
 impl CgroupReader {
@@ -110,6 +137,7 @@ impl CgroupReader {
             v2_controllers: V2Controllers::ALL,
             dirs: Dirs::default(),
             buf: FileBuffer::default(),
+            fault: None,
         }
     }
 
@@ -121,21 +149,27 @@ impl CgroupReader {
                 Some(text) => V2Controllers::parse(text),
                 None => V2Controllers::ALL,
             },
-            Err(Vanished) => V2Controllers::ALL,
+            // The pass's first read fails the same way and says why.
+            Err(_) => V2Controllers::ALL,
         };
+        self.fault = None;
     }
 
     /// Reads everything for the cgroup at `relative` (e.g. `/kubepods.slice/…`).
-    pub fn read(&mut self, relative: &str) -> Result<CgroupReading, Vanished> {
+    pub fn read(&mut self, relative: &str) -> Result<CgroupReading, ReadError> {
         let rel = relative.trim_start_matches('/');
         let mut r = CgroupReading::default();
+        self.fault = None;
         self.open_dirs(rel)?;
         // cgroup2's cpu.stat is a core file of every cgroup: its absence means the cgroup is gone.
         let v2_cpu = match self.file(Hierarchy::V2, c"cpu.stat") {
             Ok(Some(text)) => Some(CpuStat::parse(text)),
-            Ok(None) => return Err(Vanished),
-            Err(_) => {
-                r.read_errors += 1;
+            Ok(None) => {
+                self.dirs = Dirs::default();
+                return Err(ReadError::Vanished);
+            }
+            Err(e) => {
+                note_error(&mut self.fault, c"cpu.stat", e, &mut r.read_errors);
                 None
             }
         };
@@ -146,15 +180,33 @@ impl CgroupReader {
         r.cpu_psi = self.psi(c"cpu.pressure", &mut r.read_errors);
         r.memory_psi = self.psi(c"memory.pressure", &mut r.read_errors);
         r.io_psi = self.psi(c"io.pressure", &mut r.read_errors);
-        r.processes = self
-            .text(Hierarchy::V2, c"cgroup.procs", &mut r.read_errors)
-            .map(parse::count_lines);
+        r.processes = self.process_list(&mut r.read_errors);
         self.dirs = Dirs::default();
-        Ok(r)
+        match self.fault.take() {
+            Some((file, source)) => Err(ReadError::Fault {
+                what: format!("reading {} of {relative}", file.to_string_lossy()),
+                source,
+            }),
+            None => Ok(r),
+        }
     }
 
-    /// Opens the cgroup's directory in every hierarchy; `Vanished` when cgroup2 has none.
-    fn open_dirs(&mut self, rel: &str) -> Result<(), Vanished> {
+    /// How many processes `cgroup.procs` lists: read to EOF, since the kernel hands out one
+    /// page (~500 PIDs) per `read`.
+    fn process_list(&mut self, errors: &mut u32) -> Option<u64> {
+        let dir = self.dirs.0[Hierarchy::V2 as usize].as_ref()?;
+        match self.buf.read_list(dir, c"cgroup.procs") {
+            Ok(text) => text.map(parse::count_lines),
+            Err(e) => {
+                note_error(&mut self.fault, c"cgroup.procs", e, errors);
+                None
+            }
+        }
+    }
+
+    /// Opens the cgroup's directory in every hierarchy; `Vanished` when cgroup2 has none, a
+    /// fault when one cannot be opened for another reason than not existing.
+    fn open_dirs(&mut self, rel: &str) -> Result<(), ReadError> {
         let mut dirs = Dirs::default();
         for h in HIERARCHIES {
             let Some(root) = self.roots[h as usize].as_mut() else {
@@ -163,10 +215,19 @@ impl CgroupReader {
             if self.same_mount_as[h as usize].is_some() {
                 continue; // read through the co-mounted hierarchy's handle
             }
-            dirs.0[h as usize] = root.open(rel, self.buf.name_scratch()).ok().flatten();
+            dirs.0[h as usize] = match root.open(rel, self.buf.name_scratch()) {
+                Ok(fd) => fd,
+                Err(e) if is_gone(&e) => None,
+                Err(source) => {
+                    return Err(ReadError::Fault {
+                        what: format!("opening {}/{rel}", root.path().display()),
+                        source,
+                    });
+                }
+            };
         }
         if dirs.0[Hierarchy::V2 as usize].is_none() {
-            return Err(Vanished);
+            return Err(ReadError::Vanished);
         }
         self.dirs = dirs;
         Ok(())
@@ -182,11 +243,13 @@ impl CgroupReader {
     }
 
     /// The file's text, or `None` when it does not exist (counted when it exists but fails).
-    fn text(&mut self, h: Hierarchy, name: &CStr, errors: &mut u32) -> Option<&str> {
-        match self.file(h, name) {
+    fn text(&mut self, h: Hierarchy, name: &'static CStr, errors: &mut u32) -> Option<&str> {
+        let h = self.same_mount_as[h as usize].unwrap_or(h);
+        let dir = self.dirs.0[h as usize].as_ref()?;
+        match self.buf.read(dir, name) {
             Ok(text) => text,
-            Err(_) => {
-                *errors += 1;
+            Err(e) => {
+                note_error(&mut self.fault, name, e, errors);
                 None
             }
         }
@@ -380,7 +443,7 @@ impl CgroupReader {
         if self.in_v1(Hierarchy::Blkio) {
             // The recursive file includes descendants, like every other counter here; older
             // kernels only have the local one.
-            let mut pairs = |recursive: &CStr, local: &CStr, errors: &mut u32| {
+            let mut pairs = |recursive: &'static CStr, local: &'static CStr, errors: &mut u32| {
                 for name in [recursive, local] {
                     if let Some(t) = self.text(Hierarchy::Blkio, name, errors) {
                         return Some(Io::parse_v1_pairs(t, &mut malformed));
@@ -418,16 +481,32 @@ impl CgroupReader {
         r.malformed += malformed;
     }
 
-    fn psi(&mut self, name: &CStr, errors: &mut u32) -> Option<Psi> {
+    fn psi(&mut self, name: &'static CStr, errors: &mut u32) -> Option<Psi> {
         // ENOTSUP (PSI disabled at boot) reads as an error: absent, like kubelet.
-        match self.file(Hierarchy::V2, name) {
+        let dir = self.dirs.0[Hierarchy::V2 as usize].as_ref()?;
+        match self.buf.read(dir, name) {
             Ok(text) => text.map(Psi::parse),
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => None,
-            Err(_) => {
-                *errors += 1;
+            Err(e) => {
+                note_error(&mut self.fault, name, e, errors);
                 None
             }
         }
+    }
+}
+
+/// A file that exists but cannot be read: counted, and kept as the read's fault when it is the
+/// process that is out of resources (every other file would fail alike, so the reading would
+/// be empty rather than wrong about one field).
+fn note_error(
+    fault: &mut Option<(&'static CStr, io::Error)>,
+    name: &'static CStr,
+    e: io::Error,
+    errors: &mut u32,
+) {
+    *errors += 1;
+    if is_resource_exhaustion(&e) && fault.is_none() {
+        *fault = Some((name, e));
     }
 }
 

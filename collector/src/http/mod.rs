@@ -2,7 +2,8 @@
 //! - `/stats/summary[?only_cpu_and_memory=true]`: kubelet's Summary API JSON;
 //! - `/metrics/resource`: kubelet's resource metrics, which metrics-server scrapes;
 //! - `/metrics`: the collector's own metrics and the eBPF extras;
-//! - `/healthz`: 200 once the first sample is in, 503 before.
+//! - `/healthz` and `/readyz`: 200 while the newest sample is fresh; 503 with the reason before
+//!   the first sample, when it is too old (passes fail or hang) or when the store task is gone.
 //!
 //! Every handler reads the latest snapshot the store published; none waits for a pass.
 
@@ -38,6 +39,7 @@ pub fn router(store: StoreHandle, server: Arc<ServerStats>) -> Router {
         .route("/metrics/resource", get(metrics_resource))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(healthz))
         .with_state(AppState { store, server })
 }
 
@@ -83,8 +85,10 @@ async fn metrics(State(app): State<AppState>) -> Response {
 }
 
 async fn healthz(State(app): State<AppState>) -> Response {
-    match app.store.latest() {
-        Some(_) => "ok\n".into_response(),
-        None => error(StatusCode::SERVICE_UNAVAILABLE, "no sample yet\n".into()),
+    let health = app.store.health();
+    if health.is_serving() {
+        "ok\n".into_response()
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, format!("{health}\n"))
     }
 }

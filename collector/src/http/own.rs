@@ -26,11 +26,16 @@ static RUNQ_EDGES: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
 });
 
 fn declare(e: &mut Exposition) {
-    let families: [(&'static str, Kind, &'static str); 26] = [
+    let families: [(&'static str, Kind, &'static str); 27] = [
         (
             "collector_sampler_passes_total",
             Kind::Counter,
             "Sampling passes since start.",
+        ),
+        (
+            "collector_sampler_failed_passes_total",
+            Kind::Counter,
+            "Sampling passes that failed as a whole (e.g. out of file descriptors); nothing was published for them.",
         ),
         (
             "collector_cgroups",
@@ -170,6 +175,12 @@ fn collector(e: &mut Exposition, s: &Snapshot, server: &ServerStats) {
         e.sample(name, "", labels, v as f64, None);
     };
     int(e, "collector_sampler_passes_total", &[], st.passes);
+    int(
+        e,
+        "collector_sampler_failed_passes_total",
+        &[],
+        st.failed_passes,
+    );
     int(e, "collector_cgroups", &[], s.sample.cgroups.len() as u64);
     int(
         e,

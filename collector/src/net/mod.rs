@@ -1,6 +1,8 @@
 //! Network plumbing shared by the collector's servers, its clients (`collector top`) and the
-//! aggregator: server TLS with certificate reloading, the listen policy, client connections.
+//! aggregator: accepting connections (caps, backoff, idle timeout), server TLS with certificate
+//! reloading, the listen policy, client connections.
 
+pub mod accept;
 pub mod client;
 pub mod listen;
 pub mod tls;

@@ -14,7 +14,11 @@ use ebpf::EbpfMerge;
 pub use ebpf::{EbpfValues, MapStats, OomKill, Terminated};
 
 use crate::{
-    cgroupfs::{self, CgroupMounts, reader::CgroupReader, reading::CgroupReading},
+    cgroupfs::{
+        self, CgroupMounts,
+        reader::{CgroupReader, ReadError},
+        reading::CgroupReading,
+    },
     probes::Probes,
 };
 
@@ -62,6 +66,9 @@ pub struct Sample {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SamplerStats {
     pub passes: u64,
+    /// Passes that failed as a whole (the tree or a cgroup could not be read for a reason other
+    /// than removal, e.g. out of file descriptors): nothing was published for them.
+    pub failed_passes: u64,
     /// Values in cgroup files that did not parse.
     pub parse_errors: u64,
     /// cgroup files that could not be read for a reason other than the cgroup vanishing.
@@ -100,6 +107,8 @@ pub struct Sampler {
     /// The tree as of the last pass (walked or updated from lifecycle events).
     last_nodes: Vec<cgroupfs::CgroupNode>,
     proc_root: PathBuf,
+    /// OOM kills drained by a pass that then failed: the next pass reports them.
+    pending_oom_kills: Vec<OomKill>,
     pub stats: SamplerStats,
 }
 
@@ -116,6 +125,7 @@ impl Sampler {
             last_full: None,
             last_nodes: Vec::new(),
             proc_root: PathBuf::from("/proc"),
+            pending_oom_kills: Vec::new(),
             stats: SamplerStats::default(),
         }
     }
@@ -161,13 +171,17 @@ impl Sampler {
             .map(|e| e.drain())
             .unwrap_or_default();
         let (mut oom_kills, lifecycle) = self.ebpf.take_events(events, wall);
+        oom_kills.splice(0..0, std::mem::take(&mut self.pending_oom_kills));
         let full = self.full_pass(taken_at);
         // Between full passes, creation/removal events keep the tree current; the walk on full
         // passes is the safety net (lost events, cgroups outside the events' view).
         let mut nodes = if !full && self.probes.lifecycle_active() && !self.last_nodes.is_empty() {
             ebpf::apply_lifecycle(std::mem::take(&mut self.last_nodes), &lifecycle)
         } else {
-            cgroupfs::walk(&self.mount)?
+            match cgroupfs::walk(&self.mount) {
+                Ok(nodes) => nodes,
+                Err(e) => return Err(self.failed_pass(oom_kills, e)),
+            }
         };
         let walked = nodes.len();
         self.ebpf.add_unseen(&mut nodes);
@@ -184,9 +198,21 @@ impl Sampler {
             let known = match seen_before.remove(&node.id) {
                 Some(known) if !full => known,
                 earlier => {
-                    // Removed since the walk: it leaves this pass; nobody else is affected.
-                    let Ok(reading) = self.reader.read(&node.path) else {
-                        continue;
+                    let reading = match self.reader.read(&node.path) {
+                        Ok(reading) => reading,
+                        // Removed since the walk: it leaves this pass; nobody else is affected.
+                        Err(ReadError::Vanished) => continue,
+                        // We could not look: fail the pass rather than announce a removal.
+                        Err(ReadError::Fault { what, source }) => {
+                            self.known.extend(seen_before);
+                            if let Some(earlier) = earlier {
+                                self.known.insert(node.id, earlier);
+                            }
+                            // The tree and the full read are retried from scratch.
+                            self.last_full = None;
+                            let e = std::io::Error::new(source.kind(), format!("{what}: {source}"));
+                            return Err(self.failed_pass(oom_kills, e));
+                        }
                     };
                     self.stats.parse_errors += u64::from(reading.malformed);
                     self.stats.read_errors += u64::from(reading.read_errors);
@@ -238,6 +264,13 @@ impl Sampler {
             terminated,
             oom_kills,
         })
+    }
+
+    /// Counts a pass that could not complete and keeps what it already took from the kernel.
+    fn failed_pass(&mut self, oom_kills: Vec<OomKill>, e: std::io::Error) -> std::io::Error {
+        self.pending_oom_kills = oom_kills;
+        self.stats.failed_passes += 1;
+        e
     }
 
     fn record_probe_stats(&mut self, maps: MapStats) {
