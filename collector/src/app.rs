@@ -11,6 +11,7 @@ use crate::{
     http,
     net::{
         accept,
+        auth::{Auth, AuthLayer, AuthSettings},
         listen::{bind, check_listen_policy},
         tls::{Protocol, ServerTlsFiles, load_tls},
     },
@@ -60,6 +61,8 @@ pub struct ServeConfig {
     pub stale_after: Option<Duration>,
     /// Caps on connections, streams and Watch subscribers, and the interval policy.
     pub limits: server::Limits,
+    /// Who may call (client certificates from `tls.client_ca` always authenticate).
+    pub auth: AuthSettings,
 }
 
 impl Default for ServeConfig {
@@ -81,6 +84,7 @@ impl Default for ServeConfig {
             percentile_window: percentiles::DEFAULT_WINDOW,
             stale_after: None,
             limits: server::Limits::default(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -171,9 +175,15 @@ impl Running {
 }
 
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
+    let auth_settings = AuthSettings {
+        client_ca: config.tls.as_ref().and_then(|t| t.client_ca.clone()),
+        ..config.auth.clone()
+    };
+    let auth = Auth::new(&auth_settings).context("authentication")?;
     check_listen_policy(
         config.listen,
         config.tls.is_some(),
+        auth.enabled(),
         config.allow_insecure_listen,
     )?;
     let tls = load_tls(config.tls.as_ref(), Protocol::Grpc)?;
@@ -193,8 +203,13 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         )?;
     let node = NodeInfo::discover(mounts.clone(), config.node_name.clone());
     if let Some(http) = config.http_listen {
-        check_listen_policy(http, config.tls.is_some(), config.allow_insecure_listen)
-            .context("--http-listen")?;
+        check_listen_policy(
+            http,
+            config.tls.is_some(),
+            auth.enabled(),
+            config.allow_insecure_listen,
+        )
+        .context("--http-listen")?;
     }
     // Bind before loading probes: a taken port should fail fast, not after BPF setup.
     let listener = bind(config.listen).await?;
@@ -257,12 +272,16 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         config.max_message_bytes,
         config.limits,
     );
-    let server = tokio::spawn(server::serve(incoming, service, async {
+    let grpc_auth = AuthLayer::new(
+        auth.clone(),
+        server::collector_attributes(store.node.node_name.clone()),
+    );
+    let server = tokio::spawn(server::serve(incoming, service, grpc_auth, async {
         let _ = rx.await;
     }));
     let http = http_incoming.map(|incoming| {
         let (tx, rx) = oneshot::channel::<()>();
-        let app = http::router(store.clone(), server_stats.clone());
+        let app = http::router(store.clone(), server_stats.clone(), auth.clone());
         let task = tokio::spawn(async move {
             axum::serve(
                 incoming,

@@ -8,7 +8,13 @@ use collector::{
     aggregate::{self, AggregateConfig, cluster::Freshness, discovery::Targets},
     app::{self, ServeConfig},
     cri::CriSetting,
-    net::{self, client::ClientTls, tls::ServerTlsFiles},
+    net::{
+        self,
+        auth::{AuthSettings, AuthorizationMode, FrontProxy},
+        client::ClientTls,
+        kube::KubeApiConfig,
+        tls::ServerTlsFiles,
+    },
     percentiles,
     probes::ProbeConfig,
     server::{self, chunk},
@@ -37,27 +43,69 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct ServerTlsArgs {
-    /// PEM certificate chain: serve gRPC over TLS. Reloaded when the file changes.
+    /// PEM certificate chain: serve gRPC and HTTP over TLS. Reloaded when the file changes.
     #[arg(long, env = "COLLECTOR_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
     #[arg(long, env = "COLLECTOR_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// PEM CA bundle: require client certificates signed by it (mutual TLS).
+    /// PEM CA bundle: client certificates signed by it authenticate their caller (user = CN,
+    /// groups = O); with it, every call but health needs an authenticated caller.
     #[arg(long, env = "COLLECTOR_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
-    /// Serve plaintext on a non-loopback address (refused otherwise). Logs a warning.
+    /// Serve on a non-loopback address without TLS or without authenticating callers
+    /// (refused otherwise). Logs a warning.
     #[arg(long, env = "COLLECTOR_ALLOW_INSECURE_LISTEN")]
     allow_insecure_listen: bool,
 }
 
 impl ServerTlsArgs {
-    fn files(&self) -> Option<ServerTlsFiles> {
+    fn files(&self, front_proxy_ca: Option<PathBuf>) -> Option<ServerTlsFiles> {
         Some(ServerTlsFiles {
             cert: self.tls_cert.clone()?,
             key: self.tls_key.clone()?,
             client_ca: self.tls_client_ca.clone(),
+            front_proxy_ca,
         })
+    }
+}
+
+/// Delegated authentication and authorization, with kubelet's flag names.
+#[derive(Args, Clone)]
+struct AuthArgs {
+    /// Authenticate bearer tokens with a TokenReview to the Kubernetes API.
+    #[arg(long, env = "COLLECTOR_AUTHENTICATION_TOKEN_WEBHOOK")]
+    authentication_token_webhook: bool,
+    /// How authenticated callers are authorized: AlwaysAllow, or Webhook (a
+    /// SubjectAccessReview of nodes/stats and nodes/metrics, as kubelet does; metrics.k8s.io
+    /// resources on the aggregator).
+    #[arg(long, env = "COLLECTOR_AUTHORIZATION_MODE", value_enum, default_value_t = AuthorizationMode::AlwaysAllow)]
+    authorization_mode: AuthorizationMode,
+    /// Kubernetes API server for the reviews (default: in-cluster, from
+    /// KUBERNETES_SERVICE_HOST/PORT).
+    #[arg(long, env = "COLLECTOR_KUBE_API_SERVER")]
+    kube_api_server: Option<String>,
+    /// CA of the API server (default: the service account's ca.crt).
+    #[arg(long, env = "COLLECTOR_KUBE_API_CA")]
+    kube_api_ca: Option<PathBuf>,
+    /// Token for the API server, re-read on every review (default: the service account's).
+    #[arg(long, env = "COLLECTOR_KUBE_API_TOKEN_FILE")]
+    kube_api_token_file: Option<PathBuf>,
+}
+
+impl AuthArgs {
+    fn settings(&self, front_proxy: Option<FrontProxy>) -> AuthSettings {
+        AuthSettings {
+            client_ca: None,
+            token_webhook: self.authentication_token_webhook,
+            front_proxy,
+            authorization: self.authorization_mode,
+            kube: KubeApiConfig {
+                server: self.kube_api_server.clone(),
+                ca: self.kube_api_ca.clone(),
+                token_file: self.kube_api_token_file.clone(),
+            },
+        }
     }
 }
 
@@ -168,6 +216,24 @@ struct AggregateArgs {
     client_tls: ClientTlsArgs,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    auth: AuthArgs,
+    /// CA of the API server's front-proxy client certificate: as an APIService backend,
+    /// requests with it are authenticated by their X-Remote-User/-Group/-Extra-* headers
+    /// (kube-apiserver's --requestheader-client-ca-file).
+    #[arg(
+        long,
+        env = "AGGREGATOR_REQUESTHEADER_CLIENT_CA_FILE",
+        requires = "tls_cert"
+    )]
+    requestheader_client_ca_file: Option<PathBuf>,
+    /// Common names the front-proxy certificate may have (empty: any from its CA).
+    #[arg(
+        long,
+        env = "AGGREGATOR_REQUESTHEADER_ALLOWED_NAMES",
+        value_delimiter = ','
+    )]
+    requestheader_allowed_names: Vec<String>,
 }
 
 #[derive(Args, Clone)]
@@ -233,6 +299,8 @@ struct ServeArgs {
     tls: ServerTlsArgs,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    auth: AuthArgs,
 }
 
 #[derive(Args)]
@@ -308,7 +376,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cgroup2_mount: args.cgroup2_mount,
         base_period: Duration::from_millis(args.sample_interval_ms),
         cgroupfs_interval: Duration::from_millis(args.cgroupfs_interval_ms),
-        tls: args.tls.files(),
+        tls: args.tls.files(None),
         allow_insecure_listen: args.tls.allow_insecure_listen,
         node_name: args.node_name,
         max_message_bytes: args.max_message_bytes,
@@ -319,6 +387,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         percentile_window: args.percentile_window,
         stale_after: None,
         limits: args.limits.limits(),
+        auth: args.auth.settings(None),
     };
     // Connections, the cgroup walk and the probes all take descriptors: never let the
     // runtime's soft limit (1,024 on some) turn load into failed passes.
@@ -369,9 +438,17 @@ async fn aggregate(args: AggregateArgs) -> anyhow::Result<()> {
         client_tls: args.client_tls.config(),
         grpc_listen: args.listen,
         http_listen,
-        server_tls: args.server_tls.files(),
+        server_tls: args
+            .server_tls
+            .files(args.requestheader_client_ca_file.clone()),
         allow_insecure_listen: args.server_tls.allow_insecure_listen,
         limits: args.limits.limits(),
+        auth: args
+            .auth
+            .settings(args.requestheader_client_ca_file.map(|ca| FrontProxy {
+                ca,
+                allowed_names: args.requestheader_allowed_names,
+            })),
     };
     raise_fd_limit();
     let running = aggregate::start(config).await?;

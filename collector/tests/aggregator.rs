@@ -5,7 +5,6 @@
 mod common;
 
 use std::{
-    collections::BTreeMap,
     net::SocketAddr,
     path::PathBuf,
     sync::{
@@ -26,43 +25,6 @@ use common::*;
 use tonic::{Code, transport::Channel};
 
 const CORE: u64 = 1_000_000_000;
-
-/// Moves every cpu.stat of the trees forward with wall time: containers at 0.5 core, everything
-/// else at 1. Each step adds the time that really passed (not a fixed step per nap), so a
-/// loaded machine that wakes this thread late does not slow the clock down.
-fn spawn_clock(trees: Vec<PathBuf>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let dirs: Vec<(PathBuf, f64)> = trees
-            .iter()
-            .flat_map(|t| cpu_stat_dirs(t))
-            .map(|d| {
-                let container = d.file_name().unwrap().len() == 64;
-                (d, if container { 0.5 } else { 1.0 })
-            })
-            .collect();
-        let mut usage: BTreeMap<PathBuf, u64> = dirs.iter().map(|(d, _)| (d.clone(), 0)).collect();
-        let mut last = std::time::Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            let now = std::time::Instant::now();
-            let elapsed_us = (now - last).as_micros() as f64;
-            last = now;
-            for (dir, cores) in &dirs {
-                let u = usage.get_mut(dir).unwrap();
-                // A reset requested by the test: the file says less than we last wrote.
-                let on_disk = std::fs::read_to_string(dir.join("cpu.stat"))
-                    .ok()
-                    .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-                    .unwrap_or(*u);
-                if on_disk < *u {
-                    *u = on_disk;
-                }
-                *u += (elapsed_us * cores) as u64;
-                set_usage_usec(dir, *u);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    })
-}
 
 async fn start_aggregator(collectors: &[SocketAddr]) -> RunningAggregator {
     aggregate::start(AggregateConfig {

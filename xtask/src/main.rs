@@ -184,6 +184,7 @@ fn test(no_lint: bool, suites: Suites, kernel: &str, test_args: &[String]) -> an
         lint()?;
     }
     prereqs::ensure_test_tools(suites.vm)?;
+    let cached_tools = prereqs::cached_test_tools()?;
     let mut host = None;
     if suites.host {
         if std::env::var("COLLECTOR_REQUIRE_BPF").is_ok_and(|v| v == "1") {
@@ -193,6 +194,7 @@ fn test(no_lint: bool, suites: Suites, kernel: &str, test_args: &[String]) -> an
         }
         host = Some(cmd::cargo_test(
             cargo()
+                .envs(cached_tools.iter().map(|(k, v)| (*k, v)))
                 .args(["test", "--no-fail-fast", "--"])
                 .args(test_args),
         )?);

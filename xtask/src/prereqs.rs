@@ -1,7 +1,10 @@
 //! Checks the build prerequisites and installs what is missing: nightly + rust-src (for the
 //! eBPF target) and bpf-linker built against the system LLVM. Quiet when all is present.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, bail};
 
@@ -203,4 +206,72 @@ fn deb_installed(package: &str) -> bool {
         &["--show", "--showformat=${db:Status-Status}", package],
     )
     .is_some_and(|status| status.trim() == "installed")
+}
+
+/// A Debian package the tests run a program of, unpacked into a cache rather than installed
+/// (`apt-get download` + `dpkg-deb -x`: the system's packages and apt sources stay as they
+/// are): the package, the program inside it, and what needs it.
+const CACHED_TOOLS: &[(&str, &str, &str)] = &[(
+    "kubernetes-client",
+    "usr/bin/kubectl",
+    "the aggregator's metrics.k8s.io endpoint is read with a real kubectl",
+)];
+
+/// Paths of the [`CACHED_TOOLS`] programs by environment variable for the tests
+/// (`COLLECTOR_KUBECTL`), fetched into `~/.cache/collector-tools` once.
+pub fn cached_test_tools() -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
+    let mut out = Vec::new();
+    for (package, program, why) in CACHED_TOOLS {
+        let path = cached_package(package, why)?.join(program);
+        anyhow::ensure!(path.is_file(), "{package} has no {program}");
+        out.push(("COLLECTOR_KUBECTL", path));
+    }
+    Ok(out)
+}
+
+/// The unpacked tree of Debian's `package`, from the cache or downloaded now.
+fn cached_package(package: &str, why: &str) -> anyhow::Result<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .context("neither XDG_CACHE_HOME nor HOME is set")?
+        .join("collector-tools");
+    let root = base.join(package);
+    if root.is_dir() {
+        return Ok(root);
+    }
+    anyhow::ensure!(
+        find("apt-get").is_some() && find("dpkg-deb").is_some(),
+        "{package} is needed ({why}); on Debian/Ubuntu xtask fetches it with apt-get download"
+    );
+    std::fs::create_dir_all(&base)?;
+    eprintln!("==> fetching {package} into {} ({why})", base.display());
+    let download = || {
+        cmd::run(
+            Command::new("apt-get")
+                .args(["download", "-qq", package])
+                .current_dir(&base),
+        )
+    };
+    if download().is_err() {
+        // An empty or old package index: refresh it once (the sources themselves unchanged).
+        cmd::run(Command::new("apt-get").args(["update", "-qq"]))?;
+        download()?;
+    }
+    let deb = std::fs::read_dir(&base)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+        })
+        .with_context(|| format!("apt-get download left no {package}_*.deb"))?;
+    let partial = root.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
+    // Complete or absent: an interrupted unpack is never mistaken for a cached package.
+    std::fs::rename(&partial, &root)?;
+    std::fs::remove_file(&deb)?;
+    Ok(root)
 }

@@ -10,10 +10,12 @@ use tonic::{Request, Response, Status};
 
 use super::cluster::Cluster;
 use crate::{
+    net::auth::{Attributes, AttributesOf, Target},
     proto::{self, aggregator_server::Aggregator},
     server::{
         Admission, Limits,
         filter::check_dns_label,
+        is_public_grpc,
         outbox::{self, End, Outbox, SubscriberStream},
         requested_interval,
     },
@@ -25,6 +27,34 @@ const MIN_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_WATCH_INTERVAL: Duration = Duration::from_secs(600);
 /// Messages a cluster subscriber may have queued before it counts as too slow.
 const SUBSCRIBER_BUFFER: usize = 8;
+
+/// What each aggregator call needs when authorization is on: the metrics.k8s.io resources
+/// it returns, cluster-wide (the namespace is inside the request body, which authorization
+/// does not read), as an HPA's or `kubectl top`'s RBAC grants them.
+pub fn aggregator_attributes() -> AttributesOf {
+    Arc::new(|_method: &http::Method, path: &str| {
+        if is_public_grpc(path) {
+            return None;
+        }
+        let on = |verb, resource| Attributes {
+            verb,
+            target: Target::Resource {
+                group: "metrics.k8s.io",
+                resource,
+                subresource: "",
+                name: String::new(),
+                namespace: String::new(),
+            },
+        };
+        let method = path.rsplit('/').next().unwrap_or_default();
+        Some(match method {
+            "ListPodMetrics" => vec![on("list", "pods")],
+            "Watch" => vec![on("watch", "nodes"), on("watch", "pods")],
+            // ListNodeMetrics, and reflection (how clients find the calls).
+            _ => vec![on("list", "nodes")],
+        })
+    })
+}
 
 pub struct AggregatorService {
     cluster: Arc<Cluster>,

@@ -22,6 +22,7 @@ use tokio::{sync::oneshot, task::JoinHandle};
 use crate::{
     net::{
         accept::{self, ConnectionStats},
+        auth::{Auth, AuthLayer, AuthSettings},
         client::ClientTls,
         listen::{bind, check_listen_policy},
         tls::{Protocol, ServerTlsFiles, load_tls},
@@ -54,6 +55,9 @@ pub struct AggregateConfig {
     pub allow_insecure_listen: bool,
     /// Caps on connections, streams and cluster Watch subscribers.
     pub limits: server::Limits,
+    /// Who may call (client certificates from `server_tls.client_ca` and the front proxy's
+    /// from `server_tls.front_proxy_ca` always authenticate).
+    pub auth: AuthSettings,
 }
 
 impl Default for AggregateConfig {
@@ -76,6 +80,7 @@ impl Default for AggregateConfig {
             server_tls: None,
             allow_insecure_listen: false,
             limits: server::Limits::default(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -135,18 +140,22 @@ pub async fn start(config: AggregateConfig) -> anyhow::Result<RunningAggregator>
         !config.targets.static_addresses.is_empty() || !config.targets.dns_names.is_empty(),
         "no collectors to aggregate: pass --collectors host:port,... and/or --discover name:port"
     );
+    let auth = Auth::new(&AuthSettings {
+        client_ca: config.server_tls.as_ref().and_then(|t| t.client_ca.clone()),
+        front_proxy: config.auth.front_proxy.clone(),
+        ..config.auth.clone()
+    })
+    .context("authentication")?;
+    let tls = config.server_tls.is_some();
     check_listen_policy(
         config.grpc_listen,
-        config.server_tls.is_some(),
+        tls,
+        auth.enabled(),
         config.allow_insecure_listen,
     )?;
     if let Some(http) = config.http_listen {
-        check_listen_policy(
-            http,
-            config.server_tls.is_some(),
-            config.allow_insecure_listen,
-        )
-        .context("--http-listen")?;
+        check_listen_policy(http, tls, auth.enabled(), config.allow_insecure_listen)
+            .context("--http-listen")?;
     }
     let tls = load_tls(config.server_tls.as_ref(), Protocol::Grpc)?;
     let http_tls = load_tls(config.server_tls.as_ref(), Protocol::Http1)?;
@@ -200,12 +209,15 @@ pub async fn start(config: AggregateConfig) -> anyhow::Result<RunningAggregator>
         .set_serving::<AggregatorServer<api::AggregatorService>>()
         .await;
     let router = server::with_reflection(
-        server::grpc_server(&config.limits)
-            .add_service(health)
-            .add_service(AggregatorServer::new(api::AggregatorService::new(
-                cluster.clone(),
-                &config.limits,
-            ))),
+        server::grpc_server(
+            &config.limits,
+            AuthLayer::new(auth.clone(), api::aggregator_attributes()),
+        )
+        .add_service(health)
+        .add_service(AggregatorServer::new(api::AggregatorService::new(
+            cluster.clone(),
+            &config.limits,
+        ))),
         server::AGGREGATOR_SERVICE,
     );
     servers.push(tokio::spawn(async move {
@@ -218,7 +230,7 @@ pub async fn start(config: AggregateConfig) -> anyhow::Result<RunningAggregator>
     if let Some(incoming) = http_incoming {
         let (tx, rx) = oneshot::channel();
         shutdown.push(tx);
-        let app = http::router(cluster.clone());
+        let app = http::router(cluster.clone(), auth.clone());
         servers.push(tokio::spawn(async move {
             axum::serve(
                 incoming,

@@ -22,7 +22,11 @@ use axum::{
     routing::get,
 };
 
-use crate::{server::ServerStats, store::StoreHandle};
+use crate::{
+    net::auth::{self, Attributes, AttributesOf, Auth, Target},
+    server::ServerStats,
+    store::StoreHandle,
+};
 
 /// Plaintext HTTP default: loopback, next to the gRPC port's family.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50080";
@@ -33,7 +37,9 @@ struct AppState {
     server: Arc<ServerStats>,
 }
 
-pub fn router(store: StoreHandle, server: Arc<ServerStats>) -> Router {
+/// The endpoints, behind `auth` (health stays public).
+pub fn router(store: StoreHandle, server: Arc<ServerStats>, auth: Arc<Auth>) -> Router {
+    let node = store.node.node_name.clone();
     Router::new()
         .route("/stats/summary", get(stats_summary))
         .route("/metrics/resource", get(metrics_resource))
@@ -41,6 +47,41 @@ pub fn router(store: StoreHandle, server: Arc<ServerStats>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(healthz))
         .with_state(AppState { store, server })
+        .layer(axum::middleware::from_fn_with_state(
+            (auth, kubelet_attributes(node)),
+            auth::http_gate,
+        ))
+}
+
+/// Paths anyone may read: health says nothing about tenants (kubelet's probes call it).
+const PUBLIC_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// kubelet's mapping of its paths to the `nodes` subresources it authorizes: `/stats/*` is
+/// `nodes/stats`, `/metrics` and `/metrics/*` are `nodes/metrics`, anything else
+/// `nodes/proxy`; the verb from the method, the name this node's.
+pub fn kubelet_attributes(node: String) -> AttributesOf {
+    Arc::new(move |method: &axum::http::Method, path: &str| {
+        if PUBLIC_PATHS.contains(&path) {
+            return None;
+        }
+        let subresource = if path == "/stats" || path.starts_with("/stats/") {
+            "stats"
+        } else if path == "/metrics" || path.starts_with("/metrics/") {
+            "metrics"
+        } else {
+            "proxy"
+        };
+        Some(vec![Attributes {
+            verb: auth::verb(method),
+            target: Target::Resource {
+                group: "",
+                resource: "nodes",
+                subresource,
+                name: node.clone(),
+                namespace: String::new(),
+            },
+        }])
+    })
 }
 
 fn text(body: String) -> Response {

@@ -3,6 +3,8 @@
 //! reloading, the listen policy, client connections.
 
 pub mod accept;
+pub mod auth;
 pub mod client;
+pub mod kube;
 pub mod listen;
 pub mod tls;

@@ -13,13 +13,17 @@ use anyhow::Context as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig, server::WebPkiClientVerifier};
 
-/// Certificate files of a TLS server. With `client_ca`, clients must present a certificate
-/// signed by it (mutual TLS).
+/// Certificate files of a TLS server. With `client_ca` (or `front_proxy_ca`), client
+/// certificates signed by it are verified in the handshake and name the caller (mutual TLS);
+/// the handshake itself lets clients without one in (kubelet's HTTPS probes have none), and
+/// the server's authentication refuses their requests to anything but health.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerTlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+    /// The aggregation layer's front-proxy CA (an APIService backend's requestheader CA).
+    pub front_proxy_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +129,7 @@ fn stamp(files: &ServerTlsFiles) -> Stamp {
         Some(&files.cert),
         Some(&files.key),
         files.client_ca.as_ref(),
+        files.front_proxy_ca.as_ref(),
     ]
     .into_iter()
     .flatten()
@@ -175,24 +180,30 @@ fn build(files: &ServerTlsFiles, protocol: Protocol) -> Result<ServerConfig, Tls
     let key = private_key(&files.key)?;
     let builder =
         ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
-    let builder = match &files.client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
+    let cas: Vec<&PathBuf> = [&files.client_ca, &files.front_proxy_ca]
+        .into_iter()
+        .flatten()
+        .collect();
+    let builder = if cas.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let mut roots = RootCertStore::empty();
+        for ca in &cas {
             for cert in certificates(ca)? {
                 roots.add(cert).map_err(|e| TlsError::ClientCa {
-                    path: ca.clone(),
+                    path: (*ca).clone(),
                     what: e.to_string(),
                 })?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                .build()
-                .map_err(|e| TlsError::ClientCa {
-                    path: ca.clone(),
-                    what: e.to_string(),
-                })?;
-            builder.with_client_cert_verifier(verifier)
         }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::ClientCa {
+                path: cas[0].clone(),
+                what: e.to_string(),
+            })?;
+        builder.with_client_cert_verifier(verifier)
     };
     let mut config = builder.with_single_cert(certs, key)?;
     config.alpn_protocols = vec![match protocol {

@@ -14,10 +14,14 @@ use std::{
 };
 
 use tonic::{Request, Response, Status};
+use tower::layer::util::{Identity, Stack};
 
 use crate::{
     convert,
-    net::accept,
+    net::{
+        accept,
+        auth::{Attributes, AttributesOf, AuthLayer, Target},
+    },
     proto::{
         self,
         collector_server::{Collector, CollectorServer},
@@ -68,12 +72,45 @@ impl Default for Limits {
     }
 }
 
-/// A gRPC server with the limits and keepalive every server of ours uses.
-pub fn grpc_server(limits: &Limits) -> tonic::transport::Server {
+/// A gRPC server of ours: limits, keepalive, and authentication in front of every service.
+pub type GrpcServer = tonic::transport::Server<Stack<AuthLayer, Identity>>;
+/// Its services.
+pub type GrpcRouter = tonic::transport::server::Router<Stack<AuthLayer, Identity>>;
+
+/// A gRPC server with the limits and keepalive every server of ours uses, and `auth` in front
+/// of its services.
+pub fn grpc_server(limits: &Limits, auth: AuthLayer) -> GrpcServer {
     tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_streams_per_connection)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .layer(auth)
+}
+
+/// gRPC calls that need no authentication: health checks (kubelet's probes, the aggregator's
+/// and top's detection of what answers) say nothing about tenants.
+pub fn is_public_grpc(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/")
+}
+
+/// What every collector call needs when authorization is on: reading `nodes/stats` of this
+/// node, the subresource kubelet guards its Summary API with (reflection included: it is how
+/// clients find the calls).
+pub fn collector_attributes(node: String) -> AttributesOf {
+    Arc::new(move |_method: &http::Method, path: &str| {
+        (!is_public_grpc(path)).then(|| {
+            vec![Attributes {
+                verb: "get",
+                target: Target::Resource {
+                    group: "",
+                    resource: "nodes",
+                    subresource: "stats",
+                    name: node.clone(),
+                    namespace: String::new(),
+                },
+            }]
+        })
+    })
 }
 
 /// Admission of streaming subscribers: a slot each, held until tonic drops the response (so
@@ -317,6 +354,7 @@ impl Collector for CollectorService {
 pub async fn serve(
     incoming: accept::Incoming,
     service: CollectorService,
+    auth: AuthLayer,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -326,7 +364,7 @@ pub async fn serve(
     let freshness = tokio::spawn(report_health(store.clone(), reporter));
     tokio::spawn(report_probe_health(store, health_reporter));
     let router = with_reflection(
-        grpc_server(&limits)
+        grpc_server(&limits, auth)
             .add_service(health)
             .add_service(CollectorServer::new(service)),
         COLLECTOR_SERVICE,
@@ -347,10 +385,7 @@ const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 /// service (grpcurl cannot call what reflection does not describe) and reflection itself, in
 /// both the v1 protocol and v1alpha, which many clients (grpcio's reflection database, older
 /// grpcurl) use.
-pub fn with_reflection(
-    router: tonic::transport::server::Router,
-    service: &'static str,
-) -> tonic::transport::server::Router {
+pub fn with_reflection(router: GrpcRouter, service: &'static str) -> GrpcRouter {
     let builder = |reflection: &'static str| {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -408,7 +443,7 @@ async fn report_health(store: StoreHandle, reporter: tonic_health::server::Healt
 
 /// Runs a router on accepted connections (plaintext or TLS, capped; see [`accept`]).
 pub async fn serve_router(
-    router: tonic::transport::server::Router,
+    router: GrpcRouter,
     incoming: accept::Incoming,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
