@@ -113,6 +113,8 @@ async fn stream_once(
         t.last_error.clear();
     });
     let mut node = NodeState::default();
+    // The name this target was refused, while it is refused (logged once).
+    let mut conflict = None;
     let limit = silence_limit(opts.interval);
     loop {
         let msg = match tokio::time::timeout(limit, stream.message()).await {
@@ -127,15 +129,34 @@ async fn stream_once(
         }
         if msg.snapshot {
             let name = node.name.clone();
-            cluster.update_target(address, |t| t.node = name);
+            let mut previous = String::new();
+            cluster.update_target(address, |t| previous = std::mem::replace(&mut t.node, name));
+            if previous != node.name {
+                cluster.release(&previous, address);
+            }
         }
-        cluster.publish(NodeEntry {
+        let published = cluster.publish(NodeEntry {
             metrics: node.node_metrics(),
             pods: node.pod_metrics(),
             heard_at: Instant::now(),
             heard_wall: SystemTime::now(),
             address: address.to_owned(),
         });
+        match published {
+            Ok(()) => {
+                if conflict.take().is_some() {
+                    cluster.update_target(address, |t| t.last_error.clear());
+                }
+            }
+            Err(taken) => {
+                if conflict.as_ref() != Some(&taken) {
+                    tracing::warn!(%address, "{taken}");
+                    let why = taken.to_string();
+                    cluster.update_target(address, |t| t.last_error = why);
+                    conflict = Some(taken);
+                }
+            }
+        }
     }
 }
 
