@@ -13,7 +13,7 @@
 //! |---|---|---|
 //! | 1 | [`proto`] | the generated `collector.v1` wire types |
 //! | 2 | [`unix_time`] | wall-clock times as the wire formats carry them |
-//! | 3 | [`net`] | server TLS with reloading, the listen policy, client connections |
+//! | 3 | [`net`] | accepting connections, server TLS, authentication, the listen policy, clients |
 //! | 4 | [`cgroupfs`] | reading and parsing the kernel's cgroup files, v1 and v2 |
 //! | 5 | [`k8s`] | Kubernetes identities from cgroup paths |
 //! | 6 | [`node`] | facts about this node (name, kernel, mounts, CPUs) |
