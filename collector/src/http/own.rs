@@ -26,7 +26,7 @@ static RUNQ_EDGES: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
 });
 
 fn declare(e: &mut Exposition) {
-    let families: [(&'static str, Kind, &'static str); 27] = [
+    let families: [(&'static str, Kind, &'static str); 30] = [
         (
             "collector_sampler_passes_total",
             Kind::Counter,
@@ -81,6 +81,21 @@ fn declare(e: &mut Exposition) {
             "collector_watch_dropped_subscribers_total",
             Kind::Counter,
             "Watch subscribers dropped for falling behind.",
+        ),
+        (
+            "collector_watch_refused_subscribers_total",
+            Kind::Counter,
+            "Watch subscriptions refused because --max-watch-subscribers were open.",
+        ),
+        (
+            "collector_refused_connections_total",
+            Kind::Counter,
+            "Connections closed at once because --max-connections were open, by listener.",
+        ),
+        (
+            "collector_accept_errors_total",
+            Kind::Counter,
+            "Failed accepts (e.g. out of file descriptors), each followed by a pause, by listener.",
         ),
         (
             "collector_probe_up",
@@ -229,6 +244,22 @@ fn collector(e: &mut Exposition, s: &Snapshot, server: &ServerStats) {
         &[],
         server.dropped_subscribers(),
     );
+    int(
+        e,
+        "collector_watch_refused_subscribers_total",
+        &[],
+        server.refused_subscribers.load(Ordering::Relaxed),
+    );
+    for (listener, c) in [
+        ("grpc", &server.grpc_connections),
+        ("http", &server.http_connections),
+    ] {
+        let labels = [("listener", listener)];
+        let refused = c.refused.load(Ordering::Relaxed);
+        int(e, "collector_refused_connections_total", &labels, refused);
+        let errors = c.accept_errors.load(Ordering::Relaxed);
+        int(e, "collector_accept_errors_total", &labels, errors);
+    }
     for p in &s.probes {
         let up = u64::from(p.is_active());
         int(

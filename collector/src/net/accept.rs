@@ -367,4 +367,24 @@ mod tests {
         .expect("a freed slot admits the next connection");
         assert!(fourth.unwrap().is_ok());
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_sends_nothing_is_closed_after_the_idle_timeout() {
+        use tokio::io::AsyncReadExt as _;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = incoming(listener, None, 4, Arc::default()).unwrap();
+        let mut stream = Box::pin(incoming.into_stream());
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let mut conn = futures::StreamExt::next(&mut stream)
+            .await
+            .unwrap()
+            .unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        // The paused clock jumps to the idle deadline: the read ends with a timeout then.
+        let err = conn.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= IDLE_TIMEOUT);
+    }
 }
