@@ -15,10 +15,9 @@ use std::{
 };
 
 use collector::{
-    aggregate::{self, AggregateConfig, RunningAggregator, cluster::Freshness, discovery::Targets},
+    aggregate::{RunningAggregator, cluster::Freshness},
     proto::{
-        ClusterWatchRequest, ListNodeMetricsRequest, ListNodeMetricsResponse,
-        ListPodMetricsRequest, NodeMetrics, PodMetrics, aggregator_client::AggregatorClient,
+        ClusterWatchRequest, ListPodMetricsRequest, PodMetrics, aggregator_client::AggregatorClient,
     },
 };
 use common::*;
@@ -27,54 +26,14 @@ use tonic::{Code, transport::Channel};
 const CORE: u64 = 1_000_000_000;
 
 async fn start_aggregator(collectors: &[SocketAddr]) -> RunningAggregator {
-    aggregate::start(AggregateConfig {
-        targets: Targets {
-            static_addresses: collectors.iter().map(|a| a.to_string()).collect(),
-            dns_names: Vec::new(),
-            resolve_every: Duration::from_secs(30),
-        },
-        interval: Duration::from_millis(200),
-        freshness: Freshness {
+    start_aggregator_with(
+        collectors,
+        Freshness {
             stale_after: Duration::from_millis(1_000),
             forget_after: Duration::from_millis(2_500),
         },
-        backoff_min: Duration::from_millis(50),
-        backoff_max: Duration::from_millis(200),
-        grpc_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..AggregateConfig::default()
-    })
+    )
     .await
-    .unwrap()
-}
-
-async fn node_list(mut client: AggregatorClient<Channel>) -> ListNodeMetricsResponse {
-    client
-        .list_node_metrics(ListNodeMetricsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-/// Polls the node list until `node` is there and `check` holds for it.
-async fn until_node(
-    client: &AggregatorClient<Channel>,
-    node: &str,
-    limit: Duration,
-    what: &str,
-    check: fn(&NodeMetrics) -> bool,
-) {
-    eventually(limit, what, || {
-        let client = client.clone();
-        async move {
-            let list = node_list(client).await;
-            list.nodes
-                .iter()
-                .any(|n| n.name == node && check(n))
-                .then_some(())
-        }
-    })
-    .await;
 }
 
 async fn pods(client: &mut AggregatorClient<Channel>) -> Vec<PodMetrics> {
@@ -354,82 +313,4 @@ async fn three_collectors_merge_into_one_cluster_view() {
     }
     stop.store(true, Ordering::Relaxed);
     clock.join().unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_collectors_claiming_one_node_name_do_not_overwrite_each_other() {
-    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let trees: Vec<PathBuf> = dirs.iter().map(|d| node_tree(d.path())).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let clock = spawn_clock(trees.clone(), stop.clone());
-    let first = start_collector(&trees[0], "twin", "127.0.0.1:0".parse().unwrap()).await;
-    let aggregator = start_aggregator(&[first.addr]).await;
-    let client = AggregatorClient::connect(format!("http://{}", aggregator.grpc_addr))
-        .await
-        .unwrap();
-    until_node(
-        &client,
-        "twin",
-        Duration::from_secs(10),
-        "twin listed",
-        |_| true,
-    )
-    .await;
-    // A second collector under the same name joins the targets (the aggregator's static
-    // list cannot change, so it is a second aggregator target set: restart with both).
-    aggregator.stop().await.unwrap();
-    let second = start_collector(&trees[1], "twin", "127.0.0.1:0".parse().unwrap()).await;
-    let aggregator = start_aggregator(&[first.addr, second.addr]).await;
-    let client = AggregatorClient::connect(format!("http://{}", aggregator.grpc_addr))
-        .await
-        .unwrap();
-    let holder = eventually(Duration::from_secs(10), "one twin, one refusal", || {
-        let client = client.clone();
-        async move {
-            let list = node_list(client).await;
-            let refused = list
-                .collectors
-                .iter()
-                .any(|c| c.last_error.contains("already reported"));
-            (list.nodes.len() == 1 && refused).then(|| list.nodes[0].collector_address.clone())
-        }
-    })
-    .await;
-    // For as long as the holder is fresh, the name stays with it: no flapping between the two.
-    for _ in 0..20 {
-        let list = node_list(client.clone()).await;
-        assert_eq!(list.nodes.len(), 1, "{:?}", list.nodes);
-        assert_eq!(list.nodes[0].collector_address, holder);
-        let other = list
-            .collectors
-            .iter()
-            .find(|c| c.address != holder)
-            .unwrap();
-        assert!(other.last_error.contains("twin"), "{other:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // The holder goes away: once it is stale the other may take the name over.
-    let (gone, stays) = if holder == first.addr.to_string() {
-        (first, second)
-    } else {
-        (second, first)
-    };
-    let stays_at = stays.addr.to_string();
-    gone.stop().await.unwrap();
-    eventually(Duration::from_secs(10), "the name taken over", || {
-        let client = client.clone();
-        let stays_at = stays_at.clone();
-        async move {
-            let list = node_list(client).await;
-            list.nodes
-                .iter()
-                .any(|n| n.name == "twin" && n.collector_address == stays_at && !n.stale)
-                .then_some(())
-        }
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    clock.join().unwrap();
-    aggregator.stop().await.unwrap();
-    stays.stop().await.unwrap();
 }

@@ -67,6 +67,7 @@ pub fn aggregator_attributes() -> AttributesOf {
 pub struct AggregatorService {
     cluster: Arc<Cluster>,
     admission: Admission,
+    queue_budget: Arc<outbox::Budget>,
 }
 
 impl AggregatorService {
@@ -74,6 +75,7 @@ impl AggregatorService {
         Self {
             cluster,
             admission: Admission::new(limits.max_watch_subscribers, Default::default()),
+            queue_budget: outbox::Budget::new(outbox::QUEUE_BUDGET_BYTES),
         }
     }
 }
@@ -140,6 +142,7 @@ impl Aggregator for AggregatorService {
         let (out, stream) = outbox::channel(outbox::Bounds {
             messages: SUBSCRIBER_BUFFER,
             bytes: outbox::SUBSCRIBER_QUEUE_BYTES,
+            budget: self.queue_budget.clone(),
         });
         let cluster = self.cluster.clone();
         tokio::spawn(async move {

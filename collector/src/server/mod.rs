@@ -201,6 +201,7 @@ pub struct CollectorService {
     max_message_bytes: usize,
     limits: Limits,
     admission: Admission,
+    queue_budget: Arc<outbox::Budget>,
 }
 
 impl CollectorService {
@@ -222,6 +223,7 @@ impl CollectorService {
             max_message_bytes,
             limits,
             admission,
+            queue_budget: outbox::Budget::new(outbox::QUEUE_BUDGET_BYTES),
         }
     }
 }
@@ -329,7 +331,7 @@ impl Collector for CollectorService {
             max_message_bytes: self.max_message_bytes,
         };
         let slot = self.admission.admit("Watch", "--max-watch-subscribers")?;
-        let (outbox, stream) = watch::channel();
+        let (outbox, stream) = watch::channel(self.queue_budget.clone());
         let stream = Admission::hold(slot, stream);
         let subscription = self.store.subscribe(opts.interval);
         let stats = self.stats.clone();

@@ -1,7 +1,10 @@
 //! A streaming subscriber's bounded queue, shared by the collector's and the aggregator's
-//! Watch. The queue is bounded in messages and in encoded bytes; a subscriber whose queue is
-//! full when a message is due is dropped: its queued messages are freed at once and it receives
-//! RESOURCE_EXHAUSTED telling it to resubscribe. The producer never waits for a slow client.
+//! Watch. A queue is bounded in messages and in encoded bytes, and all the queues of a server
+//! share a byte budget: a subscriber whose queue is full when a message is due, or that still
+//! has messages queued when the budget is spent, is dropped: its queued messages are freed at
+//! once and it receives RESOURCE_EXHAUSTED telling it to resubscribe. A message into an empty
+//! queue is always taken, so a subscriber that keeps up is never dropped for the others. The
+//! producer never waits for a slow client.
 
 use std::{
     collections::VecDeque,
@@ -18,9 +21,41 @@ use tonic::Status;
 /// What a subscriber receives: its queued messages, then, if it was dropped, why.
 pub type SubscriberStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Encoded bytes a subscriber may have queued (a message into an empty queue is always taken,
-/// whatever its size, so one chunk of `--max-message-bytes` fits).
-pub const SUBSCRIBER_QUEUE_BYTES: usize = 2 << 20;
+/// Encoded bytes one subscriber may have queued: room for a pause of a few seconds on a big
+/// node (a message into an empty queue is always taken, whatever its size).
+pub const SUBSCRIBER_QUEUE_BYTES: usize = 16 << 20;
+/// Encoded bytes all the subscribers of a server may have queued together: what stalled
+/// subscribers can pin at most, however many there are.
+pub const QUEUE_BUDGET_BYTES: usize = 64 << 20;
+
+/// The byte budget the queues of one server share.
+#[derive(Debug)]
+pub struct Budget {
+    limit: usize,
+    used: std::sync::atomic::AtomicUsize,
+}
+
+impl Budget {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Bytes queued now, over every subscriber.
+    pub fn used(&self) -> usize {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn add(&self, n: usize) {
+        self.used.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn sub(&self, n: usize) {
+        self.used.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// Why a subscription ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +66,12 @@ pub enum End {
     TooSlow,
 }
 
-/// How much a queue may hold.
-#[derive(Debug, Clone, Copy)]
+/// How much a queue may hold, and the budget it shares with the server's other queues.
+#[derive(Debug, Clone)]
 pub struct Bounds {
     pub messages: usize,
     pub bytes: usize,
+    pub budget: Arc<Budget>,
 }
 
 struct State<T> {
@@ -52,6 +88,7 @@ struct State<T> {
 
 struct Shared<T> {
     state: Mutex<State<T>>,
+    budget: Arc<Budget>,
     /// Signalled when room frees up or the receiver goes.
     space: Notify,
 }
@@ -60,6 +97,14 @@ impl<T> Shared<T> {
     fn lock(&self) -> std::sync::MutexGuard<'_, State<T>> {
         // Nothing here can leave the state half-updated on a panic; keep going.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Frees every queued message now.
+    fn clear(&self, state: &mut State<T>) {
+        state.queue.clear();
+        state.queue.shrink_to_fit();
+        self.budget.sub(state.bytes);
+        state.bytes = 0;
     }
 }
 
@@ -82,6 +127,7 @@ pub fn channel<T: prost::Message + Send + 'static>(
             receiver_gone: false,
             waker: None,
         }),
+        budget: bounds.budget.clone(),
         space: Notify::new(),
     });
     let stream = Receiver {
@@ -101,7 +147,7 @@ impl<T: prost::Message> Outbox<T> {
         if !self.has_room(&state, size) {
             return Err(End::TooSlow);
         }
-        push(&mut state, msg, size);
+        self.push(&mut state, msg, size);
         Ok(())
     }
 
@@ -126,7 +172,7 @@ impl<T: prost::Message> Outbox<T> {
         };
         match tokio::time::timeout(patience, wait).await {
             Ok(Ok(())) => {
-                push(&mut self.shared.lock(), msg, size);
+                self.push(&mut self.shared.lock(), msg, size);
                 Ok(())
             }
             Ok(Err(end)) => Err(end),
@@ -136,7 +182,18 @@ impl<T: prost::Message> Outbox<T> {
 
     fn has_room(&self, state: &State<T>, size: usize) -> bool {
         state.queue.is_empty()
-            || (state.queue.len() < self.bounds.messages && state.bytes + size <= self.bounds.bytes)
+            || (state.queue.len() < self.bounds.messages
+                && state.bytes + size <= self.bounds.bytes
+                && self.bounds.budget.used() + size <= self.bounds.budget.limit)
+    }
+
+    fn push(&self, state: &mut State<T>, msg: T, size: usize) {
+        state.queue.push_back((msg, size));
+        state.bytes += size;
+        self.bounds.budget.add(size);
+        if let Some(waker) = state.waker.take() {
+            waker.wake();
+        }
     }
 }
 
@@ -157,14 +214,14 @@ impl<T> Outbox<T> {
     pub fn finish(self, end: End, what: &str) -> End {
         let mut state = self.shared.lock();
         if end == End::TooSlow {
-            state.queue.clear();
-            state.queue.shrink_to_fit();
-            state.bytes = 0;
+            self.shared.clear(&mut state);
             state.goodbye = Some(Status::resource_exhausted(format!(
-                "subscriber fell behind (more than {} messages or {} KiB queued) and was \
-                 dropped; resubscribe for a fresh snapshot",
+                "subscriber fell behind (its queue reached {} messages, {} KiB, or the \
+                 server's {} MiB for every subscriber) and was dropped; resubscribe for a fresh \
+                 snapshot",
                 self.bounds.messages,
-                self.bounds.bytes >> 10
+                self.bounds.bytes >> 10,
+                self.bounds.budget.limit >> 20
             )));
             tracing::info!("dropped a slow {what} subscriber");
         }
@@ -173,14 +230,6 @@ impl<T> Outbox<T> {
             waker.wake();
         }
         end
-    }
-}
-
-fn push<T>(state: &mut State<T>, msg: T, size: usize) {
-    state.queue.push_back((msg, size));
-    state.bytes += size;
-    if let Some(waker) = state.waker.take() {
-        waker.wake();
     }
 }
 
@@ -196,6 +245,7 @@ impl<T> Stream for Receiver<T> {
         let mut state = self.shared.lock();
         if let Some((msg, size)) = state.queue.pop_front() {
             state.bytes -= size;
+            self.shared.budget.sub(size);
             drop(state);
             self.shared.space.notify_one();
             return Poll::Ready(Some(Ok(msg)));
@@ -216,8 +266,7 @@ impl<T> Drop for Receiver<T> {
         let mut state = self.shared.lock();
         state.receiver_gone = true;
         // Nobody will read them.
-        state.queue.clear();
-        state.bytes = 0;
+        self.shared.clear(&mut state);
         drop(state);
         self.shared.space.notify_one();
     }
@@ -242,9 +291,11 @@ mod tests {
         use prost::Message as _;
         let one = msg(10_000);
         let size = one.encoded_len();
+        let budget = Budget::new(usize::MAX);
         let (out, mut stream) = channel::<WatchResponse>(Bounds {
             messages: 100,
             bytes: size * 3,
+            budget: budget.clone(),
         });
         for _ in 0..3 {
             out.try_send(one.clone()).unwrap();
@@ -269,6 +320,7 @@ mod tests {
         let (out, stream) = channel::<WatchResponse>(Bounds {
             messages: 4,
             bytes: 16,
+            budget: Budget::new(usize::MAX),
         });
         out.try_send(msg(1_000)).unwrap();
         assert_eq!(out.try_send(msg(1)), Err(End::TooSlow));
@@ -277,5 +329,33 @@ mod tests {
             .await
             .expect("closed() sees the receiver go");
         assert_eq!(out.try_send(msg(1)), Err(End::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_spent_budget_drops_subscribers_with_a_backlog_but_not_those_keeping_up() {
+        use prost::Message as _;
+        let one = msg(1_000);
+        let size = one.encoded_len();
+        let budget = Budget::new(size * 4);
+        let bounds = Bounds {
+            messages: 100,
+            bytes: usize::MAX,
+            budget: budget.clone(),
+        };
+        let (stalled, _stalled_stream) = channel::<WatchResponse>(bounds.clone());
+        let (reader, mut reader_stream) = channel::<WatchResponse>(bounds);
+        for _ in 0..4 {
+            stalled.try_send(one.clone()).unwrap();
+        }
+        assert_eq!(budget.used(), size * 4);
+        // The stalled one has a backlog: with the budget spent it is too slow.
+        assert_eq!(stalled.try_send(one.clone()), Err(End::TooSlow));
+        // One that reads what it gets always has room for its next message.
+        for _ in 0..3 {
+            reader.try_send(one.clone()).unwrap();
+            reader_stream.next().await.unwrap().unwrap();
+        }
+        stalled.finish(End::TooSlow, "test");
+        assert_eq!(budget.used(), 0);
     }
 }

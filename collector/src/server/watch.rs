@@ -39,11 +39,13 @@ const CHUNK_PATIENCE: Duration = Duration::from_secs(10);
 /// What a Watch subscriber receives: its queued messages, then, if it was dropped, why.
 pub type WatchStream = SubscriberStream<proto::WatchResponse>;
 
-/// A Watch subscriber's queue, and its stream for tonic.
-pub fn channel() -> (Outbox<proto::WatchResponse>, WatchStream) {
+/// A Watch subscriber's queue, sharing `budget` with the server's other subscribers, and its
+/// stream for tonic.
+pub fn channel(budget: Arc<outbox::Budget>) -> (Outbox<proto::WatchResponse>, WatchStream) {
     outbox::channel(outbox::Bounds {
         messages: SUBSCRIBER_BUFFER,
         bytes: outbox::SUBSCRIBER_QUEUE_BYTES,
+        budget,
     })
 }
 

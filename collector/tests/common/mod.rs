@@ -20,9 +20,13 @@ use std::{
 };
 
 use collector::{
+    aggregate::{self, AggregateConfig, RunningAggregator, cluster::Freshness, discovery::Targets},
     app::{self, Running, ServeConfig},
     probes::ProbeConfig,
-    proto::{WatchRequest, WatchResponse, collector_client::CollectorClient},
+    proto::{
+        ListNodeMetricsRequest, ListNodeMetricsResponse, NodeMetrics, WatchRequest, WatchResponse,
+        aggregator_client::AggregatorClient, collector_client::CollectorClient,
+    },
 };
 
 pub fn testdata(name: &str) -> PathBuf {
@@ -210,4 +214,56 @@ pub async fn start_watching(
         .unwrap()
         .into_inner();
     (running, stream)
+}
+
+/// An aggregator over `collectors` on free loopback ports, asking every 200 ms.
+pub async fn start_aggregator_with(
+    collectors: &[SocketAddr],
+    freshness: Freshness,
+) -> RunningAggregator {
+    aggregate::start(AggregateConfig {
+        targets: Targets {
+            static_addresses: collectors.iter().map(|a| a.to_string()).collect(),
+            dns_names: Vec::new(),
+            resolve_every: Duration::from_secs(30),
+        },
+        interval: Duration::from_millis(200),
+        freshness,
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(200),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..AggregateConfig::default()
+    })
+    .await
+    .unwrap()
+}
+pub async fn node_list(
+    mut client: AggregatorClient<tonic::transport::Channel>,
+) -> ListNodeMetricsResponse {
+    client
+        .list_node_metrics(ListNodeMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+/// Polls the node list until `node` is there and `check` holds for it.
+pub async fn until_node(
+    client: &AggregatorClient<tonic::transport::Channel>,
+    node: &str,
+    limit: Duration,
+    what: &str,
+    check: fn(&NodeMetrics) -> bool,
+) {
+    eventually(limit, what, || {
+        let client = client.clone();
+        async move {
+            let list = node_list(client).await;
+            list.nodes
+                .iter()
+                .any(|n| n.name == node && check(n))
+                .then_some(())
+        }
+    })
+    .await;
 }
