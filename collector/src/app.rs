@@ -8,6 +8,7 @@ use tokio::{sync::oneshot, task::JoinHandle};
 use crate::{
     cgroupfs::CgroupMounts,
     cri::{self, CriSetting},
+    export::{Exporter, config::ExportConfig},
     http,
     net::{
         listen::{bind, check_listen_policy},
@@ -54,6 +55,8 @@ pub struct ServeConfig {
     pub cri_refresh: Duration,
     /// Span of the pod and container usage percentiles.
     pub percentile_window: Duration,
+    /// Remote-write and OTLP destinations to push to (none: no exporter).
+    pub export: ExportConfig,
 }
 
 impl Default for ServeConfig {
@@ -73,6 +76,7 @@ impl Default for ServeConfig {
             cri: CriSetting::Off,
             cri_refresh: cri::resolver::DEFAULT_REFRESH,
             percentile_window: percentiles::DEFAULT_WINDOW,
+            export: ExportConfig::default(),
         }
     }
 }
@@ -92,11 +96,17 @@ pub struct Running {
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     http: Option<(oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)>,
+    exporter: Option<Exporter>,
 }
 
 impl Running {
     /// Stops sampling, ends every Watch stream, and waits (boundedly) for the server to finish.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        // First push what the last snapshot added and drain the queues (bounded by the
+        // exporter's grace), while the store still publishes.
+        if let Some(exporter) = self.exporter.take() {
+            exporter.stop().await;
+        }
         // Ending the store closes every subscription, so streams finish and the graceful
         // shutdown below does not wait on clients that never hang up.
         self.store_task.abort();
@@ -176,6 +186,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         probes
     })
     .await?;
+    // The probes' counters count from here (the start time of the exported eBPF sums).
+    let probes_since = std::time::SystemTime::now();
     report_probes(&probes);
     if let Some(logger) = probes.logger.take() {
         tokio::spawn(pump_ebpf_logs(logger));
@@ -189,6 +201,13 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         windows: UsageWindows::new(config.percentile_window),
     };
     let (store, store_task) = store::spawn(sampler, node, extras, config.base_period);
+    let exporter = if config.export.destinations.is_empty() {
+        None
+    } else {
+        let node = store.node.node_name.clone();
+        let started = Exporter::start(config.export.clone(), &store, node, probes_since);
+        Some(started.inspect_err(|_| store_task.abort())?)
+    };
     let (tx, rx) = oneshot::channel();
     let server_stats = Arc::new(ServerStats::default());
     let service = CollectorService::new(
@@ -199,9 +218,12 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let server = tokio::spawn(server::serve(listener, service, tls, async {
         let _ = rx.await;
     }));
+    let more = exporter
+        .as_ref()
+        .map(|e| e.metrics.clone() as Arc<dyn http::MoreMetrics>);
     let http = http_listener.map(|listener| {
         let (tx, rx) = oneshot::channel::<()>();
-        let app = http::router(store.clone(), server_stats.clone());
+        let app = http::router(store.clone(), server_stats.clone(), more);
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {
@@ -222,6 +244,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         cri_task,
         shutdown: Some(tx),
         server,
+        exporter,
     })
 }
 

@@ -6,9 +6,9 @@
 //!
 //! Every handler reads the latest snapshot the store published; none waits for a pass.
 
-mod own;
+pub mod own;
 pub mod prom;
-mod resource;
+pub mod resource;
 mod summary_json;
 
 use std::{collections::HashMap, sync::Arc};
@@ -26,19 +26,34 @@ use crate::{server::ServerStats, store::StoreHandle};
 /// Plaintext HTTP default: loopback, next to the gRPC port's family.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50080";
 
+/// Families a later layer adds to `/metrics` (the exporters' delivery counters), which this
+/// layer cannot name.
+pub trait MoreMetrics: Send + Sync {
+    fn write(&self, e: &mut prom::Exposition);
+}
+
 #[derive(Clone)]
 struct AppState {
     store: StoreHandle,
     server: Arc<ServerStats>,
+    more: Option<Arc<dyn MoreMetrics>>,
 }
 
-pub fn router(store: StoreHandle, server: Arc<ServerStats>) -> Router {
+pub fn router(
+    store: StoreHandle,
+    server: Arc<ServerStats>,
+    more: Option<Arc<dyn MoreMetrics>>,
+) -> Router {
     Router::new()
         .route("/stats/summary", get(stats_summary))
         .route("/metrics/resource", get(metrics_resource))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
-        .with_state(AppState { store, server })
+        .with_state(AppState {
+            store,
+            server,
+            more,
+        })
 }
 
 fn text(body: String) -> Response {
@@ -79,7 +94,11 @@ async fn metrics_resource(State(app): State<AppState>) -> Response {
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
-    text(own::render(app.store.latest().as_deref(), &app.server))
+    text(own::render(
+        app.store.latest().as_deref(),
+        &app.server,
+        app.more.as_deref(),
+    ))
 }
 
 async fn healthz(State(app): State<AppState>) -> Response {
