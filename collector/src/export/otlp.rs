@@ -266,3 +266,145 @@ fn exponential(value: &Value, start_ns: u64, time_ns: u64) -> otlp::ExponentialH
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{export::series::Point, probes::RUNQ_VALUES};
+
+    fn attributes(r: &otlp::ResourceMetrics) -> Vec<(String, String)> {
+        r.resource
+            .as_ref()
+            .unwrap()
+            .attributes
+            .iter()
+            .map(|kv| {
+                let Some(otlp_common::any_value::Value::StringValue(v)) =
+                    kv.value.as_ref().and_then(|v| v.value.clone())
+                else {
+                    panic!("string attribute")
+                };
+                (kv.key.clone(), v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn resources_sums_gauges_and_the_exponential_histogram() {
+        let e = Arc::new(Entity {
+            level: Level::Container,
+            namespace: "ns".into(),
+            pod: "web".into(),
+            pod_uid: "uid".into(),
+            container: "app".into(),
+            container_id: "c1".into(),
+        });
+        let mut h = [0u64; RUNQ_VALUES];
+        h[10] = 5;
+        h[12] = 3;
+        h[collector_common::RUNQ_BUCKETS] = 30_000;
+        h[collector_common::RUNQ_BUCKETS + 1] = 8;
+        let point = |ns, value| Point { time_ns: ns, value };
+        let batch = Batch {
+            series: vec![
+                Series {
+                    entity: e.clone(),
+                    metric: Metric::Cpu,
+                    start_ns: 5,
+                    points: vec![point(100, Value::Number(1.5)), point(200, Value::Stale)],
+                },
+                Series {
+                    entity: e.clone(),
+                    metric: Metric::WorkingSet,
+                    start_ns: 5,
+                    points: vec![point(100, Value::Number(4096.0))],
+                },
+                Series {
+                    entity: e.clone(),
+                    metric: Metric::EbpfMinorFaults,
+                    start_ns: 7,
+                    points: vec![point(100, Value::Number(3.0))],
+                },
+                Series {
+                    entity: e.clone(),
+                    metric: Metric::EbpfMajorFaults,
+                    start_ns: 7,
+                    points: vec![point(100, Value::Number(1.0))],
+                },
+                Series {
+                    entity: e,
+                    metric: Metric::RunqWait,
+                    start_ns: 7,
+                    points: vec![point(100, Value::Runq(Arc::new(h)))],
+                },
+            ],
+        };
+        let encoded = encode(&batch, "node-1");
+        assert_eq!(encoded.len(), 1);
+        assert_eq!(encoded[0].points, 6);
+        let request =
+            otlp_service::ExportMetricsServiceRequest::decode(encoded[0].body.as_slice()).unwrap();
+        let [r] = request.resource_metrics.as_slice() else {
+            panic!("one resource")
+        };
+        assert_eq!(
+            attributes(r),
+            [
+                ("k8s.node.name", "node-1"),
+                ("k8s.namespace.name", "ns"),
+                ("k8s.pod.name", "web"),
+                ("k8s.pod.uid", "uid"),
+                ("k8s.container.name", "app"),
+                ("container.id", "c1"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        let metrics = &r.scope_metrics[0].metrics;
+        let names: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "container.cpu.time",
+                "container.memory.working_set",
+                "container.ebpf.page_faults",
+                "container.runqueue.wait"
+            ]
+        );
+        let Some(otlp::metric::Data::Sum(cpu)) = &metrics[0].data else {
+            panic!("a sum")
+        };
+        assert!(cpu.is_monotonic);
+        assert_eq!(
+            cpu.aggregation_temporality,
+            otlp::AggregationTemporality::Cumulative as i32
+        );
+        assert_eq!(cpu.data_points[0].start_time_unix_nano, 5);
+        assert_eq!(cpu.data_points[0].time_unix_nano, 100);
+        assert_eq!(
+            cpu.data_points[0].value,
+            Some(otlp::number_data_point::Value::AsDouble(1.5))
+        );
+        assert_eq!(cpu.data_points[1].flags, NO_RECORDED_VALUE);
+        assert_eq!(cpu.data_points[1].value, None);
+        assert!(matches!(
+            metrics[1].data,
+            Some(otlp::metric::Data::Gauge(_))
+        ));
+        let Some(otlp::metric::Data::Sum(faults)) = &metrics[2].data else {
+            panic!("a sum")
+        };
+        assert_eq!(faults.data_points.len(), 2, "minor and major in one metric");
+        assert_eq!(faults.data_points[1].attributes[0].key, "type");
+        let Some(otlp::metric::Data::ExponentialHistogram(runq)) = &metrics[3].data else {
+            panic!("an exponential histogram")
+        };
+        let p = &runq.data_points[0];
+        assert_eq!((p.scale, p.count, p.sum), (0, 8, Some(30_000.0)));
+        let buckets = p.positive.as_ref().unwrap();
+        assert_eq!(buckets.offset, 10, "index k covers (2^k, 2^(k+1)]");
+        assert_eq!(buckets.bucket_counts, [5, 0, 3]);
+        assert_eq!(metrics[3].unit, "ns");
+    }
+}

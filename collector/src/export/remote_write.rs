@@ -143,7 +143,8 @@ fn labels(name: &str, identity: &[(&str, &str)], le: Option<&str>) -> Vec<prompb
     let mut out = Vec::with_capacity(identity.len() + 2);
     out.push(label("__name__", name));
     let mut le = le;
-    for (n, v) in identity {
+    // An empty value is no label at all (a pod without a namespace from the runtime).
+    for (n, v) in identity.iter().filter(|(_, v)| !v.is_empty()) {
         // `le` sorts between `container` and `namespace`.
         if let Some(bound) = le.filter(|_| *n > "le") {
             out.push(label("le", bound));
@@ -285,5 +286,181 @@ fn native(value: &Value, time_ns: u64) -> prompb::Histogram {
         reset_hint: prompb::histogram::ResetHint::No as i32,
         timestamp,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{export::series::Point, probes::RUNQ_VALUES};
+
+    fn container() -> Arc<Entity> {
+        Arc::new(Entity {
+            level: Level::Container,
+            namespace: "ns".into(),
+            pod: "web".into(),
+            pod_uid: "uid".into(),
+            container: "app".into(),
+            container_id: "c1".into(),
+        })
+    }
+
+    fn point(ms: u64, value: Value) -> Point {
+        Point {
+            time_ns: ms * 1_000_000 + 999_999,
+            value,
+        }
+    }
+
+    fn decode(e: &Encoded) -> prompb::WriteRequest {
+        let raw = snap::raw::Decoder::new().decompress_vec(&e.body).unwrap();
+        prompb::WriteRequest::decode(raw.as_slice()).unwrap()
+    }
+
+    fn names(ts: &prompb::TimeSeries) -> Vec<(&str, &str)> {
+        ts.labels
+            .iter()
+            .map(|l| (l.name.as_str(), l.value.as_str()))
+            .collect()
+    }
+
+    fn histogram() -> Arc<[u64; RUNQ_VALUES]> {
+        let mut h = [0u64; RUNQ_VALUES];
+        h[10] = 5; // [1024, 2048) ns
+        h[12] = 3; // [4096, 8192) ns
+        h[collector_common::RUNQ_BUCKETS] = 30_000; // total ns
+        h[collector_common::RUNQ_BUCKETS + 1] = 8; // waits
+        Arc::new(h)
+    }
+
+    #[test]
+    fn samples_are_snappy_protobuf_with_sorted_labels_and_ms_timestamps() {
+        let e = container();
+        let batch = Batch {
+            series: vec![
+                Series {
+                    entity: e.clone(),
+                    metric: Metric::Cpu,
+                    start_ns: 0,
+                    points: vec![point(1000, Value::Number(0.5)), point(2000, Value::Stale)],
+                },
+                Series {
+                    entity: e,
+                    metric: Metric::EbpfMajorFaults,
+                    start_ns: 0,
+                    points: vec![point(1000, Value::Number(4.0))],
+                },
+            ],
+        };
+        let encoded = encode(&batch, "node-1", Histograms::Classic);
+        assert_eq!(encoded.len(), 1);
+        assert_eq!(encoded[0].samples, 3);
+        let request = decode(&encoded[0]);
+        let cpu = &request.timeseries[0];
+        assert_eq!(
+            names(cpu),
+            [
+                ("__name__", "container_cpu_usage_seconds_total"),
+                ("container", "app"),
+                ("namespace", "ns"),
+                ("node", "node-1"),
+                ("pod", "web"),
+            ]
+        );
+        assert_eq!(cpu.samples[0].timestamp, 1000, "ms, truncated");
+        assert_eq!(cpu.samples[0].value, 0.5);
+        assert_eq!(cpu.samples[1].value.to_bits(), STALE_NAN_BITS);
+        let faults = &request.timeseries[1];
+        assert_eq!(names(faults)[0].1, "container_ebpf_page_faults_total");
+        assert_eq!(names(faults).last(), Some(&("type", "major")));
+    }
+
+    #[test]
+    fn run_queue_histograms_classic_and_native() {
+        let series = Series {
+            entity: container(),
+            metric: Metric::RunqWait,
+            start_ns: 0,
+            points: vec![
+                point(1000, Value::Runq(histogram())),
+                point(2000, Value::Stale),
+            ],
+        };
+        let batch = Batch {
+            series: vec![series],
+        };
+        let request = decode(&encode(&batch, "n", Histograms::Classic)[0]);
+        // 11 edges + +Inf, _sum, _count; each with both points.
+        assert_eq!(request.timeseries.len(), 14);
+        let le = |ts: &prompb::TimeSeries| {
+            names(ts)
+                .iter()
+                .find(|(n, _)| *n == "le")
+                .map(|(_, v)| v.to_string())
+        };
+        let first = &request.timeseries[0];
+        assert_eq!(names(first)[1], ("container", "app"));
+        assert_eq!(names(first)[2].0, "le", "le sorts after container");
+        assert_eq!(le(first).as_deref(), Some("1.024e-06"));
+        // 2^11 ns edge: the 5 waits of [1024, 2048).
+        assert_eq!(request.timeseries[1].samples[0].value, 5.0);
+        let inf = &request.timeseries[11];
+        assert_eq!(le(inf).as_deref(), Some("+Inf"));
+        assert_eq!(inf.samples[0].value, 8.0);
+        assert_eq!(
+            names(&request.timeseries[12])[0].1,
+            "container_runqueue_wait_seconds_sum"
+        );
+        assert_eq!(request.timeseries[12].samples[0].value, 30e-6);
+        assert!(
+            request
+                .timeseries
+                .iter()
+                .all(|t| t.samples.len() == 2 && t.samples[1].value.to_bits() == STALE_NAN_BITS)
+        );
+
+        let request = decode(&encode(&batch, "n", Histograms::Native)[0]);
+        assert_eq!(request.timeseries.len(), 1);
+        let ts = &request.timeseries[0];
+        assert_eq!(names(ts)[0].1, "container_runqueue_wait_nanoseconds");
+        let h = &ts.histograms[0];
+        assert_eq!(h.schema, 0);
+        // Kernel bucket 10 is Prometheus bucket 11, (1024, 2048]; then 0 and 3.
+        assert_eq!(
+            h.positive_spans,
+            [prompb::BucketSpan {
+                offset: 11,
+                length: 3
+            }]
+        );
+        assert_eq!(h.positive_deltas, [5, -5, 3]);
+        assert_eq!(h.count, Some(prompb::histogram::Count::CountInt(8)));
+        assert_eq!(h.sum, 30_000.0);
+        assert_eq!(ts.histograms[1].sum.to_bits(), STALE_NAN_BITS);
+    }
+
+    #[test]
+    fn big_batches_are_split_in_order() {
+        let series: Vec<Series> = (0..MAX_SERIES_PER_REQUEST + 10)
+            .map(|i| Series {
+                entity: Arc::new(Entity {
+                    container: format!("c{i}"),
+                    ..(*container()).clone()
+                }),
+                metric: Metric::WorkingSet,
+                start_ns: 0,
+                points: vec![point(1000, Value::Number(i as f64))],
+            })
+            .collect();
+        let encoded = encode(&Batch { series }, "n", Histograms::Classic);
+        assert_eq!(encoded.len(), 2);
+        assert_eq!(encoded[0].samples, MAX_SERIES_PER_REQUEST);
+        assert_eq!(encoded[1].samples, 10);
+        assert_eq!(
+            decode(&encoded[1]).timeseries[0].samples[0].value,
+            MAX_SERIES_PER_REQUEST as f64
+        );
     }
 }

@@ -505,3 +505,7 @@ impl Seen<'_> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "series_tests.rs"]
+mod tests;
