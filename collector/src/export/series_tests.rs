@@ -107,7 +107,7 @@ fn snapshot(seq: u64, wall_ms: u64, pods: Vec<proto::PodStats>, ebpf_ns: u64) ->
     }
 }
 
-fn series<'a>(b: &'a Batch, level: Level, metric: Metric) -> Vec<&'a Series> {
+fn series(b: &Batch, level: Level, metric: Metric) -> Vec<&Series> {
     b.series
         .iter()
         .filter(|s| s.entity.level == level && s.metric == metric)
