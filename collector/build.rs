@@ -39,7 +39,7 @@ fn build_proto() -> anyhow::Result<()> {
         .compile_fds(cri)
         .context("generating the CRI client")?;
     // The push exporters' wire formats: Prometheus remote-write 1.0 (messages only) and the
-    // OTLP metrics service (client only), both vendored unmodified.
+    // OTLP metrics service, both vendored unmodified.
     let prompb = protox::compile(
         [proto_root.join("prompb/remote.proto")],
         [proto_root.join("prompb")],
@@ -55,8 +55,8 @@ fn build_proto() -> anyhow::Result<()> {
         [proto_root.join("otlp")],
     )
     .context("compiling the vendored OTLP metrics protos")?;
+    // The server too: the gRPC path is tested against an in-process receiver.
     tonic_prost_build::configure()
-        .build_server(false)
         .compile_fds(otlp)
         .context("generating the OTLP metrics client")?;
     Ok(())

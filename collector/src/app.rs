@@ -8,7 +8,7 @@ use tokio::{sync::oneshot, task::JoinHandle};
 use crate::{
     cgroupfs::CgroupMounts,
     cri::{self, CriSetting},
-    export::{Exporter, config::ExportConfig},
+    export::{ExportMetrics, Exporter, config::ExportConfig},
     http,
     net::{
         listen::{bind, check_listen_policy},
@@ -91,6 +91,8 @@ pub struct Running {
     pub http_addr: Option<SocketAddr>,
     pub store: StoreHandle,
     pub server_stats: Arc<ServerStats>,
+    /// The exporters' delivery counters (also on `/metrics`), readable after `stop`.
+    pub export_metrics: Option<Arc<ExportMetrics>>,
     store_task: JoinHandle<()>,
     cri_task: Option<JoinHandle<()>>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -244,6 +246,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         cri_task,
         shutdown: Some(tx),
         server,
+        export_metrics: exporter.as_ref().map(|e| e.metrics.clone()),
         exporter,
     })
 }

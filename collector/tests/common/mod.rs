@@ -10,6 +10,9 @@ use std::{
     time::Duration,
 };
 
+pub mod engines;
+pub mod receivers;
+
 use collector::{
     app::{self, Running, ServeConfig},
     probes::ProbeConfig,
