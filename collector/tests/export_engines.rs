@@ -116,7 +116,7 @@ async fn drive(root: &Path, http: SocketAddr, steps: u64) -> (BTreeMap<i64, f64>
     (readings, written)
 }
 
-/// Each series' timestamps strictly increase: no duplicate, nothing out of order.
+/// Each series' timestamps (sorted) strictly increase: no sample stored twice.
 fn assert_ordered(series: &[(serde_json::Value, Vec<f64>, Vec<i64>)]) {
     for (labels, _, timestamps) in series {
         assert!(
@@ -135,7 +135,7 @@ async fn prometheus_holds_every_reading_at_its_read_time_and_removed_series_go_s
     let root = node_tree(dir.path());
     let (running, http) = start(&root, vec![rw(prometheus.addr, "/api/v1/write")]).await;
     let (readings, written) = drive(&root, http, 20).await;
-    let (last_ts, _) = *readings.last_key_value().unwrap();
+    let last_ts = *readings.last_key_value().unwrap().0;
     let query = format!("container_cpu_usage_seconds_total{{container=\"{CONTAINER}\"}}[10m]");
     let stored = eventually(
         Duration::from_secs(30),
@@ -220,8 +220,25 @@ async fn victoria_metrics_gets_each_sample_once_by_remote_write_and_otlp() {
     let exported = running.export_metrics.clone();
     running.stop().await.unwrap();
 
-    // Remote-write: VictoriaMetrics keeps every sample written, duplicates included.
-    let series = engines::vm_export(&vm, &format!("{{node=\"{NODE}\"}}")).await;
+    // Remote-write: VictoriaMetrics keeps every sample written, duplicates included. What
+    // arrived last may take its ingestion buffer a moment to show.
+    let last = *readings.last_key_value().unwrap().0;
+    let selector = format!("{{node=\"{NODE}\"}}");
+    let series = eventually(
+        Duration::from_secs(20),
+        "the last reading in VictoriaMetrics",
+        || {
+            let (vm, selector) = (&vm, &selector);
+            async move {
+                let series = engines::vm_export(vm, selector).await;
+                series
+                    .iter()
+                    .any(|(m, _, t)| m["container"] == CONTAINER && t.contains(&last))
+                    .then_some(series)
+            }
+        },
+    )
+    .await;
     assert!(series.len() >= 8, "{series:?}");
     assert_ordered(&series);
     let names: BTreeSet<&str> = series
@@ -245,7 +262,7 @@ async fn victoria_metrics_gets_each_sample_once_by_remote_write_and_otlp() {
     for (ts, value) in &readings {
         let i = rw_times
             .binary_search(ts)
-            .unwrap_or_else(|_| panic!("reading at {ts} missing"));
+            .unwrap_or_else(|_| panic!("reading at {ts} missing from {rw_times:?} {readings:?}"));
         assert_eq!(rw_values[i], *value);
     }
 
@@ -313,9 +330,19 @@ async fn a_30_second_outage_within_the_queue_bound_loses_and_duplicates_nothing(
     let accepted = counter(&body, "collector_export_samples_total", &[protocol]);
     assert!(counter(&body, "collector_export_failures_total", &[]) > 0.0);
     assert_eq!(dropped(&body), 0.0);
-    let series = engines::vm_export(&vm, &format!("{{node=\"{NODE}\"}}")).await;
+    // What arrived last may take VictoriaMetrics' ingestion buffer a moment to show.
+    let selector = format!("{{node=\"{NODE}\"}}");
+    let mut series = Vec::new();
+    let mut stored = 0;
+    for _ in 0..40 {
+        series = engines::vm_export(&vm, &selector).await;
+        stored = series.iter().map(|(_, v, _)| v.len()).sum::<usize>();
+        if stored as f64 >= accepted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     assert_ordered(&series);
-    let stored: usize = series.iter().map(|(_, v, _)| v.len()).sum();
     assert_eq!(
         stored as f64,
         accepted,

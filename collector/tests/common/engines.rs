@@ -189,38 +189,56 @@ pub fn encode(s: &str) -> String {
         .collect()
 }
 
-/// Every raw sample VictoriaMetrics holds for `selector`: (labels, values, timestamps ms).
+/// Every raw sample VictoriaMetrics holds for `selector`, per series in time order, duplicates
+/// kept: (labels, values, timestamps ms).
 pub async fn vm_export(vm: &Engine, selector: &str) -> Vec<(Value, Vec<f64>, Vec<i64>)> {
     let (status, _) = try_http_get(vm.addr, "/internal/force_flush")
         .await
         .unwrap();
     assert_eq!(status, 200);
-    let (status, body) = try_http_get(
+    let (status, body) = get_unchunked(
         vm.addr,
         &format!("/api/v1/export?match[]={}", encode(selector)),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(status, 200, "{body}");
-    body.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            let values = v["values"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap_or(f64::NAN))
-                .collect();
-            let timestamps = v["timestamps"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_i64().unwrap())
-                .collect();
-            (v["metric"].clone(), values, timestamps)
+    // A series may come in several lines (one per stored block): merged here, in time order.
+    let mut merged: std::collections::BTreeMap<String, (Value, Vec<(i64, f64)>)> =
+        Default::default();
+    for line in body.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let values = v["values"].as_array().unwrap();
+        let timestamps = v["timestamps"].as_array().unwrap();
+        let entry = merged
+            .entry(v["metric"].to_string())
+            .or_insert_with(|| (v["metric"].clone(), Vec::new()));
+        for (t, x) in timestamps.iter().zip(values) {
+            entry
+                .1
+                .push((t.as_i64().unwrap(), x.as_f64().unwrap_or(f64::NAN)));
+        }
+    }
+    merged
+        .into_values()
+        .map(|(metric, mut points)| {
+            points.sort_by_key(|p| p.0);
+            let (timestamps, values) = points.into_iter().unzip();
+            (metric, values, timestamps)
         })
         .collect()
+}
+
+/// A GET in HTTP/1.0, so a streamed answer (VictoriaMetrics' export) comes unchunked.
+async fn get_unchunked(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
 }
 
 /// A Prometheus instant query's result vector.
