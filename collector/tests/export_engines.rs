@@ -178,6 +178,26 @@ async fn prometheus_holds_every_reading_at_its_read_time_and_removed_series_go_s
     assert_eq!(dropped(&body), 0.0);
     assert!(counter(&body, "collector_export_samples_total", &[]) > 0.0);
 
+    // prometheus-adapter's rules (deploy/prometheus-adapter.yaml) find the container's
+    // working set under the names we push, as the adapter would ask for one pod.
+    let adapter = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus-adapter.yaml"),
+    )
+    .unwrap();
+    let docs: serde_yaml::Value = serde_yaml::from_str(&adapter).unwrap();
+    let config: serde_yaml::Value =
+        serde_yaml::from_str(docs["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    let memory = config["resourceRules"]["memory"]["containerQuery"]
+        .as_str()
+        .unwrap()
+        .replace("<<.LabelMatchers>>", &format!("pod=\"{POD_UID}\""))
+        .replace("<<.GroupBy>>", "pod,container");
+    let result = engines::prom_query(&prometheus, &memory).await;
+    assert_eq!(result.len(), 1, "{memory}: {result:?}");
+    assert_eq!(result[0]["metric"]["container"], CONTAINER);
+    // memory.current 30408704 - inactive_file 4194304.
+    assert_eq!(result[0]["value"][1], "26214400");
+
     // The container goes: its series are marked stale, so an instant query no longer finds
     // them (without the marker they would linger for the 5-minute lookback); the pod stays.
     std::fs::remove_dir_all(container_dir(&root)).unwrap();
