@@ -50,6 +50,13 @@ struct Endpoint {
     sender: JoinHandle<()>,
 }
 
+impl Drop for Endpoint {
+    // An exporter dropped without `stop` takes its senders with it.
+    fn drop(&mut self) {
+        self.sender.abort();
+    }
+}
+
 /// The exporters' counters, for `/metrics`.
 pub struct ExportMetrics {
     endpoints: Vec<(Protocol, String, Arc<DeliveryStats>)>,
@@ -293,13 +300,12 @@ async fn run(
         e.queue.close();
     }
     let deadline = tokio::time::Instant::now() + config.shutdown_grace;
-    for e in endpoints {
-        let mut sender = e.sender;
-        if tokio::time::timeout_at(deadline, &mut sender)
+    for mut e in endpoints {
+        if tokio::time::timeout_at(deadline, &mut e.sender)
             .await
             .is_err()
         {
-            sender.abort();
+            e.sender.abort();
             e.queue.abandon();
             tracing::warn!(
                 endpoint = %e.label,
