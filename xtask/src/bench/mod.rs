@@ -28,8 +28,8 @@ pub struct Plan {
     pub subscribers: Vec<u64>,
     pub aggregate_seconds: u64,
     pub nodes: Vec<u64>,
-    /// 5 s windows per mode of the push-vs-scrape measurement.
-    pub export_windows: u64,
+    /// Rotations of the push-vs-scrape modes (one 10 s window per mode each).
+    pub export_repeats: u64,
 }
 
 impl Plan {
@@ -48,7 +48,7 @@ impl Plan {
                 subscribers: vec![0, 1, 10, 100],
                 aggregate_seconds: 10,
                 nodes: vec![1000],
-                export_windows: 2,
+                export_repeats: 2,
             }
         } else {
             Self {
@@ -64,7 +64,7 @@ impl Plan {
                 subscribers: vec![0, 1, 10, 100],
                 aggregate_seconds: 30,
                 nodes: vec![100, 1000, 5000],
-                export_windows: 5,
+                export_repeats: 3,
             }
         }
     }
@@ -149,7 +149,7 @@ pub fn run(quick: bool, out: PathBuf) -> anyhow::Result<()> {
             let numbers = [&[plan.aggregate_seconds, 10_000][..], &plan.nodes].concat();
             run_program("api_bench", &["aggregate"], &numbers)
         },
-        export: run_program("export_bench", &[], &[1000, plan.export_windows]),
+        export: run_program("export_bench", &[], &[1000, plan.export_repeats]),
     };
     let (cores, kernel) = machine();
     let plot_note = match &results.cost {
