@@ -92,8 +92,12 @@ impl Transport {
                 }
             }
             Protocol::OtlpGrpc => {
-                let mut endpoint = client::endpoint(&d.url, tls)?;
-                if d.url.to_ascii_lowercase().starts_with("https://") && !tls.enabled() {
+                // The TLS flags are for https:// destinations; a plaintext one ignores them, as
+                // the HTTP destinations do.
+                let https = d.url.to_ascii_lowercase().starts_with("https://");
+                let plain = ClientTls::default();
+                let mut endpoint = client::endpoint(&d.url, if https { tls } else { &plain })?;
+                if https && !tls.enabled() {
                     endpoint = endpoint
                         .tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())?;
                 }
