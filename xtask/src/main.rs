@@ -4,7 +4,7 @@
 //! - `build`:   build everything, eBPF programs included
 //! - `run`:     build and run the collector locally as root with working defaults
 //! - `test`:    the layer check, fmt + clippy and every test, root/BPF integration tests included
-//! - `engines`: fetch the export tests' Prometheus and VictoriaMetrics (Debian trixie)
+//! - `engines`: fetch the export tests' Prometheus and VictoriaMetrics (Debian trixie), rotel (PyPI)
 //! - `layers`:  check that the collector's imports follow its layer table
 //! - `fuzz`:    run the parser fuzzers (cargo-fuzz) for a while each
 //! - `bench`:   measure collection cost, probe overhead, streaming and aggregation; write a
@@ -16,6 +16,7 @@ mod debian;
 mod fuzz;
 mod layers;
 mod prereqs;
+mod pypi;
 mod vm;
 
 use std::{os::unix::process::CommandExt as _, process::Command, time::Instant};
@@ -65,7 +66,8 @@ enum Task {
         test_args: Vec<String>,
     },
     /// Fetch the engines the export tests push into (Debian trixie's Prometheus and
-    /// VictoriaMetrics, unpacked into ~/.cache/collector-debian); `test` does this itself.
+    /// VictoriaMetrics, unpacked into ~/.cache/collector-debian; rotel from PyPI into
+    /// ~/.cache/collector-pypi); `test` does this itself.
     Engines,
     /// Check that the collector's modules import only earlier layers (the table in
     /// collector/src/lib.rs); `test` runs it first.
@@ -117,6 +119,7 @@ fn main() -> anyhow::Result<()> {
         Task::Engines => {
             let dir = debian::ensure_engines()?;
             eprintln!("engines in {}", dir.display());
+            eprintln!("rotel: {}", pypi::ensure_rotel()?.display());
             Ok(())
         }
         Task::Layers => layers::check(),
@@ -203,9 +206,12 @@ fn test(no_lint: bool, suites: Suites, kernel: &str, test_args: &[String]) -> an
         }
         // Prometheus 2.53 and VictoriaMetrics 1.112 for the export tests, from Debian trixie.
         let engines = debian::ensure_engines()?;
+        // rotel (PyPI), a third-party OTLP receiver for the gRPC path.
+        let rotel = pypi::ensure_rotel()?;
         host = Some(cmd::cargo_test(
             cargo()
                 .env("COLLECTOR_ENGINE_DIR", engines)
+                .env("COLLECTOR_ROTEL", rotel)
                 .args(["test", "--no-fail-fast", "--"])
                 .args(test_args),
         )?);

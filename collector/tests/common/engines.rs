@@ -6,7 +6,7 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::Duration,
 };
 
@@ -80,7 +80,7 @@ impl Engine {
         self.child = Some(
             Command::new(&self.binary)
                 .args(&self.args)
-                .stdout(Stdio::null())
+                .stdout(log.try_clone().unwrap())
                 .stderr(log)
                 .spawn()
                 .unwrap_or_else(|e| panic!("starting {}: {e}", self.binary.display())),
@@ -247,4 +247,55 @@ pub async fn prom_query(p: &Engine, query: &str) -> Vec<Value> {
         .get_json(&format!("/api/v1/query?query={}", encode(query)))
         .await;
     v["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+/// rotel's `rotel-agent` (PyPI, installed by `cargo xtask test` into `COLLECTOR_ROTEL`'s
+/// place, default `~/.cache/collector-pypi/rotel-0.0.1a15/rotel/rotel-agent`), or `None`
+/// after saying why; a failure under `COLLECTOR_REQUIRE_BPF=1`.
+pub fn rotel() -> Option<PathBuf> {
+    let path = std::env::var_os("COLLECTOR_ROTEL")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+            Some(cache.join("collector-pypi/rotel-0.0.1a15/rotel/rotel-agent"))
+        })?;
+    if path.exists() {
+        return Some(path);
+    }
+    let why = format!(
+        "{} missing: `cargo xtask test` installs rotel from PyPI there",
+        path.display()
+    );
+    assert!(
+        std::env::var("COLLECTOR_REQUIRE_BPF").as_deref() != Ok("1"),
+        "{why} (COLLECTOR_REQUIRE_BPF=1: a missing receiver fails)"
+    );
+    eprintln!("SKIP: {why}");
+    None
+}
+
+/// rotel receiving OTLP over gRPC and HTTP and printing every point it decoded to its log.
+pub async fn rotel_agent(dir: &Path) -> Option<(Engine, SocketAddr)> {
+    let binary = rotel()?;
+    let (grpc, http) = (free_port(), free_port());
+    let e = Engine::spawn(
+        &binary,
+        vec![
+            "start".into(),
+            format!("--otlp-grpc-endpoint={grpc}"),
+            format!("--otlp-http-endpoint={http}"),
+            "--exporter=blackhole".into(),
+            "--debug-log=metrics".into(),
+            "--debug-log-verbosity=detailed".into(),
+        ],
+        grpc,
+        dir.join("rotel.log"),
+    );
+    eventually(Duration::from_secs(30), "rotel to listen", || async move {
+        tokio::net::TcpStream::connect(grpc).await.ok().map(|_| ())
+    })
+    .await;
+    Some((e, http))
 }
