@@ -122,9 +122,7 @@ impl Engine {
     }
 
     pub async fn get_json(&self, path_and_query: &str) -> Value {
-        let (status, body) = try_http_get(self.addr, path_and_query)
-            .await
-            .unwrap_or_else(|e| panic!("GET {path_and_query}: {e}"));
+        let (status, body) = get_unchunked(self.addr, path_and_query).await;
         assert_eq!(status, 200, "GET {path_and_query}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
     }
@@ -228,7 +226,8 @@ pub async fn vm_export(vm: &Engine, selector: &str) -> Vec<(Value, Vec<f64>, Vec
         .collect()
 }
 
-/// A GET in HTTP/1.0, so a streamed answer (VictoriaMetrics' export) comes unchunked.
+/// A GET in HTTP/1.0, so a long or streamed answer (VictoriaMetrics' export, a range of
+/// histograms) comes unchunked.
 async fn get_unchunked(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
