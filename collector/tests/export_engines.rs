@@ -28,13 +28,15 @@ use common::{cgroupfs_only, engines, eventually, http_get, node_tree, receivers,
 const POD_UID: &str = "11111111-2222-3333-4444-555555555555";
 const CONTAINER: &str = "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
 const NODE: &str = "fixture-node";
+const PASS: Duration = Duration::from_millis(250);
 
 fn container_dir(root: &Path) -> PathBuf {
     root.join(format!("kubepods/burstable/pod{POD_UID}/{CONTAINER}"))
 }
 
-/// A probes-off collector over the fixture `root` (a full cgroupfs read every 100 ms pass),
-/// pushing every 500 ms to `destinations`, retrying quickly.
+/// A probes-off collector over the fixture `root` (a full cgroupfs read every 250 ms pass),
+/// pushing every 500 ms to `destinations`, retrying quickly. (The exporter sees every pass
+/// unless it falls a whole pass behind; 250 ms leaves a loaded machine room.)
 async fn start(root: &Path, destinations: Vec<Destination>) -> (Running, SocketAddr) {
     let running = app::start(ServeConfig {
         ignore_cgroup1: true,
@@ -49,6 +51,7 @@ async fn start(root: &Path, destinations: Vec<Destination>) -> (Running, SocketA
             shutdown_grace: Duration::from_secs(10),
             ..ExportConfig::default()
         },
+        base_period: PASS,
         ..cgroupfs_only(root)
     })
     .await
@@ -251,10 +254,13 @@ async fn victoria_metrics_gets_each_sample_once_by_remote_write_and_otlp() {
             let (vm, selector) = (&vm, &selector);
             async move {
                 let series = engines::vm_export(vm, selector).await;
-                series
-                    .iter()
-                    .any(|(m, _, t)| m["container"] == CONTAINER && t.contains(&last))
-                    .then_some(series)
+                let otlp = engines::vm_export(vm, "{__name__=\"container.cpu.time\"}").await;
+                let has = |label: &str, series: &[(serde_json::Value, Vec<f64>, Vec<i64>)]| {
+                    series
+                        .iter()
+                        .any(|(m, _, t)| m[label] == CONTAINER && t.contains(&last))
+                };
+                (has("container", &series) && has("k8s.container.name", &otlp)).then_some(series)
             }
         },
     )
@@ -369,12 +375,12 @@ async fn a_30_second_outage_within_the_queue_bound_loses_and_duplicates_nothing(
         "every accepted sample stored exactly once\n{}",
         vm.log()
     );
-    // About 10 passes a second for over 30 s: the outage's readings are all there.
+    // Four passes a second for over 30 s: the outage's readings are all there.
     let (_, _, times) = series
         .iter()
         .find(|(m, _, _)| m["__name__"] == "node_cpu_usage_seconds_total")
         .unwrap();
-    assert!(times.len() > 100, "{} node readings", times.len());
+    assert!(times.len() > 60, "{} node readings", times.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,9 +441,9 @@ async fn a_receiver_that_never_answers_does_not_slow_sampling() {
     let before = passes(http).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let during = passes(http).await - before;
-    // 100 ms passes: 30 in 3 s; a busy 2-core machine still makes far more than 10.
+    // 250 ms passes: 12 in 3 s; a busy 2-core machine still makes at least half.
     assert!(
-        during >= 10.0,
+        during >= 6.0,
         "only {during} passes in 3 s while a push hung"
     );
     let body = metrics(http).await;
