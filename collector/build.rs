@@ -1,5 +1,6 @@
 //! Builds the eBPF object (collector-ebpf, with nightly + bpf-linker via aya-build) and compiles
-//! the protobuf API without a system protoc (protox).
+//! the protobuf API, the vendored CRI, remote-write and OTLP protos without a system protoc
+//! (protox).
 
 use std::{env, fs, path::PathBuf};
 
@@ -37,6 +38,27 @@ fn build_proto() -> anyhow::Result<()> {
         .build_server(false)
         .compile_fds(cri)
         .context("generating the CRI client")?;
+    // The push exporters' wire formats: Prometheus remote-write 1.0 (messages only) and the
+    // OTLP metrics service, both vendored unmodified.
+    let prompb = protox::compile(
+        [proto_root.join("prompb/remote.proto")],
+        [proto_root.join("prompb")],
+    )
+    .context("compiling the vendored Prometheus remote-write protos")?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(false)
+        .compile_fds(prompb)
+        .context("generating the remote-write messages")?;
+    let otlp = protox::compile(
+        [proto_root.join("otlp/opentelemetry/proto/collector/metrics/v1/metrics_service.proto")],
+        [proto_root.join("otlp")],
+    )
+    .context("compiling the vendored OTLP metrics protos")?;
+    // The server too: the gRPC path is tested against an in-process receiver.
+    tonic_prost_build::configure()
+        .compile_fds(otlp)
+        .context("generating the OTLP metrics client")?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@ use tokio::{sync::oneshot, task::JoinHandle};
 use crate::{
     cgroupfs::CgroupMounts,
     cri::{self, CriSetting},
+    export::{ExportMetrics, Exporter, config::ExportConfig},
     http,
     net::{
         accept,
@@ -63,6 +64,8 @@ pub struct ServeConfig {
     pub limits: server::Limits,
     /// Who may call (client certificates from `tls.client_ca` always authenticate).
     pub auth: AuthSettings,
+    /// Remote-write and OTLP destinations to push to (none: no exporter).
+    pub export: ExportConfig,
 }
 
 impl Default for ServeConfig {
@@ -85,6 +88,7 @@ impl Default for ServeConfig {
             stale_after: None,
             limits: server::Limits::default(),
             auth: AuthSettings::default(),
+            export: ExportConfig::default(),
         }
     }
 }
@@ -99,6 +103,8 @@ pub struct Running {
     pub http_addr: Option<SocketAddr>,
     pub store: StoreHandle,
     pub server_stats: Arc<ServerStats>,
+    /// The exporters' delivery counters (also on `/metrics`), readable after `stop`.
+    pub export_metrics: Option<Arc<ExportMetrics>>,
     store_task: tokio::task::AbortHandle,
     cri_task: Option<tokio::task::AbortHandle>,
     /// Watches the store and CRI tasks; `core_ended` hears when one ends on its own.
@@ -107,11 +113,17 @@ pub struct Running {
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     http: Option<(oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)>,
+    exporter: Option<Exporter>,
 }
 
 impl Running {
     /// Stops sampling, ends every Watch stream, and waits (boundedly) for the server to finish.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        // First push what the last snapshot added and drain the queues (bounded by the
+        // exporter's grace), while the store still publishes.
+        if let Some(exporter) = self.exporter.take() {
+            exporter.stop().await;
+        }
         // Ending the store closes every subscription, so streams finish and the graceful
         // shutdown below does not wait on clients that never hang up.
         self.supervisor.abort();
@@ -245,6 +257,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         probes
     })
     .await?;
+    // The probes' counters count from here (the start time of the exported eBPF sums).
+    let probes_since = std::time::SystemTime::now();
     report_probes(&probes);
     if let Some(logger) = probes.logger.take() {
         tokio::spawn(pump_ebpf_logs(logger));
@@ -265,6 +279,16 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let cri_abort = cri_task.as_ref().map(JoinHandle::abort_handle);
     let (core_tx, core_rx) = oneshot::channel();
     let supervisor = tokio::spawn(supervise(store_task, cri_task, core_tx));
+    let exporter = if config.export.destinations.is_empty() {
+        None
+    } else {
+        let node = store.node.node_name.clone();
+        let started = Exporter::start(config.export.clone(), &store, node, probes_since);
+        Some(started.inspect_err(|_| {
+            supervisor.abort();
+            store_abort.abort();
+        })?)
+    };
     let (tx, rx) = oneshot::channel();
     let service = CollectorService::new(
         store.clone(),
@@ -279,9 +303,12 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let server = tokio::spawn(server::serve(incoming, service, grpc_auth, async {
         let _ = rx.await;
     }));
+    let more = exporter
+        .as_ref()
+        .map(|e| e.metrics.clone() as Arc<dyn http::MoreMetrics>);
     let http = http_incoming.map(|incoming| {
         let (tx, rx) = oneshot::channel::<()>();
-        let app = http::router(store.clone(), server_stats.clone(), auth.clone());
+        let app = http::router(store.clone(), server_stats.clone(), more, auth.clone());
         let task = tokio::spawn(async move {
             axum::serve(
                 incoming,
@@ -307,6 +334,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         core_ended: Some(core_rx),
         shutdown: Some(tx),
         server,
+        export_metrics: exporter.as_ref().map(|e| e.metrics.clone()),
+        exporter,
     })
 }
 

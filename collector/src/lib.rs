@@ -4,8 +4,9 @@
 //!
 //! Data flows one way: the kernel's counters are read by the [`probes`] and [`cgroupfs`], merged
 //! per cgroup by the [`sampler`], turned into rates and the kubelet Summary model, published by
-//! the [`store`] task, and served by the [`server`] (gRPC) and [`http`] endpoints to the
-//! [`aggregate`]or and [`top`]. Imports follow the same direction: each module may use only the
+//! the [`store`] task, served by the [`server`] (gRPC) and [`http`] endpoints to the
+//! [`aggregate`]or and [`top`], and pushed by the [`export`]ers into Prometheus-compatible and
+//! OpenTelemetry receivers. Imports follow the same direction: each module may use only the
 //! modules listed above it in this table. `cargo xtask test` checks every `use` and every
 //! `crate::` path against it (`xtask/src/layers.rs`), and a new module must be given a row.
 //!
@@ -27,15 +28,17 @@
 //! | 14 | [`store`] | the task that owns the samples and publishes snapshots |
 //! | 15 | [`server`] | the gRPC API: Collector, Watch fan-out, health, reflection |
 //! | 16 | [`http`] | kubelet's HTTP endpoints and Prometheus metrics |
-//! | 17 | [`aggregate`] | the cluster aggregator fed by many collectors |
-//! | 18 | [`top`] | `collector top`, a client of either |
-//! | 19 | [`app`] | assembling a running collector from its configuration |
+//! | 17 | [`export`] | pushing snapshots to Prometheus remote-write and OTLP receivers |
+//! | 18 | [`aggregate`] | the cluster aggregator fed by many collectors |
+//! | 19 | [`top`] | `collector top`, a client of either |
+//! | 20 | [`app`] | assembling a running collector from its configuration |
 
 pub mod aggregate;
 pub mod app;
 pub mod cgroupfs;
 pub mod convert;
 pub mod cri;
+pub mod export;
 pub mod http;
 pub mod k8s;
 pub mod net;

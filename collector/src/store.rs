@@ -224,6 +224,12 @@ impl StoreHandle {
         }
     }
 
+    /// Every snapshot as it is published, without asking for a pace (the exporters read at
+    /// whatever pace the sampler runs).
+    pub fn snapshots(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        self.latest.clone()
+    }
+
     pub fn subscribe(&self, interval: Duration) -> Subscription {
         let id = {
             let mut intervals = lock(&self.intervals);

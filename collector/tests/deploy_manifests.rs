@@ -417,3 +417,92 @@ fn dockerfile_builds_in_stages_and_runs_the_binary() {
         );
     }
 }
+
+#[test]
+fn export_overlay_pushes_with_the_token_from_its_secret() {
+    let kustomization: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(deploy("export/kustomization.yaml")).unwrap(),
+    )
+    .unwrap();
+    let resources = strings(&kustomization["resources"]);
+    assert!(
+        resources.contains(&"../collector.yaml".to_owned()),
+        "{resources:?}"
+    );
+    assert!(resources.contains(&"secret.yaml".to_owned()));
+    assert_eq!(kustomization["patches"][0]["path"], "daemonset-patch.yaml");
+
+    let base = documents("collector.yaml");
+    let base_ds = kind(&base, "DaemonSet");
+    let patch = documents("export/daemonset-patch.yaml");
+    let ds = kind(&patch, "DaemonSet");
+    assert_eq!(ds["metadata"]["name"], base_ds["metadata"]["name"]);
+    assert_eq!(
+        ds["metadata"]["namespace"],
+        base_ds["metadata"]["namespace"]
+    );
+    let container = &ds["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["name"],
+        base_ds["spec"]["template"]["spec"]["containers"][0]["name"]
+    );
+    let args = strings(&container["args"]);
+    assert_flags_exist(&args);
+    // A patch replaces the args list: every base argument must still be there.
+    for arg in strings(&base_ds["spec"]["template"]["spec"]["containers"][0]["args"]) {
+        assert!(args.contains(&arg), "{arg} lost by the patch");
+    }
+    let token = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--remote-write-bearer-token-file="))
+        .expect("a token file");
+    let mount = &container["volumeMounts"][0];
+    assert!(token.starts_with(mount["mountPath"].as_str().unwrap()));
+    let volume = &ds["spec"]["template"]["spec"]["volumes"][0];
+    assert_eq!(volume["name"], mount["name"]);
+    let secrets = documents("export/secret.yaml");
+    let secret = kind(&secrets, "Secret");
+    assert_eq!(volume["secret"]["secretName"], secret["metadata"]["name"]);
+    assert_eq!(
+        secret["metadata"]["namespace"],
+        base_ds["metadata"]["namespace"]
+    );
+    let key = token.rsplit('/').next().unwrap();
+    assert!(
+        !secret["stringData"][key].is_null(),
+        "the Secret has no {key}"
+    );
+}
+
+#[test]
+fn prometheus_adapter_rules_query_the_names_the_collectors_push() {
+    let docs = documents("prometheus-adapter.yaml");
+    let config: Value = serde_yaml::from_str(
+        kind(&docs, "ConfigMap")["data"]["config.yaml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let rules = &config["resourceRules"];
+    for (resource, container, node) in [
+        (
+            "cpu",
+            "container_cpu_usage_seconds_total",
+            "node_cpu_usage_seconds_total",
+        ),
+        (
+            "memory",
+            "container_memory_working_set_bytes",
+            "node_memory_working_set_bytes",
+        ),
+    ] {
+        let rule = &rules[resource];
+        assert!(rule["containerQuery"].as_str().unwrap().contains(container));
+        assert!(rule["nodeQuery"].as_str().unwrap().contains(node));
+        assert_eq!(rule["containerLabel"], "container");
+        for label in ["node", "namespace", "pod"] {
+            assert_eq!(rule["resources"]["overrides"][label]["resource"], label);
+        }
+    }
+    assert!(!rules["window"].is_null());
+}

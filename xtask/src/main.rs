@@ -4,6 +4,7 @@
 //! - `build`:   build everything, eBPF programs included
 //! - `run`:     build and run the collector locally as root with working defaults
 //! - `test`:    the layer check, fmt + clippy and every test, root/BPF integration tests included
+//! - `engines`: fetch the export tests' Prometheus and VictoriaMetrics (Debian trixie), rotel (PyPI)
 //! - `layers`:  check that the collector's imports follow its layer table
 //! - `fuzz`:    run the parser fuzzers (cargo-fuzz) for a while each
 //! - `bench`:   measure collection cost, probe overhead, streaming and aggregation; write a
@@ -11,9 +12,11 @@
 
 mod bench;
 mod cmd;
+mod debian;
 mod fuzz;
 mod layers;
 mod prereqs;
+mod pypi;
 mod vm;
 
 use std::{os::unix::process::CommandExt as _, process::Command, time::Instant};
@@ -62,6 +65,10 @@ enum Task {
         #[arg(last = true)]
         test_args: Vec<String>,
     },
+    /// Fetch the engines the export tests push into (Debian trixie's Prometheus and
+    /// VictoriaMetrics, unpacked into ~/.cache/collector-debian; rotel from PyPI into
+    /// ~/.cache/collector-pypi); `test` does this itself.
+    Engines,
     /// Check that the collector's modules import only earlier layers (the table in
     /// collector/src/lib.rs); `test` runs it first.
     Layers,
@@ -109,6 +116,12 @@ fn main() -> anyhow::Result<()> {
             &kernel,
             &test_args,
         ),
+        Task::Engines => {
+            let dir = debian::ensure_engines()?;
+            eprintln!("engines in {}", dir.display());
+            eprintln!("rotel: {}", pypi::ensure_rotel()?.display());
+            Ok(())
+        }
         Task::Layers => layers::check(),
         Task::Fuzz { seconds, targets } => fuzz::run(targets, seconds),
         Task::Bench { quick, out } => bench::run(quick, out),
@@ -192,9 +205,15 @@ fn test(no_lint: bool, suites: Suites, kernel: &str, test_args: &[String]) -> an
         } else if !cmd::is_root() {
             eprintln!("note: not root, so root/BPF integration tests will skip (with a message)");
         }
+        // Prometheus 2.53 and VictoriaMetrics 1.112 for the export tests, from Debian trixie.
+        let engines = debian::ensure_engines()?;
+        // rotel (PyPI), a third-party OTLP receiver for the gRPC path.
+        let rotel = pypi::ensure_rotel()?;
         host = Some(cmd::cargo_test(
             cargo()
                 .envs(cached_tools.iter().map(|(k, v)| (*k, v)))
+                .env("COLLECTOR_ENGINE_DIR", engines)
+                .env("COLLECTOR_ROTEL", rotel)
                 .args(["test", "--no-fail-fast", "--"])
                 .args(test_args),
         )?);

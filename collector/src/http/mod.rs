@@ -7,9 +7,9 @@
 //!
 //! Every handler reads the latest snapshot the store published; none waits for a pass.
 
-mod own;
+pub mod own;
 pub mod prom;
-mod resource;
+pub mod resource;
 mod summary_json;
 
 use std::{collections::HashMap, sync::Arc};
@@ -31,14 +31,27 @@ use crate::{
 /// Plaintext HTTP default: loopback, next to the gRPC port's family.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50080";
 
+/// Families a later layer adds to `/metrics` (the exporters' delivery counters), which this
+/// layer cannot name.
+pub trait MoreMetrics: Send + Sync {
+    fn write(&self, e: &mut prom::Exposition);
+}
+
 #[derive(Clone)]
 struct AppState {
     store: StoreHandle,
     server: Arc<ServerStats>,
+    more: Option<Arc<dyn MoreMetrics>>,
 }
 
-/// The endpoints, behind `auth` (health stays public).
-pub fn router(store: StoreHandle, server: Arc<ServerStats>, auth: Arc<Auth>) -> Router {
+/// The endpoints, behind `auth` (health stays public); `more` adds families to `/metrics`
+/// (the exporters' counters).
+pub fn router(
+    store: StoreHandle,
+    server: Arc<ServerStats>,
+    more: Option<Arc<dyn MoreMetrics>>,
+    auth: Arc<Auth>,
+) -> Router {
     let node = store.node.node_name.clone();
     Router::new()
         .route("/stats/summary", get(stats_summary))
@@ -46,7 +59,11 @@ pub fn router(store: StoreHandle, server: Arc<ServerStats>, auth: Arc<Auth>) -> 
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(healthz))
-        .with_state(AppState { store, server })
+        .with_state(AppState {
+            store,
+            server,
+            more,
+        })
         .layer(axum::middleware::from_fn_with_state(
             (auth, kubelet_attributes(node)),
             auth::http_gate,
@@ -122,7 +139,11 @@ async fn metrics_resource(State(app): State<AppState>) -> Response {
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
-    text(own::render(app.store.latest().as_deref(), &app.server))
+    text(own::render(
+        app.store.latest().as_deref(),
+        &app.server,
+        app.more.as_deref(),
+    ))
 }
 
 async fn healthz(State(app): State<AppState>) -> Response {

@@ -1,16 +1,20 @@
 //! `/metrics`: the collector's own health and cost, and what only the probes can tell (eBPF CPU
 //! time, page faults, run-queue wait histograms, OOM kills) per container and pod, with the same
-//! container/pod/namespace labels as `/metrics/resource`.
+//! container/pod/namespace labels as `/metrics/resource`. The remote-write exporter sends the
+//! eBPF families under the same names.
 
 use std::sync::{LazyLock, atomic::Ordering};
 
 use collector_common::RUNQ_BUCKETS;
 
 use super::{
+    MoreMetrics,
     prom::{Exposition, Kind, format_value},
     resource::{pod_name, pod_namespace},
 };
-use crate::{rate::runq, sampler::CgroupSample, server::ServerStats, store::Snapshot};
+use crate::{
+    probes::RUNQ_VALUES, rate::runq, sampler::CgroupSample, server::ServerStats, store::Snapshot,
+};
 
 /// Histogram edges: bucket i of the kernel histogram holds waits in [2^i, 2^(i+1)) ns, so the
 /// cumulative count up to edge 2^k ns is the sum of buckets below k. Every other power of two
@@ -18,7 +22,7 @@ use crate::{rate::runq, sampler::CgroupSample, server::ServerStats, store::Snaps
 const RUNQ_EDGES_LOG2: [usize; 11] = [10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30];
 
 /// Each edge with its `le` label, formatted once rather than per cgroup per scrape.
-static RUNQ_EDGES: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
+pub static RUNQ_EDGES: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
     RUNQ_EDGES_LOG2
         .iter()
         .map(|&k| (k, format_value((1u64 << k) as f64 / 1e9)))
@@ -312,52 +316,61 @@ fn ebpf(e: &mut Exposition, level: Level, labels: &[(&str, &str)], c: &CgroupSam
     }
     if let Some(h) = &v.runq {
         let (waits, total_ns) = runq::totals(h);
-        let mut cumulative = 0u64;
-        let mut below = 0; // buckets already summed
-        for (k, le) in RUNQ_EDGES.iter() {
-            let upto = (*k).min(RUNQ_BUCKETS);
-            cumulative += h[below..upto].iter().sum::<u64>();
-            below = upto;
+        for (le, cumulative) in runq_buckets(h) {
             let mut l = labels.to_vec();
             l.push(("le", le));
             e.sample(level.runq, "_bucket", &l, cumulative as f64, None);
         }
-        let mut l = labels.to_vec();
-        l.push(("le", "+Inf"));
-        e.sample(level.runq, "_bucket", &l, waits as f64, None);
         e.sample(level.runq, "_sum", labels, total_ns as f64 / 1e9, None);
         e.sample(level.runq, "_count", labels, waits as f64, None);
     }
 }
 
-#[derive(Clone, Copy)]
-struct Level {
-    cpu: &'static str,
-    faults: &'static str,
-    oom: Option<&'static str>,
-    runq: &'static str,
+/// The classic histogram's buckets of a kernel run-queue histogram: each `le` label (seconds)
+/// with the cumulative count of waits below it, `+Inf` last (every wait).
+pub fn runq_buckets(h: &[u64; RUNQ_VALUES]) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+    let mut cumulative = 0u64;
+    let mut below = 0; // buckets already summed
+    RUNQ_EDGES
+        .iter()
+        .map(move |(k, le)| {
+            let upto = (*k).min(RUNQ_BUCKETS);
+            cumulative += h[below..upto].iter().sum::<u64>();
+            below = upto;
+            (le.as_str(), cumulative)
+        })
+        .chain(std::iter::once(("+Inf", runq::totals(h).0)))
 }
 
-const NODE: Level = Level {
+/// The names of the eBPF families of one level (node, pod or container).
+#[derive(Clone, Copy)]
+pub struct Level {
+    pub cpu: &'static str,
+    pub faults: &'static str,
+    pub oom: Option<&'static str>,
+    pub runq: &'static str,
+}
+
+pub const NODE: Level = Level {
     cpu: "node_ebpf_cpu_usage_seconds_total",
     faults: "node_ebpf_page_faults_total",
     oom: None,
     runq: "node_runqueue_wait_seconds",
 };
-const POD: Level = Level {
+pub const POD: Level = Level {
     cpu: "pod_ebpf_cpu_usage_seconds_total",
     faults: "pod_ebpf_page_faults_total",
     oom: Some("pod_ebpf_oom_kills_total"),
     runq: "pod_runqueue_wait_seconds",
 };
-const CONTAINER: Level = Level {
+pub const CONTAINER: Level = Level {
     cpu: "container_ebpf_cpu_usage_seconds_total",
     faults: "container_ebpf_page_faults_total",
     oom: Some("container_ebpf_oom_kills_total"),
     runq: "container_runqueue_wait_seconds",
 };
 
-fn by_id(s: &Snapshot, id: u64) -> Option<&CgroupSample> {
+pub fn by_id(s: &Snapshot, id: u64) -> Option<&CgroupSample> {
     let cgroups = &s.sample.cgroups;
     cgroups
         .binary_search_by_key(&id, |c| c.id)
@@ -365,9 +378,16 @@ fn by_id(s: &Snapshot, id: u64) -> Option<&CgroupSample> {
         .map(|i| &cgroups[i])
 }
 
-pub fn render(snapshot: Option<&Snapshot>, server: &ServerStats) -> String {
+pub fn render(
+    snapshot: Option<&Snapshot>,
+    server: &ServerStats,
+    more: Option<&dyn MoreMetrics>,
+) -> String {
     let mut e = Exposition::default();
     declare(&mut e);
+    if let Some(more) = more {
+        more.write(&mut e);
+    }
     let Some(s) = snapshot else {
         let subscribers = server.watch_subscribers.load(Ordering::Relaxed);
         e.sample(

@@ -19,6 +19,9 @@ use std::{
     time::Duration,
 };
 
+pub mod engines;
+pub mod receivers;
+
 use collector::{
     aggregate::{self, AggregateConfig, RunningAggregator, cluster::Freshness, discovery::Targets},
     app::{self, Running, ServeConfig},

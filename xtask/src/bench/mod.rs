@@ -3,7 +3,7 @@
 //! `cost.svg` to `--out`.
 //!
 //! Sections: collection cost against real cgroups (baseline / cgroupfs / eBPF, and the real
-//! daemon), probe overhead, Watch fan-out, aggregation. A section that fails is reported as
+//! daemon), probe overhead, Watch fan-out, aggregation, push export against a scrape. A section that fails is reported as
 //! such and the others still run; the command then exits non-zero.
 
 mod plot;
@@ -28,6 +28,8 @@ pub struct Plan {
     pub subscribers: Vec<u64>,
     pub aggregate_seconds: u64,
     pub nodes: Vec<u64>,
+    /// Rotations of the push-vs-scrape modes (one 10 s window per mode each).
+    pub export_repeats: u64,
 }
 
 impl Plan {
@@ -46,6 +48,7 @@ impl Plan {
                 subscribers: vec![0, 1, 10, 100],
                 aggregate_seconds: 10,
                 nodes: vec![1000],
+                export_repeats: 2,
             }
         } else {
             Self {
@@ -61,6 +64,7 @@ impl Plan {
                 subscribers: vec![0, 1, 10, 100],
                 aggregate_seconds: 30,
                 nodes: vec![100, 1000, 5000],
+                export_repeats: 3,
             }
         }
     }
@@ -114,6 +118,7 @@ pub struct Results {
     pub probes: Section,
     pub stream: Section,
     pub aggregate: Section,
+    pub export: Section,
 }
 
 pub fn run(quick: bool, out: PathBuf) -> anyhow::Result<()> {
@@ -144,6 +149,7 @@ pub fn run(quick: bool, out: PathBuf) -> anyhow::Result<()> {
             let numbers = [&[plan.aggregate_seconds, 10_000][..], &plan.nodes].concat();
             run_program("api_bench", &["aggregate"], &numbers)
         },
+        export: run_program("export_bench", &[], &[1000, plan.export_repeats]),
     };
     let (cores, kernel) = machine();
     let plot_note = match &results.cost {
@@ -160,7 +166,7 @@ pub fn run(quick: bool, out: PathBuf) -> anyhow::Result<()> {
         "quick": quick, "cores": cores, "kernel": kernel,
         "cost": section(&results.cost), "daemon": section(&results.daemon),
         "probes": section(&results.probes), "stream": section(&results.stream),
-        "aggregate": section(&results.aggregate),
+        "aggregate": section(&results.aggregate), "export": section(&results.export),
     });
     std::fs::write(out.join("bench.md"), &md)?;
     std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&json)?)?;
@@ -172,6 +178,7 @@ pub fn run(quick: bool, out: PathBuf) -> anyhow::Result<()> {
         &results.probes,
         &results.stream,
         &results.aggregate,
+        &results.export,
     ]
     .into_iter()
     .filter_map(|s| s.as_ref().err())

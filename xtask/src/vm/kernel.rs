@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::cmd;
+use crate::{cmd, debian};
 
 pub struct Kernel {
     pub package: String,
@@ -23,13 +23,7 @@ pub struct Kernel {
 
 /// Where downloaded kernels live: `$XDG_CACHE_HOME/collector-vm` or `~/.cache/collector-vm`.
 pub fn cache_dir() -> anyhow::Result<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .context("neither XDG_CACHE_HOME nor HOME is set")?;
-    let dir = base.join("collector-vm");
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
+    debian::cache_dir("collector-vm")
 }
 
 /// The newest kernel of `series` (e.g. "6.1"), from the cache or downloaded.
@@ -42,7 +36,7 @@ pub fn fetch(series: &str) -> anyhow::Result<Kernel> {
     let root = cache_dir()?.join(&package);
     let vmlinuz = root.join(format!("boot/vmlinuz-{release}"));
     if !vmlinuz.exists() {
-        download_and_unpack(&package, &root)?;
+        debian::download_and_unpack(&package, &debian::Source::System, &root)?;
     } else {
         eprintln!("==> kernel {package} (cached in {})", root.display());
     }
@@ -85,33 +79,6 @@ fn newest_package(series: &str) -> anyhow::Result<String> {
         .with_context(|| {
             format!("no Debian package matches {pattern}; is this a Debian machine with apt?")
         })
-}
-
-fn download_and_unpack(package: &str, root: &Path) -> anyhow::Result<()> {
-    let cache = root.parent().context("cache root")?;
-    eprintln!("==> downloading {package} into {}", cache.display());
-    cmd::run(
-        Command::new("apt-get")
-            .args(["download", "-qq", package])
-            .current_dir(cache),
-    )?;
-    let deb = fs::read_dir(cache)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
-        })
-        .with_context(|| format!("apt-get download left no {package}_*.deb"))?;
-    let partial = root.with_extension("partial");
-    let _ = fs::remove_dir_all(&partial);
-    fs::create_dir_all(&partial)?;
-    cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
-    // Complete or absent: an interrupted unpack is never mistaken for a cached kernel.
-    fs::rename(&partial, root)?;
-    fs::remove_file(&deb)?;
-    Ok(())
 }
 
 impl Kernel {
