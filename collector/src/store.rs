@@ -14,7 +14,7 @@ use crate::{
     cri::CriNames,
     node::NodeInfo,
     percentiles::UsageWindows,
-    probes::{ProbeStatus, ProgramRunStats},
+    probes::{MapMemory, ProbeStatus, ProgramRunStats},
     proto,
     rate::{
         CgroupRates,
@@ -67,6 +67,8 @@ pub struct Snapshot {
     pub pods: Vec<proto::PodStats>,
     /// Each probe program's run count and time (bpf_stats).
     pub program_stats: Vec<ProgramRunStats>,
+    /// Kernel memory of the probes' maps (fixed at load).
+    pub maps: Arc<[MapMemory]>,
     /// Removals and OOM kills of recent samples, each tagged with its snapshot's `seq`, so a
     /// subscriber that skipped samples still gets every one once.
     pub recent: Arc<Recent>,
@@ -184,7 +186,7 @@ fn unnamed_containers(pods: &[proto::PodStats]) -> impl Iterator<Item = &str> {
 
 /// The probes' statuses and the CRI names' status, in one list for every reader.
 fn statuses(sampler: &Sampler, names: &CriNames) -> Vec<ProbeStatus> {
-    let mut statuses = sampler.probes().statuses.clone();
+    let mut statuses = sampler.probes().statuses();
     statuses.push(names.status());
     statuses
 }
@@ -244,6 +246,7 @@ async fn run(
     let mut seq = 0;
     let mut previous = RateState::default();
     let mut recent = Arc::new(Recent::default());
+    let maps: Arc<[MapMemory]> = sampler.probes().map_memory().into();
     loop {
         let started = Instant::now();
         let (returned, result) = match tokio::task::spawn_blocking(move || {
@@ -272,6 +275,7 @@ async fn run(
                 let snapshot = Snapshot {
                     records: Default::default(),
                     program_stats: sampler.probes().run_stats(),
+                    maps: maps.clone(),
                     recent: recent.clone(),
                     seq,
                     sample,

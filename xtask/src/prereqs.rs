@@ -154,6 +154,11 @@ const VM_TOOLS: &[(&str, &str, &str)] = &[
         "the VM suite boots another kernel under TCG",
     ),
     ("e2fsprogs", "mkfs.ext4", "the VM's scratch disk"),
+    (
+        "xz-utils",
+        "xz",
+        "newer Debian kernels ship their modules xz-compressed",
+    ),
 ];
 
 /// Installs the missing [`TEST_TOOLS`] (and [`VM_TOOLS`] with `vm`) in one apt run (Debian),

@@ -50,7 +50,7 @@ impl ServerStats {
         proto::CollectorStats {
             watch_subscribers: self.watch_subscribers.load(Ordering::Relaxed),
             dropped_subscribers: self.dropped_subscribers(),
-            ..convert::collector_stats(&snap.stats, &snap.program_stats)
+            ..convert::collector_stats(&snap.stats, &snap.program_stats, &snap.maps)
         }
     }
 }
