@@ -62,15 +62,18 @@ fn build_proto() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The binaries of collector-ebpf, one object per probe family (`collector-ebpf/src/bin/`).
+const EBPF_OBJECTS: [&str; 4] = ["sched", "sched_slot", "oom", "lifecycle"];
+
 fn build_ebpf() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     if env::var_os("AYA_BUILD_SKIP").is_some() {
-        // User space only (fuzzing, docs): an empty object, which the collector reports as
+        // User space only (fuzzing, docs): empty objects, which the collector reports as
         // "built without eBPF" for every probe instead of failing to compile.
-        fs::write(
-            PathBuf::from(env::var("OUT_DIR")?).join("collector-ebpf"),
-            [],
-        )?;
+        let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+        for object in EBPF_OBJECTS {
+            fs::write(out_dir.join(object), [])?;
+        }
         return Ok(());
     }
     let metadata = cargo_metadata::MetadataCommand::new()

@@ -251,7 +251,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         .transpose()?;
 
     let probe_config = config.probes.clone();
-    let mut probes = tokio::task::spawn_blocking(move || {
+    let probes = tokio::task::spawn_blocking(move || {
         let probes = Probes::load(&probe_config);
         release_freed_memory();
         probes
@@ -260,9 +260,6 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     // The probes' counters count from here (the start time of the exported eBPF sums).
     let probes_since = std::time::SystemTime::now();
     report_probes(&probes);
-    if let Some(logger) = probes.logger.take() {
-        tokio::spawn(pump_ebpf_logs(logger));
-    }
 
     let sampler = Sampler::new(mount.clone(), &mounts, probes)
         .with_cgroupfs_interval(config.cgroupfs_interval);
@@ -362,43 +359,38 @@ async fn supervise(
     let _ = ended.send(what);
 }
 
-/// One line per probe, and one clear warning when eBPF is off altogether.
+/// One line per probe, one clear warning when eBPF is off altogether, and the kernel memory of
+/// the maps: now, and what the same configuration costs on the biggest nodes (per-CPU maps grow
+/// with the possible CPU count).
 fn report_probes(probes: &Probes) {
-    let active = probes.statuses.iter().filter(|s| s.is_active()).count();
+    let statuses = probes.statuses();
+    let active = statuses.iter().filter(|s| s.is_active()).count();
     if active == 0 {
-        let why: Vec<String> = probes.statuses.iter().map(ToString::to_string).collect();
+        let why: Vec<String> = statuses.iter().map(ToString::to_string).collect();
         tracing::warn!(
             "eBPF probes unavailable, running in cgroupfs-only mode: {}",
             why.join("; ")
         );
         return;
     }
-    for status in &probes.statuses {
+    for status in &statuses {
         if status.is_active() {
             tracing::info!("probe {status}");
         } else {
             tracing::warn!("probe {status}");
         }
     }
-}
-
-async fn pump_ebpf_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
-    // SAFETY: the logger owns the ring buffer's fd and lives inside the AsyncFd, so the fd stays
-    // open for as long as it is registered.
-    let mut fd = match unsafe { tokio::io::unix::AsyncFd::register(logger) } {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::warn!("cannot poll aya-log ring buffer: {e}");
-            return;
-        }
-    };
-    loop {
-        let Ok(mut guard) = fd.readable_mut().await else {
-            return;
-        };
-        guard.get_inner_mut().flush();
-        guard.clear_ready();
-    }
+    let maps = probes.map_memory();
+    let now: u64 = maps.iter().filter_map(|m| m.kernel_bytes).sum();
+    let cpus = aya::util::nr_cpus().unwrap_or(0);
+    let at = |n| maps.iter().map(|m| m.projected_bytes(n)).sum::<u64>() as f64 / f64::from(1 << 20);
+    tracing::info!(
+        possible_cpus = cpus,
+        "eBPF maps: {:.1} MiB of kernel memory now; {:.1} MiB at 64 possible CPUs, {:.1} MiB at 128",
+        now as f64 / f64::from(1 << 20),
+        at(64),
+        at(128),
+    );
 }
 
 /// Hands the heap freed by probe loading (the kernel's parsed BTF and the object file, tens of

@@ -45,7 +45,7 @@ enum Command {
     /// Tables like `kubectl top` (nodes, pods, cgroups) from a collector or an aggregator.
     Top(TopArgs),
     /// Subscribe to many collectors and serve the cluster view (gRPC and metrics.k8s.io JSON).
-    Aggregate(AggregateArgs),
+    Aggregate(Box<AggregateArgs>),
 }
 
 #[derive(Args, Clone)]
@@ -383,15 +383,15 @@ struct ServeArgs {
     /// Do not load eBPF probes (cgroupfs only).
     #[arg(long, env = "COLLECTOR_NO_EBPF")]
     no_ebpf: bool,
-    /// Forward log records from the eBPF programs (aya-log) into the collector's log.
-    #[arg(long, env = "COLLECTOR_EBPF_LOG")]
-    ebpf_log: bool,
-    /// Leave the kernel's bpf_stats off: no per-program run counts and time, and no clock reads
-    /// added to every BPF program's runs on the node.
-    #[arg(long, env = "COLLECTOR_NO_BPF_STATS")]
-    no_bpf_stats: bool,
-    /// Capacity of the per-cgroup eBPF maps.
-    #[arg(long, env = "COLLECTOR_MAX_CGROUPS", default_value_t = 16_384)]
+    /// Turn the kernel's bpf_stats on while the collector runs: per-program run counts and time
+    /// in /metrics and GetSummary, at the price of two clock reads added to every run of every
+    /// BPF program on the node (and CAP_SYS_ADMIN). Off by default.
+    #[arg(long, env = "COLLECTOR_BPF_STATS")]
+    bpf_stats: bool,
+    /// Capacity of the per-cgroup eBPF maps. Their kernel memory is about
+    /// 40 bytes × this × possible CPUs (logged at start-up).
+    #[arg(long, env = "COLLECTOR_MAX_CGROUPS", default_value_t = collector_common::DEFAULT_MAX_CGROUPS,
+          value_parser = clap::value_parser!(u32).range(64..=(1 << 20)))]
     max_cgroups: u32,
     /// cgroup2 mount to read (default: found in /proc/self/mountinfo).
     #[arg(long, env = "COLLECTOR_CGROUP2_MOUNT")]
@@ -498,7 +498,7 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
         }
-        Some(Command::Aggregate(args)) => aggregate(args).await,
+        Some(Command::Aggregate(args)) => aggregate(*args).await,
         Some(Command::Serve(args)) => serve(*args).await,
         None => serve(cli.serve).await,
     }
@@ -510,8 +510,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         probes: ProbeConfig {
             disabled: args.no_ebpf,
             max_cgroups: args.max_cgroups,
-            ebpf_log: args.ebpf_log,
-            run_stats: !args.no_bpf_stats,
+            run_stats: args.bpf_stats,
             ..ProbeConfig::default()
         },
         cgroup2_mount: args.cgroup2_mount,

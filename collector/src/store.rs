@@ -14,7 +14,7 @@ use crate::{
     cri::CriNames,
     node::NodeInfo,
     percentiles::UsageWindows,
-    probes::{ProbeStatus, ProgramRunStats},
+    probes::{MapMemory, ProbeStatus, ProgramRunStats},
     proto,
     rate::{
         CgroupRates,
@@ -112,6 +112,8 @@ pub struct Snapshot {
     pub pods: Vec<proto::PodStats>,
     /// Each probe program's run count and time (bpf_stats).
     pub program_stats: Vec<ProgramRunStats>,
+    /// Kernel memory of the probes' maps (fixed at load).
+    pub maps: Arc<[MapMemory]>,
     /// Removals and OOM kills of recent samples, each tagged with its snapshot's `seq`, so a
     /// subscriber that skipped samples still gets every one once.
     pub recent: Arc<Recent>,
@@ -212,6 +214,12 @@ impl StoreHandle {
         }
     }
 
+    /// Every snapshot as it is published, without asking the sampler for a faster pace (for
+    /// observers that only follow: the health reporter, the exporters).
+    pub fn snapshots(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        self.latest.clone()
+    }
+
     /// The latest snapshot, waiting up to `patience` for the first one (a request that arrives
     /// while the collector is still starting should get data, not an error). `None` when no
     /// sample arrived in time or the store stopped.
@@ -222,12 +230,6 @@ impl StoreHandle {
             Ok(Ok(snapshot)) => snapshot.clone(),
             _ => None,
         }
-    }
-
-    /// Every snapshot as it is published, without asking for a pace (the exporters read at
-    /// whatever pace the sampler runs).
-    pub fn snapshots(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
-        self.latest.clone()
     }
 
     pub fn subscribe(&self, interval: Duration) -> Subscription {
@@ -258,7 +260,7 @@ fn unnamed_containers(pods: &[proto::PodStats]) -> impl Iterator<Item = &str> {
 
 /// The probes' statuses and the CRI names' status, in one list for every reader.
 fn statuses(sampler: &Sampler, names: &CriNames) -> Vec<ProbeStatus> {
-    let mut statuses = sampler.probes().statuses.clone();
+    let mut statuses = sampler.probes().statuses();
     statuses.push(names.status());
     statuses
 }
@@ -324,6 +326,7 @@ async fn run(
     let mut failing = 0u64;
     let mut previous = RateState::default();
     let mut recent = Arc::new(Recent::default());
+    let maps: Arc<[MapMemory]> = sampler.probes().map_memory().into();
     loop {
         let started = Instant::now();
         let (returned, result) = match tokio::task::spawn_blocking(move || {
@@ -356,6 +359,7 @@ async fn run(
                 let snapshot = Snapshot {
                     records: Default::default(),
                     program_stats: sampler.probes().run_stats(),
+                    maps: maps.clone(),
                     recent: recent.clone(),
                     seq,
                     sample,

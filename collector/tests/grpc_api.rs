@@ -93,7 +93,17 @@ async fn snapshot_then_updates_with_changes_only() {
     assert!(svc.ebpf_faults.is_none() && svc.runq_latency.is_none());
     assert_eq!(svc.ebpf_oom_kills, None);
     // Every program reports its status, each saying why it is not running; so do CRI names.
-    assert!(snapshot.probes.len() >= 10, "{:?}", snapshot.probes);
+    let names: Vec<&str> = snapshot.probes.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "sched_switch",
+            "oom_mark_victim",
+            "cgroup_mkdir",
+            "cgroup_rmdir",
+            "cri"
+        ]
+    );
     for probe in &snapshot.probes {
         assert_eq!(probe.state(), State::Unsupported, "{probe:?}");
         let flag = if probe.name == "cri" {

@@ -2,9 +2,9 @@
 //! (~500 to ~580) is read whole. The kernel hands out that file a page per `read`; a reader
 //! that stops at the first short read counts the first page only.
 
-use std::{fs, process::Command, time::Duration};
+use std::{fs, time::Duration};
 
-use collector_integration_tests::{TestCgroup, can_run, watch::cgroupfs_record};
+use collector_integration_tests::{TestCgroup, Workload, can_run, watch::cgroupfs_record};
 
 const PROCESSES: u64 = 1_500;
 
@@ -15,8 +15,9 @@ async fn a_cgroup_with_1500_processes_counts_1500() {
     }
     let cgroup = TestCgroup::create("procs").unwrap();
     // One shell and its sleeping children, all born inside the cgroup.
-    let mut shell = cgroup
-        .spawn(Command::new("sh").args([
+    // (Dropping the cgroup at the end kills them all.)
+    let _shell = cgroup
+        .start(&Workload::new("sh").args([
             "-c",
             &format!("i=1; while [ $i -lt {PROCESSES} ]; do sleep 600 & i=$((i+1)); done; wait"),
         ]))
@@ -49,6 +50,4 @@ async fn a_cgroup_with_1500_processes_counts_1500() {
     let count = record.process_stats.and_then(|p| p.process_count);
     assert_eq!(count, Some(PROCESSES), "cgroup.procs read whole");
     running.stop().await.unwrap();
-    let _ = shell.kill();
-    let _ = shell.wait();
 }

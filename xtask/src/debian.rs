@@ -113,8 +113,36 @@ fn apt(program: &str, options: &[String], args: &[&str]) -> Command {
     c
 }
 
+fn update(options: &[String], why: &str) -> anyhow::Result<()> {
+    eprintln!("==> apt-get update ({why})");
+    cmd::run(&mut apt("apt-get", options, &["update", "-qq"]))
+}
+
+/// Names of the packages of `source` that match `pattern` (an `apt-cache search --names-only`
+/// regex), updating the package lists first when none does.
+pub fn search(pattern: &str, source: &Source<'_>) -> anyhow::Result<Vec<String>> {
+    let options = apt_options(source)?;
+    let names = || -> anyhow::Result<Vec<String>> {
+        let output = apt("apt-cache", &options, &["search", "--names-only", pattern])
+            .output()
+            .context("running apt-cache")?;
+        // "linux-image-6.1.0-56-amd64 - Linux 6.1 for 64-bit PCs (signed)"
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect())
+    };
+    let found = names()?;
+    if !found.is_empty() {
+        return Ok(found);
+    }
+    update(&options, &format!("no {pattern} in the package index"))?;
+    names()
+}
+
 /// Downloads `package` and unpacks it into `root` (complete or absent: an interrupted unpack
-/// is never mistaken for a cached one). Updates the package lists when apt does not know it.
+/// is never mistaken for a cached one). Updates the package lists when apt does not know it,
+/// or once when the download fails (lists older than the mirror name a file it no longer has).
 pub fn download_and_unpack(package: &str, source: &Source<'_>, root: &Path) -> anyhow::Result<()> {
     let options = apt_options(source)?;
     let known = || {
@@ -124,9 +152,10 @@ pub fn download_and_unpack(package: &str, source: &Source<'_>, root: &Path) -> a
             .output()
             .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
     };
+    let mut updated = false;
     if !known() {
-        eprintln!("==> apt-get update (no {package} in the package index)");
-        cmd::run(&mut apt("apt-get", &options, &["update", "-qq"]))?;
+        update(&options, &format!("no {package} in the package index"))?;
+        updated = true;
     }
     // From that suite, whatever else apt knows of.
     let wanted = match source {
@@ -139,7 +168,15 @@ pub fn download_and_unpack(package: &str, source: &Source<'_>, root: &Path) -> a
     let _ = fs::remove_dir_all(&download);
     fs::create_dir_all(&download)?;
     eprintln!("==> downloading {package} into {}", parent.display());
-    cmd::run(apt("apt-get", &options, &["download", "-qq", &wanted]).current_dir(&download))?;
+    let fetch =
+        || cmd::run(apt("apt-get", &options, &["download", "-qq", &wanted]).current_dir(&download));
+    if let Err(e) = fetch() {
+        if updated {
+            return Err(e);
+        }
+        update(&options, &format!("downloading {package} failed: {e:#}"))?;
+        fetch()?;
+    }
     let deb = fs::read_dir(&download)?
         .flatten()
         .map(|e| e.path())

@@ -57,9 +57,10 @@ enum Task {
         /// Only the VM suite, no host tests.
         #[arg(long)]
         vm: bool,
-        /// Guest kernel: a Debian series whose newest linux-image-<series>.0-N-amd64 is used.
-        #[arg(long, default_value = vm::DEFAULT_KERNEL)]
-        kernel: String,
+        /// Guest kernels: Debian series whose newest generic amd64 image is used (repeat the
+        /// flag for several; default 5.10, 6.1 and 6.12).
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
         /// Arguments after `--` go to every test binary, host and guest (a name filter,
         /// `--nocapture`).
         #[arg(last = true)]
@@ -86,6 +87,10 @@ enum Task {
         quick: bool,
         #[arg(long, default_value = "target/bench")]
         out: std::path::PathBuf,
+        /// Also measure this commit's bench programs (built in target/bench-baseline), section
+        /// by section beside this tree's, and report old against new.
+        #[arg(long)]
+        baseline: Option<String>,
     },
 }
 
@@ -105,7 +110,7 @@ fn main() -> anyhow::Result<()> {
             no_lint,
             host,
             vm,
-            kernel,
+            kernels,
             test_args,
         } => test(
             no_lint,
@@ -113,7 +118,7 @@ fn main() -> anyhow::Result<()> {
                 host: !vm,
                 vm: !host,
             },
-            &kernel,
+            &kernels,
             &test_args,
         ),
         Task::Engines => {
@@ -124,7 +129,11 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Layers => layers::check(),
         Task::Fuzz { seconds, targets } => fuzz::run(targets, seconds),
-        Task::Bench { quick, out } => bench::run(quick, out),
+        Task::Bench {
+            quick,
+            out,
+            baseline,
+        } => bench::run(quick, out, baseline),
     }
 }
 
@@ -191,7 +200,12 @@ struct Suites {
     vm: bool,
 }
 
-fn test(no_lint: bool, suites: Suites, kernel: &str, test_args: &[String]) -> anyhow::Result<()> {
+fn test(
+    no_lint: bool,
+    suites: Suites,
+    kernels: &[String],
+    test_args: &[String],
+) -> anyhow::Result<()> {
     let start = Instant::now();
     if !no_lint {
         lint()?;
@@ -218,10 +232,18 @@ fn test(no_lint: bool, suites: Suites, kernel: &str, test_args: &[String]) -> an
                 .args(test_args),
         )?);
     }
-    let guest = if suites.vm {
-        Some(vm::run(kernel, test_args)?)
+    let guests = if suites.vm {
+        let kernels: Vec<String> = if kernels.is_empty() {
+            vm::DEFAULT_KERNELS
+                .iter()
+                .map(|k| (*k).to_owned())
+                .collect()
+        } else {
+            kernels.to_vec()
+        };
+        vm::run(&kernels, test_args)?
     } else {
-        None
+        Vec::new()
     };
     eprintln!(
         "all checks and tests passed in {:.0} s",
@@ -232,7 +254,7 @@ fn test(no_lint: bool, suites: Suites, kernel: &str, test_args: &[String]) -> an
     if let Some(totals) = host {
         println!("tests: {} passed, {} failed", totals.passed, totals.failed);
     }
-    if let Some(g) = guest {
+    for g in guests {
         println!(
             "vm tests ({}): {} test binary runs passed; boot {:.1} s, suite {:.0} s",
             g.kernel,

@@ -157,6 +157,11 @@ const VM_TOOLS: &[(&str, &str, &str)] = &[
         "the VM suite boots another kernel under TCG",
     ),
     ("e2fsprogs", "mkfs.ext4", "the VM's scratch disk"),
+    (
+        "xz-utils",
+        "xz",
+        "newer Debian kernels ship their modules xz-compressed",
+    ),
 ];
 
 /// Installs the missing [`TEST_TOOLS`] (and [`VM_TOOLS`] with `vm`) in one apt run (Debian),
@@ -231,12 +236,7 @@ pub fn cached_test_tools() -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
 
 /// The unpacked tree of Debian's `package`, from the cache or downloaded now.
 fn cached_package(package: &str, why: &str) -> anyhow::Result<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .context("neither XDG_CACHE_HOME nor HOME is set")?
-        .join("collector-tools");
-    let root = base.join(package);
+    let root = crate::debian::cache_dir("collector-tools")?.join(package);
     if root.is_dir() {
         return Ok(root);
     }
@@ -244,34 +244,7 @@ fn cached_package(package: &str, why: &str) -> anyhow::Result<PathBuf> {
         find("apt-get").is_some() && find("dpkg-deb").is_some(),
         "{package} is needed ({why}); on Debian/Ubuntu xtask fetches it with apt-get download"
     );
-    std::fs::create_dir_all(&base)?;
-    eprintln!("==> fetching {package} into {} ({why})", base.display());
-    let download = || {
-        cmd::run(
-            Command::new("apt-get")
-                .args(["download", "-qq", package])
-                .current_dir(&base),
-        )
-    };
-    if download().is_err() {
-        // An empty or old package index: refresh it once (the sources themselves unchanged).
-        cmd::run(Command::new("apt-get").args(["update", "-qq"]))?;
-        download()?;
-    }
-    let deb = std::fs::read_dir(&base)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
-        })
-        .with_context(|| format!("apt-get download left no {package}_*.deb"))?;
-    let partial = root.with_extension("partial");
-    let _ = std::fs::remove_dir_all(&partial);
-    cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
-    // Complete or absent: an interrupted unpack is never mistaken for a cached package.
-    std::fs::rename(&partial, &root)?;
-    std::fs::remove_file(&deb)?;
+    eprintln!("==> fetching {package} ({why})");
+    crate::debian::download_and_unpack(package, &crate::debian::Source::System, &root)?;
     Ok(root)
 }

@@ -95,6 +95,7 @@ fn snapshot(seq: u64, wall_ms: u64, pods: Vec<proto::PodStats>, ebpf_ns: u64) ->
         },
         rates: Vec::new(),
         probes: Vec::new(),
+        maps: Arc::new([]),
         stats: Default::default(),
         node_stats: proto::NodeStats {
             cpu: cpu(9_000_000_000, wall_ms),

@@ -30,7 +30,7 @@ pub static RUNQ_EDGES: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
 });
 
 fn declare(e: &mut Exposition) {
-    let families: [(&'static str, Kind, &'static str); 30] = [
+    let families: [(&'static str, Kind, &'static str); 33] = [
         (
             "collector_sampler_passes_total",
             Kind::Counter,
@@ -64,17 +64,32 @@ fn declare(e: &mut Exposition) {
         (
             "collector_ebpf_map_entries",
             Kind::Gauge,
-            "Entries in each per-cgroup eBPF map.",
+            "Entries in the per-cgroup eBPF map.",
         ),
         (
             "collector_ebpf_dropped_total",
             Kind::Counter,
-            "Measurements lost because an eBPF map or the event ring was full, by what was lost.",
+            "Measurements lost because an eBPF map or event ring was full, by what was lost.",
         ),
         (
-            "collector_ebpf_running_read_failures_total",
+            "collector_ebpf_unattributed_cgroups_total",
             Kind::Counter,
-            "Switches where the incoming task's cgroup could not be read.",
+            "Map entries of cgroups no walk found, credited to the root and freed.",
+        ),
+        (
+            "collector_ebpf_map_memory_bytes",
+            Kind::Gauge,
+            "Kernel memory of each eBPF map (its fdinfo memlock).",
+        ),
+        (
+            "collector_ebpf_map_memory_projected_bytes",
+            Kind::Gauge,
+            "Kernel memory the same map would take with this many possible CPUs.",
+        ),
+        (
+            "collector_cgroup_walks_total",
+            Kind::Counter,
+            "Walks of the whole cgroup tree, by why (full pass or early).",
         ),
         (
             "collector_watch_subscribers",
@@ -219,26 +234,44 @@ fn collector(e: &mut Exposition, s: &Snapshot, server: &ServerStats) {
         &[],
         st.probe_read_errors,
     );
-    int(
-        e,
-        "collector_ebpf_running_read_failures_total",
-        &[],
-        st.ebpf_running_read_failures,
-    );
-    for (map, v) in [
-        ("cpu", st.ebpf_map_entries),
-        ("faults", st.ebpf_fault_map_entries),
-        ("runq", st.ebpf_runq_map_entries),
-    ] {
-        int(e, "collector_ebpf_map_entries", &[("map", map)], v);
-    }
+    int(e, "collector_ebpf_map_entries", &[], st.ebpf_map_entries);
+    let d = st.ebpf_drops;
     for (what, v) in [
-        ("cpu_intervals", st.ebpf_dropped_intervals),
-        ("faults", st.ebpf_dropped_faults),
-        ("runq_waits", st.ebpf_dropped_runq_waits),
-        ("events", st.ebpf_dropped_events),
+        ("runs", d.cgroup_inserts),
+        ("histogram_waits", d.runq_histograms),
+        ("oom_events", d.oom_events),
+        ("lifecycle_events", d.lifecycle_events),
+        ("truncated_paths", d.truncated_paths),
     ] {
         int(e, "collector_ebpf_dropped_total", &[("what", what)], v);
+    }
+    int(
+        e,
+        "collector_ebpf_unattributed_cgroups_total",
+        &[],
+        st.ebpf_unattributed_cgroups,
+    );
+    for m in s.maps.iter() {
+        let labels = [("object", m.object), ("map", m.name.as_str())];
+        if let Some(bytes) = m.kernel_bytes {
+            int(e, "collector_ebpf_map_memory_bytes", &labels, bytes);
+        }
+        for (cpus, n) in [("64", 64), ("128", 128)] {
+            let labels = [labels[0], labels[1], ("cpus", cpus)];
+            let bytes = m.projected_bytes(n);
+            int(
+                e,
+                "collector_ebpf_map_memory_projected_bytes",
+                &labels,
+                bytes,
+            );
+        }
+    }
+    for (why, v) in [
+        ("full_pass", st.walks - st.early_walks),
+        ("early", st.early_walks),
+    ] {
+        int(e, "collector_cgroup_walks_total", &[("why", why)], v);
     }
     let subscribers = server.watch_subscribers.load(Ordering::Relaxed);
     int(e, "collector_watch_subscribers", &[], subscribers);

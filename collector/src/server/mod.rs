@@ -6,6 +6,7 @@ pub mod outbox;
 pub mod watch;
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -189,7 +190,7 @@ impl ServerStats {
         proto::CollectorStats {
             watch_subscribers: self.watch_subscribers.load(Ordering::Relaxed),
             dropped_subscribers: self.dropped_subscribers(),
-            ..convert::collector_stats(&snap.stats, &snap.program_stats)
+            ..convert::collector_stats(&snap.stats, &snap.program_stats, &snap.maps)
         }
     }
 }
@@ -460,26 +461,80 @@ pub fn probe_health_name(program: &str) -> String {
     format!("collector.v1.probe.{program}")
 }
 
+/// The probes whose serving state differs from what was last `sent` (all of them the first
+/// time), recording the new state.
+fn health_changes(
+    sent: &mut HashMap<&'static str, bool>,
+    probes: &[crate::probes::ProbeStatus],
+) -> Vec<(&'static str, bool)> {
+    probes
+        .iter()
+        .filter_map(|p| {
+            let serving = p.is_active();
+            (sent.insert(p.name, serving) != Some(serving)).then_some((p.name, serving))
+        })
+        .collect()
+}
+
+/// Keeps each probe's health entry in step with its status: set from the first snapshot, then
+/// changed whenever a snapshot's status differs (a family whose maps stop reading turns
+/// NOT_SERVING until they read again; CRI names come and go with the runtime).
 async fn report_probe_health(store: StoreHandle, reporter: tonic_health::server::HealthReporter) {
     use tonic_health::ServingStatus;
-    let Some(snap) = store.first_or_latest(Duration::from_secs(60)).await else {
-        return;
-    };
-    for probe in &snap.probes {
-        let status = if probe.is_active() {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        reporter
-            .set_service_status(probe_health_name(probe.name), status)
-            .await;
+    let mut snapshots = store.snapshots();
+    let mut sent: HashMap<&'static str, bool> = HashMap::new();
+    loop {
+        let snap = snapshots.borrow_and_update().clone();
+        for (name, serving) in snap.map_or_else(Vec::new, |s| health_changes(&mut sent, &s.probes))
+        {
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter
+                .set_service_status(probe_health_name(name), status)
+                .await;
+        }
+        if snapshots.changed().await.is_err() {
+            return; // the store stopped
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probes::{ProbeState, ProbeStatus};
+
+    fn status(name: &'static str, state: ProbeState) -> ProbeStatus {
+        ProbeStatus {
+            name,
+            provides: "x",
+            state,
+        }
+    }
+
+    #[test]
+    fn probe_health_follows_status_changes_only() {
+        let active = || ProbeState::Active { note: None };
+        let failed = || ProbeState::Failed("reading its maps failed".into());
+        let mut sent = HashMap::new();
+        let first = [status("sched_switch", active()), status("cri", failed())];
+        assert_eq!(
+            health_changes(&mut sent, &first),
+            [("sched_switch", true), ("cri", false)]
+        );
+        assert!(
+            health_changes(&mut sent, &first).is_empty(),
+            "nothing changed"
+        );
+        let later = [status("sched_switch", failed()), status("cri", active())];
+        assert_eq!(
+            health_changes(&mut sent, &later),
+            [("sched_switch", false), ("cri", true)]
+        );
+    }
 
     #[test]
     fn callers_off_the_host_may_not_go_below_the_remote_minimum() {
