@@ -7,6 +7,7 @@
 //! that fails is reported as such and the others still run; the command then exits non-zero.
 
 mod baseline;
+mod compare;
 mod plot;
 mod report;
 
@@ -205,7 +206,7 @@ pub fn run(quick: bool, out: PathBuf, baseline: Option<String>) -> anyhow::Resul
     };
     let mut md = report::markdown(&plan, &results, cores, &kernel, &plot_note);
     if let Some((rev, old)) = &old_results {
-        md.push_str(&report::comparison(rev, old, &results));
+        md.push_str(&compare::comparison(rev, old, &results));
         md.push_str(&format!("\n# Baseline {rev}, measured in the same run\n"));
         md.push_str(&report::markdown(&plan, old, cores, &kernel, "see above"));
     }

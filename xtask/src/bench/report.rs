@@ -8,12 +8,12 @@ use serde_json::Value;
 use super::{Plan, Results, Section};
 
 /// A spread object's median (or a plain number), scaled.
-fn median(v: &Value, scale: f64) -> f64 {
+pub fn median(v: &Value, scale: f64) -> f64 {
     v.get("median").unwrap_or(v).as_f64().unwrap_or(f64::NAN) * scale
 }
 
 /// "median (min–max)" of a spread object, scaled, with `digits` decimals; "–" when absent.
-fn spread(v: &Value, scale: f64, digits: usize) -> String {
+pub fn spread(v: &Value, scale: f64, digits: usize) -> String {
     if !median(v, scale).is_finite() {
         return "–".into();
     }
@@ -36,7 +36,7 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "**not met**" }
 }
 
-const MIB: f64 = 1.0 / 1_048_576.0;
+pub const MIB: f64 = 1.0 / 1_048_576.0;
 
 /// Writes a section's rows with `body`, or the reason it has none.
 fn section(md: &mut String, title: &str, rows: &Section, body: impl FnOnce(&mut String, &[Value])) {
@@ -238,83 +238,6 @@ fn probes(md: &mut String, rows: &[Value]) {
         verdict(ping <= 5.0),
         verdict(fault <= 2.0)
     );
-}
-
-/// The headline figures of the baseline beside this tree's.
-pub fn comparison(rev: &str, old: &Results, new: &Results) -> String {
-    let mut md = String::new();
-    let _ = writeln!(
-        md,
-        "\n## Baseline {rev} against this tree (same run, sections back to back)\n"
-    );
-    let _ = writeln!(md, "| figure | {rev} | this tree |");
-    let _ = writeln!(md, "|---|---|---|");
-    let probes = |r: &Results| {
-        r.probes
-            .as_ref()
-            .ok()
-            .and_then(|rows| rows.first().cloned())
-    };
-    let (op, np) = (probes(old), probes(new));
-    let cell = |row: &Option<Value>, f: &dyn Fn(&Value) -> String| {
-        row.as_ref().map_or_else(|| "–".to_owned(), f)
-    };
-    let pct =
-        |key: &'static str, field: &'static str| move |r: &Value| spread(&r[key][field], 1.0, 1);
-    for (name, f) in [
-        (
-            "ping-pong slowdown %, bpf_stats off",
-            &pct("ping_pong", "slowdown_no_stats_percent") as &dyn Fn(&Value) -> String,
-        ),
-        (
-            "ping-pong slowdown %, bpf_stats on",
-            &pct("ping_pong", "slowdown_percent"),
-        ),
-        (
-            "page-fault slowdown %, bpf_stats off",
-            &pct("page_fault", "slowdown_no_stats_percent"),
-        ),
-        (
-            "sum of ns per run of the programs on a switch + wake-up",
-            &|r: &Value| {
-                let total: f64 = r["program_ns"]
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .filter(|(name, _)| {
-                        !name.starts_with("page_faults")
-                            && !name.starts_with("cgroup")
-                            && !name.starts_with("oom")
-                            && name.as_str() != "sched_fork"
-                    })
-                    .map(|(_, ns)| median(ns, 1.0))
-                    .sum();
-                format!("{total:.0}")
-            },
-        ),
-        (
-            "map kernel memory at 128 possible CPUs, MiB",
-            &|r: &Value| match r.get("map_memory") {
-                Some(m) => format!("{:.1}", median(&m["projected_128_bytes"], MIB)),
-                None => "≈ 755 (three 16,384-entry per-CPU hashes; not reported then)".into(),
-            },
-        ),
-    ] {
-        let _ = writeln!(md, "| {name} | {} | {} |", cell(&op, f), cell(&np, f));
-    }
-    let daemon = |r: &Results, n: u64| {
-        r.daemon.as_ref().ok().and_then(|rows| {
-            rows.iter()
-                .find(|row| row["created"].as_u64() == Some(n))
-                .map(|row| spread(&row["cpu_percent"], 1.0, 2))
-        })
-    };
-    for n in [1000, 5000] {
-        if let (Some(o), Some(c)) = (daemon(old, n), daemon(new, n)) {
-            let _ = writeln!(md, "| daemon CPU % of a core at {n} cgroups | {o} | {c} |");
-        }
-    }
-    md
 }
 
 fn stream(md: &mut String, rows: &[Value], seconds: u64) {
