@@ -67,7 +67,7 @@ async fn pods(client: &mut AggregatorClient<Channel>) -> Vec<PodMetrics> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_collectors_merge_into_one_cluster_view() {
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| clock_tree_dir()).collect();
     let trees: Vec<PathBuf> = dirs.iter().map(|d| node_tree(d.path())).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let clock = spawn_clock(trees.clone(), stop.clone());

@@ -18,7 +18,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_collectors_claiming_one_node_name_do_not_overwrite_each_other() {
-    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| common::clock_tree_dir()).collect();
     let trees: Vec<PathBuf> = dirs.iter().map(|d| node_tree(d.path())).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let clock = spawn_clock(trees.clone(), stop.clone());

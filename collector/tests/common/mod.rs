@@ -76,6 +76,20 @@ pub fn cpu_stat_dirs(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A directory for a fixture tree that [`spawn_clock`] moves: in memory (`/dev/shm`) where there
+/// is one. On a disk file system each rename over an existing cpu.stat can wait for the journal
+/// and for the new file's data to be written (ext4 flushes a file replaced by rename); with
+/// builds filling the disk beside the tests that stalled the clock for whole windows, which
+/// read as 0 cores and then as several.
+pub fn clock_tree_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    }
+}
+
 /// Writes a cgroup's usage_usec atomically (rename), as a reader may be reading it.
 pub fn set_usage_usec(dir: &Path, usec: u64) {
     let tmp = dir.join(".cpu.stat.tmp");
