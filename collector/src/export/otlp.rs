@@ -243,7 +243,8 @@ fn exponential(value: &Value, start_ns: u64, time_ns: u64) -> otlp::ExponentialH
             ..Default::default()
         };
     };
-    let (waits, total_ns) = runq::totals(h);
+    let (_, total_ns) = runq::totals(h);
+    let waits = runq::bucket_total(h);
     let buckets = &h[..collector_common::RUNQ_BUCKETS];
     let positive = match (
         buckets.iter().position(|&n| n > 0),

@@ -213,12 +213,12 @@ fn classic(out: &mut Vec<prompb::TimeSeries>, s: &Series, name: &str, identity: 
         let mut values: Vec<(Option<&str>, &str, f64)> = Vec::new();
         match &p.value {
             Value::Runq(h) => {
-                let (waits, total_ns) = runq::totals(h);
+                let (_, total_ns) = runq::totals(h);
                 for (le, n) in runq_buckets(h) {
                     values.push((Some(le), "bucket", n as f64));
                 }
                 values.push((None, "sum", total_ns as f64 / 1e9));
-                values.push((None, "count", waits as f64));
+                values.push((None, "count", runq::bucket_total(h) as f64));
             }
             // The same series, each marked stale.
             Value::Stale | Value::Number(_) => {
@@ -257,7 +257,8 @@ fn native(value: &Value, time_ns: u64) -> prompb::Histogram {
             ..Default::default()
         };
     };
-    let (waits, total_ns) = runq::totals(h);
+    let (_, total_ns) = runq::totals(h);
+    let waits = runq::bucket_total(h);
     let buckets = &h[..collector_common::RUNQ_BUCKETS];
     let first = buckets.iter().position(|&n| n > 0);
     let last = buckets.iter().rposition(|&n| n > 0);
@@ -331,7 +332,9 @@ mod tests {
         h[10] = 5; // [1024, 2048) ns
         h[12] = 3; // [4096, 8192) ns
         h[collector_common::RUNQ_BUCKETS] = 30_000; // total ns
-        h[collector_common::RUNQ_BUCKETS + 1] = 8; // waits
+        // The wait counter read one behind the buckets (the kernel updates them in two maps):
+        // the histogram's count is its buckets' 8, or Prometheus refuses it.
+        h[collector_common::RUNQ_BUCKETS + 1] = 7;
         Arc::new(h)
     }
 
@@ -409,6 +412,7 @@ mod tests {
         let inf = &request.timeseries[11];
         assert_eq!(le(inf).as_deref(), Some("+Inf"));
         assert_eq!(inf.samples[0].value, 8.0);
+        assert_eq!(request.timeseries[13].samples[0].value, 8.0, "_count");
         assert_eq!(
             names(&request.timeseries[12])[0].1,
             "container_runqueue_wait_seconds_sum"

@@ -348,14 +348,20 @@ fn ebpf(e: &mut Exposition, level: Level, labels: &[(&str, &str)], c: &CgroupSam
         e.sample(name, "", labels, n as f64, None);
     }
     if let Some(h) = &v.runq {
-        let (waits, total_ns) = runq::totals(h);
+        let (_, total_ns) = runq::totals(h);
         for (le, cumulative) in runq_buckets(h) {
             let mut l = labels.to_vec();
             l.push(("le", le));
             e.sample(level.runq, "_bucket", &l, cumulative as f64, None);
         }
         e.sample(level.runq, "_sum", labels, total_ns as f64 / 1e9, None);
-        e.sample(level.runq, "_count", labels, waits as f64, None);
+        e.sample(
+            level.runq,
+            "_count",
+            labels,
+            runq::bucket_total(h) as f64,
+            None,
+        );
     }
 }
 
@@ -372,7 +378,7 @@ pub fn runq_buckets(h: &[u64; RUNQ_VALUES]) -> impl Iterator<Item = (&'static st
             below = upto;
             (le.as_str(), cumulative)
         })
-        .chain(std::iter::once(("+Inf", runq::totals(h).0)))
+        .chain(std::iter::once(("+Inf", runq::bucket_total(h))))
 }
 
 /// The names of the eBPF families of one level (node, pod or container).

@@ -24,6 +24,14 @@ pub fn totals(h: &[u64; RUNQ_VALUES]) -> (u64, u64) {
     (h[RUNQ_BUCKETS + 1], h[RUNQ_BUCKETS])
 }
 
+/// How many waits the buckets hold: a histogram's count, which its `+Inf` bucket and every
+/// receiver's check (Prometheus refuses a native histogram whose count differs from its
+/// buckets' sum) must agree with. The kernel adds a wait to its bucket and to the cgroup's
+/// wait counter in two maps, so a read between the two finds them one apart.
+pub fn bucket_total(h: &[u64; RUNQ_VALUES]) -> u64 {
+    h[..RUNQ_BUCKETS].iter().sum()
+}
+
 /// Upper edge of log2 bucket `i`: waits in it are below 2^(i+1) ns.
 fn bucket_edge(i: usize) -> u64 {
     (1u64 << (i + 1).min(63)) - 1
