@@ -148,6 +148,8 @@ async fn removed_cgroup_is_announced_and_its_time_moves_to_the_parent() {
     while view.cpu(child_id).is_none_or(|(e, _)| e < truth * 99 / 100) {
         next(&mut stream, &mut view).await;
     }
+    // The burner has exited: the child's cpu.stat is final, the kernel's own total for it.
+    let child_total = child.cpu_stat_usage_ns().unwrap();
     drop(child);
     // The removal is announced, and the parent keeps the child's time (as cpu.stat does).
     catch_up(&mut stream, &mut view, Duration::from_millis(100)).await;
@@ -158,18 +160,25 @@ async fn removed_cgroup_is_announced_and_its_time_moves_to_the_parent() {
     assert!(!view.cgroups.contains_key(&child_id));
     let (parent_ebpf, parent_fs) = view.cpu(parent.id()).expect("parent in stream");
     eprintln!(
-        "parent after child removal: ebpf {parent_ebpf}, cgroupfs {parent_fs}, child rusage {truth}"
+        "parent after child removal: ebpf {parent_ebpf}, cgroupfs {parent_fs}, child's final \
+         cpu.stat {child_total}, child rusage {truth}"
     );
-    // The child was born in its cgroup: its rusage is exactly what both hierarchies count.
-    // Losing the child's time would be -100 %.
+    // The parent (no processes of its own) holds what the child's cpu.stat said last: the same
+    // counter. Losing the child's time would be -100 %. rusage is another definition (on 6.1
+    // under TCG it read 1.1 % below both cgroup counters, which agreed to the microsecond), so
+    // it only checks that the burner ran in the child.
     for (name, value) in [("eBPF", parent_ebpf), ("cgroupfs", parent_fs)] {
-        let diff = relative_diff(value, truth, truth);
+        let diff = relative_diff(value, child_total, child_total);
         assert!(
             diff < SAME_COUNTER,
-            "parent {name} {value} ns vs the removed child's {truth} ns: {:.3} %",
+            "parent {name} {value} ns vs the removed child's cpu.stat {child_total} ns: {:.3} %",
             diff * 100.0
         );
     }
+    assert!(
+        child_total > truth / 2,
+        "child cpu.stat {child_total} ns, rusage {truth} ns"
+    );
     drop(parent);
     running.stop().await.unwrap();
 }
