@@ -173,6 +173,28 @@ impl TestCgroup {
         Ok(usec * 1000)
     }
 
+    /// cpu.stat's usage once every task has left and its last run is accounted. A parent's
+    /// `wait` can return before the exited child's final switch-out has charged its last
+    /// partial tick (4 ms at Debian's HZ=250), which the probe counts at that switch-out: read
+    /// until two reads 50 ms apart agree.
+    pub fn final_cpu_stat_usage_ns(&self) -> anyhow::Result<u64> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut last = self.cpu_stat_usage_ns()?;
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let now = self.cpu_stat_usage_ns()?;
+            let empty = fs::read_to_string(self.path.join("cgroup.procs"))?.is_empty();
+            if now == last && empty {
+                return Ok(now);
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "cpu.stat still moving after 10 s"
+            );
+            last = now;
+        }
+    }
+
     fn kill_all(&self) {
         if fs::write(self.path.join("cgroup.kill"), "1").is_ok() {
             return;

@@ -79,7 +79,7 @@ async fn ebpf_and_cgroupfs_cpu_time_match_the_process() {
         .cpu_ns;
     // A sample taken after the exit has the final switch-out and the cpu.stat flush.
     catch_up(&mut stream, &mut view, Duration::from_millis(100)).await;
-    let kernel_fs = busy.cpu_stat_usage_ns().unwrap();
+    let kernel_fs = busy.final_cpu_stat_usage_ns().unwrap();
     let (ebpf, fs) = view.cpu(busy.id()).expect("busy cgroup in stream");
     eprintln!(
         "busy cgroup: ebpf {ebpf} ns, cgroupfs {fs} ns (cpu.stat now {kernel_fs}), process \
@@ -158,7 +158,7 @@ async fn removed_cgroup_is_announced_and_its_time_moves_to_the_parent() {
         next(&mut stream, &mut view).await;
     }
     // The burner has exited: the child's cpu.stat is final, the kernel's own total for it.
-    let child_total = child.cpu_stat_usage_ns().unwrap();
+    let child_total = child.final_cpu_stat_usage_ns().unwrap();
     drop(child);
     // The removal is announced, and the parent keeps the child's time (as cpu.stat does).
     catch_up(&mut stream, &mut view, Duration::from_millis(100)).await;

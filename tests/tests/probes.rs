@@ -109,7 +109,7 @@ async fn a_short_lived_cgroup_leaves_a_terminated_record_with_its_cpu_time() {
         .unwrap()
         .cpu_ns;
     // The burner has exited: the cgroup's cpu.stat is its final total, the same counter.
-    let total = cgroup.cpu_stat_usage_ns().unwrap();
+    let total = cgroup.final_cpu_stat_usage_ns().unwrap();
     drop(cgroup);
     let deadline = Instant::now() + Duration::from_secs(10);
     let record = loop {
