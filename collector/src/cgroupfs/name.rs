@@ -38,7 +38,9 @@ pub fn to_str(name: &OsStr) -> Cow<'_, str> {
 
 /// The bytes a string from [`to_str`] stands for, appended to `out`.
 pub fn push_bytes(text: &str, out: &mut Vec<u8>) {
-    if !text.chars().any(is_escape) {
+    // Every escape code point is encoded with the lead byte 0xF4, which no path of ordinary
+    // names holds: one byte scan on the reader's path, no decoding.
+    if !text.as_bytes().contains(&0xF4) {
         out.extend_from_slice(text.as_bytes());
         return;
     }
@@ -62,10 +64,6 @@ fn escape(byte: u8) -> char {
     // Only bytes ≥ 0x80 can be invalid UTF-8; ASCII is always valid.
     char::from_u32(ESCAPE_BASE + u32::from(byte.saturating_sub(0x80)))
         .expect("U+10FF80..=U+10FFFF are scalar values")
-}
-
-fn is_escape(c: char) -> bool {
-    u32::from(c) >= ESCAPE_BASE
 }
 
 fn unescape(c: char) -> Option<u8> {

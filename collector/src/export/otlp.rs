@@ -243,8 +243,7 @@ fn exponential(value: &Value, start_ns: u64, time_ns: u64) -> otlp::ExponentialH
             ..Default::default()
         };
     };
-    let (_, total_ns) = runq::totals(h);
-    let waits = runq::bucket_total(h);
+    let (waits, total_ns) = runq::histogram_totals(h);
     let buckets = &h[..collector_common::RUNQ_BUCKETS];
     let positive = match (
         buckets.iter().position(|&n| n > 0),

@@ -213,12 +213,12 @@ fn classic(out: &mut Vec<prompb::TimeSeries>, s: &Series, name: &str, identity: 
         let mut values: Vec<(Option<&str>, &str, f64)> = Vec::new();
         match &p.value {
             Value::Runq(h) => {
-                let (_, total_ns) = runq::totals(h);
+                let (waits, total_ns) = runq::histogram_totals(h);
                 for (le, n) in runq_buckets(h) {
                     values.push((Some(le), "bucket", n as f64));
                 }
                 values.push((None, "sum", total_ns as f64 / 1e9));
-                values.push((None, "count", runq::bucket_total(h) as f64));
+                values.push((None, "count", waits as f64));
             }
             // The same series, each marked stale.
             Value::Stale | Value::Number(_) => {
@@ -257,8 +257,7 @@ fn native(value: &Value, time_ns: u64) -> prompb::Histogram {
             ..Default::default()
         };
     };
-    let (_, total_ns) = runq::totals(h);
-    let waits = runq::bucket_total(h);
+    let (waits, total_ns) = runq::histogram_totals(h);
     let buckets = &h[..collector_common::RUNQ_BUCKETS];
     let first = buckets.iter().position(|&n| n > 0);
     let last = buckets.iter().rposition(|&n| n > 0);

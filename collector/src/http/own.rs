@@ -348,20 +348,14 @@ fn ebpf(e: &mut Exposition, level: Level, labels: &[(&str, &str)], c: &CgroupSam
         e.sample(name, "", labels, n as f64, None);
     }
     if let Some(h) = &v.runq {
-        let (_, total_ns) = runq::totals(h);
+        let (waits, total_ns) = runq::histogram_totals(h);
         for (le, cumulative) in runq_buckets(h) {
             let mut l = labels.to_vec();
             l.push(("le", le));
             e.sample(level.runq, "_bucket", &l, cumulative as f64, None);
         }
         e.sample(level.runq, "_sum", labels, total_ns as f64 / 1e9, None);
-        e.sample(
-            level.runq,
-            "_count",
-            labels,
-            runq::bucket_total(h) as f64,
-            None,
-        );
+        e.sample(level.runq, "_count", labels, waits as f64, None);
     }
 }
 

@@ -32,6 +32,12 @@ pub fn bucket_total(h: &[u64; RUNQ_VALUES]) -> u64 {
     h[..RUNQ_BUCKETS].iter().sum()
 }
 
+/// A histogram's count (its buckets' sum, see [`bucket_total`]) and sum of waits in ns: what
+/// every exposition of it renders.
+pub fn histogram_totals(h: &[u64; RUNQ_VALUES]) -> (u64, u64) {
+    (bucket_total(h), h[RUNQ_BUCKETS])
+}
+
 /// Upper edge of log2 bucket `i`: waits in it are below 2^(i+1) ns.
 fn bucket_edge(i: usize) -> u64 {
     (1u64 << (i + 1).min(63)) - 1
