@@ -17,25 +17,27 @@
 //! | 4 | [`cgroupfs`] | reading and parsing the kernel's cgroup files, v1 and v2 |
 //! | 5 | [`k8s`] | Kubernetes identities from cgroup paths |
 //! | 6 | [`node`] | facts about this node (name, kernel, mounts, CPUs) |
-//! | 7 | [`probes`] | loading the eBPF programs and reading their maps |
-//! | 8 | [`cri`] | pod and container names from the container runtime |
-//! | 9 | [`sampler`] | one pass: cgroupfs and probes merged per cgroup |
-//! | 10 | [`rate`] | counter rates and run-queue windows with kubelet's rules |
-//! | 11 | [`summary`] | the kubelet Summary model and its formulas |
-//! | 12 | [`percentiles`] | sliding-window usage percentiles of pods and containers |
-//! | 13 | [`convert`] | samples -> protobuf records (statuses, stats, events) |
-//! | 14 | [`store`] | the task that owns the samples and publishes snapshots |
-//! | 15 | [`server`] | the gRPC API: Collector, Watch fan-out, health, reflection |
-//! | 16 | [`http`] | kubelet's HTTP endpoints and Prometheus metrics |
-//! | 17 | [`aggregate`] | the cluster aggregator fed by many collectors |
-//! | 18 | [`top`] | `collector top`, a client of either |
-//! | 19 | [`app`] | assembling a running collector from its configuration |
+//! | 7 | [`hostfs`] | procfs and filesystem reads: net/dev, statfs, du walks, rlimit |
+//! | 8 | [`probes`] | loading the eBPF programs and reading their maps |
+//! | 9 | [`cri`] | pod and container names from the container runtime |
+//! | 10 | [`sampler`] | one pass: cgroupfs and probes merged per cgroup |
+//! | 11 | [`rate`] | counter rates and run-queue windows with kubelet's rules |
+//! | 12 | [`summary`] | the kubelet Summary model and its formulas |
+//! | 13 | [`percentiles`] | sliding-window usage percentiles of pods and containers |
+//! | 14 | [`convert`] | samples -> protobuf records (statuses, stats, events) |
+//! | 15 | [`store`] | the task that owns the samples and publishes snapshots |
+//! | 16 | [`server`] | the gRPC API: Collector, Watch fan-out, health, reflection |
+//! | 17 | [`http`] | kubelet's HTTP endpoints and Prometheus metrics |
+//! | 18 | [`aggregate`] | the cluster aggregator fed by many collectors |
+//! | 19 | [`top`] | `collector top`, a client of either |
+//! | 20 | [`app`] | assembling a running collector from its configuration |
 
 pub mod aggregate;
 pub mod app;
 pub mod cgroupfs;
 pub mod convert;
 pub mod cri;
+pub mod hostfs;
 pub mod http;
 pub mod k8s;
 pub mod net;
