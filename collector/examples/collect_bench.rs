@@ -83,7 +83,7 @@ struct Workload {
 
 /// The cgroup of pod `k`'s only container, relative to a hierarchy's bench directory.
 fn container_cgroup(k: usize) -> String {
-    format!("kubepods/besteffort/pod{}/{}", pod_uid(k), format_args!("{k:064x}"))
+    format!("kubepods/besteffort/pod{}/{k:064x}", pod_uid(k))
 }
 
 /// A uid shaped like the API server's, unique per pod.

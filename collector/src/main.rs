@@ -12,6 +12,7 @@ use collector::{
     percentiles,
     probes::ProbeConfig,
     server::chunk,
+    store::SystemCgroups,
     top::{self, SortBy, TopConfig, View},
 };
 use tracing_subscriber::EnvFilter;
@@ -192,6 +193,32 @@ struct ServeArgs {
     #[arg(long, env = "COLLECTOR_PERCENTILE_WINDOW", default_value = "10m",
           value_parser = percentiles::parse_window)]
     percentile_window: Duration,
+    /// kubelet's root dir (kubelet's --root-dir): its filesystem is the node fs, and
+    /// pods/<uid>/ holds volumes and etc-hosts. Mount it read-only in a DaemonSet ("off": none).
+    #[arg(
+        long,
+        env = "COLLECTOR_KUBELET_ROOT_DIR",
+        default_value = "/var/lib/kubelet"
+    )]
+    kubelet_root_dir: String,
+    /// kubelet's pod logs dir, for container and pod log usage ("off": none).
+    #[arg(long, env = "COLLECTOR_POD_LOGS_DIR", default_value = "/var/log/pods")]
+    pod_logs_dir: String,
+    /// Seconds between du walks of volumes, logs and etc-hosts (kubelet's
+    /// --volume-stats-agg-period).
+    #[arg(long, env = "COLLECTOR_VOLUME_STATS_INTERVAL_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    volume_stats_interval_secs: u64,
+    /// The kubelet's cgroup (kubelet's --kubelet-cgroups); default: the kubelet process's.
+    #[arg(long, env = "COLLECTOR_KUBELET_CGROUPS")]
+    kubelet_cgroups: Option<String>,
+    /// The runtime's cgroup (kubelet's --runtime-cgroups); default: the CRI socket peer's.
+    #[arg(long, env = "COLLECTOR_RUNTIME_CGROUPS")]
+    runtime_cgroups: Option<String>,
+    /// The cgroup of the node's other daemons, kubelet's "misc" system container (kubelet's
+    /// --system-cgroups); none by default.
+    #[arg(long, env = "COLLECTOR_SYSTEM_CGROUPS")]
+    system_cgroups: Option<String>,
     #[command(flatten)]
     tls: ServerTlsArgs,
 }
@@ -278,6 +305,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cri: args.cri_socket,
         cri_refresh: Duration::from_secs(args.cri_refresh_secs),
         percentile_window: args.percentile_window,
+        cri_stats_interval: collector::cri::stats::DEFAULT_STATS_PERIOD,
+        kubelet_root_dir: optional_dir(&args.kubelet_root_dir),
+        pod_logs_dir: optional_dir(&args.pod_logs_dir),
+        volume_stats_interval: Duration::from_secs(args.volume_stats_interval_secs),
+        system_cgroups: SystemCgroups {
+            kubelet: args.kubelet_cgroups,
+            runtime: args.runtime_cgroups,
+            misc: args.system_cgroups,
+        },
     };
     let running = app::start(config).await?;
     eprintln!(
@@ -290,6 +326,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     running.run_until(shutdown_signal()).await
+}
+
+/// A directory flag: a path, or "off".
+fn optional_dir(value: &str) -> Option<PathBuf> {
+    (value != "off" && !value.is_empty()).then(|| PathBuf::from(value))
 }
 
 /// `--http-listen`: an address, or "off".

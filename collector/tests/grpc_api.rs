@@ -96,10 +96,10 @@ async fn snapshot_then_updates_with_changes_only() {
     assert!(snapshot.probes.len() >= 10, "{:?}", snapshot.probes);
     for probe in &snapshot.probes {
         assert_eq!(probe.state(), State::Unsupported, "{probe:?}");
-        let flag = if probe.name == "cri" {
-            "--cri-socket off"
-        } else {
-            "--no-ebpf"
+        let flag = match probe.name.as_str() {
+            "cri" | "cri_stats" => "--cri-socket off",
+            "disk_usage" => "--kubelet-root-dir",
+            _ => "--no-ebpf",
         };
         assert!(probe.reason.contains(flag), "{probe:?}");
     }

@@ -146,9 +146,10 @@ impl CgroupReader {
         r.cpu_psi = self.psi(c"cpu.pressure", &mut r.read_errors);
         r.memory_psi = self.psi(c"memory.pressure", &mut r.read_errors);
         r.io_psi = self.psi(c"io.pressure", &mut r.read_errors);
-        r.processes = self
-            .text(Hierarchy::V2, c"cgroup.procs", &mut r.read_errors)
-            .map(parse::count_lines);
+        if let Some(procs) = self.text(Hierarchy::V2, c"cgroup.procs", &mut r.read_errors) {
+            r.processes = Some(parse::count_lines(procs));
+            r.first_pid = procs.lines().find_map(|l| l.trim().parse().ok());
+        }
         self.dirs = Dirs::default();
         Ok(r)
     }

@@ -26,7 +26,7 @@ static RUNQ_EDGES: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
 });
 
 fn declare(e: &mut Exposition) {
-    let families: [(&'static str, Kind, &'static str); 26] = [
+    let families: [(&'static str, Kind, &'static str); 32] = [
         (
             "collector_sampler_passes_total",
             Kind::Counter,
@@ -157,6 +157,36 @@ fn declare(e: &mut Exposition) {
             Kind::Gauge,
             "OOM kills kept for late subscribers.",
         ),
+        (
+            "collector_host_read_errors_total",
+            Kind::Counter,
+            "Reads outside cgroupfs (net/dev, statfs) that failed for a process that still existed.",
+        ),
+        (
+            "collector_disk_scan_rounds_total",
+            Kind::Counter,
+            "Rounds of du walks over volumes, logs and etc-hosts.",
+        ),
+        (
+            "collector_disk_scan_round_seconds",
+            Kind::Gauge,
+            "Wall time of the last round, its duty-cycle pauses included.",
+        ),
+        (
+            "collector_disk_scan_walk_seconds",
+            Kind::Gauge,
+            "Time the last round spent walking (its cost, without the pauses).",
+        ),
+        (
+            "collector_disk_scan_entries",
+            Kind::Gauge,
+            "Files and directories the last round visited.",
+        ),
+        (
+            "collector_disk_scan_errors_total",
+            Kind::Counter,
+            "Paths the rounds could not measure (left out of the Summary, as kubelet does).",
+        ),
     ];
     for (name, kind, help) in families {
         e.family(name, kind, help);
@@ -250,6 +280,22 @@ fn collector(e: &mut Exposition, s: &Snapshot, server: &ServerStats) {
         &[],
         s.recent.oom_kills.len() as u64,
     );
+    int(
+        e,
+        "collector_host_read_errors_total",
+        &[],
+        st.host_read_errors,
+    );
+    let scan = &s.disk_scan;
+    int(e, "collector_disk_scan_rounds_total", &[], scan.rounds);
+    for (name, v) in [
+        ("collector_disk_scan_round_seconds", scan.last_round_seconds),
+        ("collector_disk_scan_walk_seconds", scan.last_walk_seconds),
+    ] {
+        e.sample(name, "", &[], v, None);
+    }
+    int(e, "collector_disk_scan_entries", &[], scan.last_entries);
+    int(e, "collector_disk_scan_errors_total", &[], scan.errors);
 }
 
 /// The eBPF families of one level ("node", "pod" or "container") for one cgroup's sample.

@@ -147,8 +147,10 @@ mod tests {
                     ..Default::default()
                 },
                 created_unix_nano: None,
+                network: None,
             }],
             meminfo: None,
+            host: Default::default(),
             terminated: Vec::new(),
             oom_kills: Vec::new(),
         }
