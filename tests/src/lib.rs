@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 pub mod containerd;
+pub mod cri;
 pub mod watch;
 
 /// With COLLECTOR_REQUIRE_BPF=1 (CI), a test that cannot run is a failure, not a skip.
