@@ -119,7 +119,7 @@ fn daemonset_runs_the_agent_on_every_node_with_what_it_needs() {
     let sc = &c["securityContext"];
     let mut caps = strings(&sc["capabilities"]["add"]);
     caps.sort();
-    assert_eq!(caps, ["BPF", "PERFMON", "SYS_RESOURCE"]);
+    assert_eq!(caps, ["BPF", "DAC_READ_SEARCH", "PERFMON", "SYS_RESOURCE"]);
     assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
     assert_ne!(sc["privileged"], true);
     // Without CAP_SYS_ADMIN the collector cannot turn bpf_stats on, so it must not try.
@@ -155,9 +155,20 @@ fn daemonset_runs_the_agent_on_every_node_with_what_it_needs() {
         "/sys/kernel/tracing",
         "/sys/fs/bpf",
         "/run/containerd",
+        "/var/lib/kubelet",
+        "/var/log/pods",
+        "/var/lib/containerd",
     ] {
         assert!(mounted.iter().any(|m| m == path), "{path} not mounted");
     }
+    // Volumes kubelet mounts after the collector started reach it too.
+    let kubelet = c["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == "/var/lib/kubelet")
+        .unwrap();
+    assert_eq!(kubelet["mountPropagation"], "HostToContainer");
     // The socket --cri-socket=auto tries first is inside a mounted directory.
     assert!(args.contains(&"--cri-socket=auto".to_owned()));
     let containerd = std::path::Path::new(collector::cri::endpoint::DEFAULT_SOCKETS[0]);
