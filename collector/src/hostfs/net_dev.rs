@@ -38,36 +38,39 @@ pub enum NetDevError {
     Malformed(String),
 }
 
-pub fn is_ignored(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    IGNORED_PREFIXES.iter().any(|p| lower.starts_with(p))
-}
-
-/// The interfaces of one `net/dev` text, in the kernel's order, ignored ones left out.
+/// The interfaces of one `net/dev` text, in the kernel's order, ignored ones left out. Nothing
+/// is allocated but the kept interfaces' names: this runs for every pod on every full pass.
 pub fn parse(text: &str) -> Result<Vec<Interface>, NetDevError> {
     let mut interfaces = Vec::new();
     for line in text.lines().skip(2) {
-        let cleaned = line.replace(':', " ");
-        let fields: Vec<&str> = cleaned.split_whitespace().collect();
-        if fields.is_empty() {
+        // "  eth0: 123 ..." (cAdvisor drops every ':' and splits on whitespace: the same fields).
+        let (name, rest) = line.split_once(':').unwrap_or((line, ""));
+        let name = name.trim();
+        if name.is_empty() && rest.trim().is_empty() {
             continue;
         }
-        if fields.len() != 17 {
-            return Err(NetDevError::Malformed(line.to_owned()));
-        }
+        let malformed = || NetDevError::Malformed(line.to_owned());
         let mut counters = [0u64; 16];
-        for (slot, field) in counters.iter_mut().zip(&fields[1..]) {
-            *slot = field
+        let mut fields = rest
+            .split(|c: char| c.is_whitespace() || c == ':')
+            .filter(|f| !f.is_empty());
+        for slot in &mut counters {
+            *slot = fields
+                .next()
+                .ok_or_else(malformed)?
                 .parse()
-                .map_err(|_| NetDevError::Malformed(line.to_owned()))?;
+                .map_err(|_| malformed())?;
         }
-        if is_ignored(fields[0]) {
+        if name.is_empty() || name.contains(char::is_whitespace) || fields.next().is_some() {
+            return Err(malformed());
+        }
+        if is_ignored(name) {
             continue;
         }
         // Receive: bytes packets errs drop fifo frame compressed multicast; transmit: bytes
         // packets errs drop fifo colls carrier compressed.
         interfaces.push(Interface {
-            name: fields[0].to_owned(),
+            name: name.to_owned(),
             rx_bytes: counters[0],
             rx_packets: counters[1],
             rx_errors: counters[2],
@@ -81,6 +84,12 @@ pub fn parse(text: &str) -> Result<Vec<Interface>, NetDevError> {
     Ok(interfaces)
 }
 
+pub fn is_ignored(name: &str) -> bool {
+    IGNORED_PREFIXES.iter().any(|p| {
+        name.len() >= p.len() && name.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+    })
+}
+
 /// The interfaces of the network namespace `pid` lives in (`<proc_root>/<pid>/net/dev`; the
 /// kernel needs no ptrace access for it). `buf` is reused between calls.
 pub fn read(proc_root: &Path, pid: u32, buf: &mut Vec<u8>) -> Result<Vec<Interface>, NetDevError> {
@@ -89,7 +98,8 @@ pub fn read(proc_root: &Path, pid: u32, buf: &mut Vec<u8>) -> Result<Vec<Interfa
         path: path.display().to_string(),
         source,
     })?;
-    parse(&String::from_utf8_lossy(buf))
+    let text = std::str::from_utf8(buf).map_err(|_| NetDevError::Malformed("not UTF-8".into()))?;
+    parse(text)
 }
 
 #[cfg(test)]
@@ -128,6 +138,9 @@ nerdctl0:   7       1    0    0    0     0          0         0        7       1
             }
         );
         assert_eq!((ifaces[1].rx_bytes, ifaces[1].tx_bytes), (10, 20));
+        // Counters wide enough to touch the colon, as older kernels print them.
+        let tight = POD.replace("  eth0: 9876543", "  eth0:9876543");
+        assert_eq!(parse(&tight).unwrap(), ifaces);
     }
 
     #[test]
