@@ -250,18 +250,15 @@ impl Sampler {
                 read_wall: known.read_wall,
                 ebpf: EbpfValues::default(),
                 created_unix_nano: known.created_unix_nano,
-                network: None,
+                network: known.network.clone(),
             });
             node_of.push(index);
             self.known.insert(node.id, known);
         }
         if full {
-            self.read_networks(&cgroups);
+            self.read_networks(&mut cgroups);
             self.last_host = self.host.node();
             self.stats.host_read_errors = self.host.errors;
-        }
-        for sample in &mut cgroups {
-            sample.network = self.known.get(&sample.id).and_then(|k| k.network.clone());
         }
         let mut map_stats = MapStats::default();
         let (mut values, terminated) =
@@ -291,8 +288,9 @@ impl Sampler {
         })
     }
 
-    /// The host's network namespace for the root cgroup, each pod's for its cgroup.
-    fn read_networks(&mut self, cgroups: &[CgroupSample]) {
+    /// The host's network namespace for the root cgroup, each pod's for its cgroup, in the
+    /// samples and remembered for the passes until the next full one.
+    fn read_networks(&mut self, cgroups: &mut [CgroupSample]) {
         let table = self.names.as_ref().map(|n| n.table()).unwrap_or_default();
         let known = &self.known;
         let pids = host::pod_pids(
@@ -303,14 +301,18 @@ impl Sampler {
             &table,
         );
         let mut networks = host::pod_networks(&mut self.host, pids);
-        let root = cgroups.iter().find(|c| &*c.path == "/").map(|c| c.id);
-        let mut host_network = self.host.network(1).map(Arc::new);
-        for (id, known) in &mut self.known {
-            known.network = match &known.identity {
-                Some(Identity::Pod(pod)) => networks.remove(&pod.uid),
-                _ if Some(*id) == root => host_network.take(),
-                _ => None,
+        let host_network = self.host.network(1).map(Arc::new);
+        for c in cgroups.iter_mut() {
+            let Some(known) = self.known.get_mut(&c.id) else {
+                continue;
             };
+            let network = match &known.identity {
+                Some(Identity::Pod(pod)) => networks.remove(&pod.uid),
+                _ if &*c.path == "/" => host_network.clone(),
+                _ => continue,
+            };
+            c.network.clone_from(&network);
+            known.network = network;
         }
     }
 

@@ -5,7 +5,10 @@ mod fs;
 mod network;
 pub mod node;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use crate::{
     cri::{NameTable, stats::RuntimeFs},
@@ -53,21 +56,15 @@ pub fn build(
         ..Default::default()
     };
     let mut pods: BTreeMap<String, proto::PodStats> = BTreeMap::new();
-    let mut containers: Vec<(String, proto::ContainerStats)> = Vec::new();
-    // kubelet's pod process count: every container's, the sandbox's included.
-    let mut processes: BTreeMap<String, u64> = BTreeMap::new();
+    // Each container's pod, processes (kubelet's pod count includes the sandbox's) and stats
+    // (none for a sandbox, which kubelet leaves out).
+    let mut containers: Vec<(String, Option<u64>, Option<proto::ContainerStats>)> = Vec::new();
     for (c, rates) in sample.cgroups.iter().zip(rates) {
         if &*c.path == "/" {
             node_stats = node::root(c, rates, sample.meminfo, time, node_stats);
             continue;
         }
-        let identity = identity::identify(&c.path);
-        if let Some(Identity::Container(pod, _)) = &identity
-            && let Some(n) = c.reading.processes
-        {
-            *processes.entry(pod.uid.clone()).or_default() += n;
-        }
-        match identity {
+        match identity::identify(&c.path) {
             Some(Identity::Pod(pod)) => {
                 let stats = pods.entry(pod.uid.clone()).or_default();
                 let res = Resources::of(c, rates);
@@ -98,17 +95,25 @@ pub fn build(
                     ..Default::default()
                 };
             }
-            Some(Identity::Container(pod, container)) if !names.is_sandbox(&container.id) => {
-                let stats = container_stats(c, rates, &pod.uid, container, sample, inputs);
-                containers.push((pod.uid, stats));
+            Some(Identity::Container(pod, container)) => {
+                let stats = (!names.is_sandbox(&container.id))
+                    .then(|| container_stats(c, rates, &pod.uid, container, sample, inputs));
+                containers.push((pod.uid, c.reading.processes, stats));
             }
             _ => {}
         }
     }
-    for (uid, container) in containers {
+    let mut processes: HashMap<String, u64> = HashMap::new();
+    for (uid, count, container) in containers {
         // A container whose pod cgroup vanished mid-pass has no pod to belong to this time.
-        if let Some(pod) = pods.get_mut(&uid) {
+        let Some(pod) = pods.get_mut(&uid) else {
+            continue;
+        };
+        if let Some(container) = container {
             pod.containers.push(container);
+        }
+        if let Some(n) = count {
+            *processes.entry(uid).or_default() += n;
         }
     }
     let mut pods: Vec<proto::PodStats> =

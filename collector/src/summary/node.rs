@@ -97,11 +97,12 @@ pub fn system_containers(
                 found[slot] = Some(i);
             }
         }
-        let last = c.path.rsplit('/').next().unwrap_or("");
-        let depth = c.path.matches('/').count();
-        if (last == "kubepods" || last == "kubepods.slice") && depth < pods_depth {
-            pods_depth = depth;
-            found[3] = Some(i);
+        if c.path.ends_with("/kubepods") || c.path.ends_with("/kubepods.slice") {
+            let depth = c.path.matches('/').count();
+            if depth < pods_depth {
+                pods_depth = depth;
+                found[3] = Some(i);
+            }
         }
     }
     let names = [KUBELET, RUNTIME, MISC, PODS];
