@@ -213,7 +213,8 @@ impl Sampler {
         // The node each sample came from, to hand it its eBPF values without a lookup.
         let mut node_of = Vec::with_capacity(nodes.len());
         // Rebuilt each pass from the last one, so ids of removed cgroups drop out in O(n).
-        let mut seen_before = std::mem::take(&mut self.known);
+        // Sized up front: growing a map of large entries pass after pass is all memcpy.
+        let mut seen_before = std::mem::replace(&mut self.known, HashMap::with_capacity(walked));
         for (index, node) in nodes[..walked].iter().enumerate() {
             let known = match seen_before.remove(&node.id) {
                 Some(known) if !full => known,
