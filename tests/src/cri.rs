@@ -25,6 +25,20 @@ use tonic::transport::Channel;
 
 use crate::{containerd::IMAGE, watch::unix_ns};
 
+/// kubelet's `--runtime-request-timeout`: how long a call that drives a pod may take.
+pub const RUNTIME_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Tests that run a private containerd take turns: two at once on a busy 2-core machine made
+/// sandboxes take longer than any sensible timeout.
+pub static ONE_CONTAINERD_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Both CRI clients on `socket`, with kubelet's timeout for driving pods.
+pub async fn connect(socket: &Path) -> collector::cri::endpoint::Connection {
+    collector::cri::endpoint::connect_with_timeout(socket, RUNTIME_REQUEST_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {}: {e}", socket.display()))
+}
+
 /// A pod as kubelet would ask for it: besteffort, cgroupfs driver.
 #[derive(Debug, Clone)]
 pub struct PodSpec {

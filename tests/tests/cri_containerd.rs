@@ -11,13 +11,13 @@ use std::{fs, path::Path, time::Duration, time::SystemTime};
 
 use collector::{
     app::ServeConfig,
-    cri::{CriSetting, endpoint, proto::NamespaceMode},
+    cri::{CriSetting, proto::NamespaceMode},
     proto::GetSummaryRequest,
 };
 use collector_integration_tests::{
     can_run, cgroup2_mount,
     containerd::Containerd,
-    cri::{PodCgroups, PodSpec, http_get, stop_pod, wait_for},
+    cri::{self, PodCgroups, PodSpec, http_get, stop_pod, wait_for},
     skip,
     watch::{start_local, unix_ns},
 };
@@ -32,6 +32,7 @@ async fn containerd_pod_is_named_from_cri_with_its_cpu() {
     if !can_run(TEST) {
         return;
     }
+    let _turn = cri::ONE_CONTAINERD_AT_A_TIME.lock().await;
     let containerd = match Containerd::start() {
         Ok(c) => c,
         Err(why) => return skip(TEST, &format!("containerd cannot start: {why}")),
@@ -56,7 +57,7 @@ async fn containerd_pod_is_named_from_cri_with_its_cpu() {
     let spec = PodSpec::new(POD, NAMESPACE, NamespaceMode::Node, None);
     let uid = spec.uid.clone();
     let _cgroups = PodCgroups(spec.cgroup_parent());
-    let mut cri = endpoint::connect(&containerd.socket).await.unwrap();
+    let mut cri = cri::connect(&containerd.socket).await.runtime;
     let sandbox_id = spec
         .run(&mut cri)
         .await

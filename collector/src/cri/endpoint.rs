@@ -104,13 +104,23 @@ pub async fn connect(socket: &Path) -> Result<Client, tonic::transport::Error> {
 
 /// The RuntimeService and ImageService clients on `socket`, and who serves it.
 pub async fn connect_both(socket: &Path) -> Result<Connection, tonic::transport::Error> {
+    connect_with_timeout(socket, CALL_TIMEOUT).await
+}
+
+/// [`connect_both`] with another per-call timeout: what drives pods, as kubelet does, needs
+/// kubelet's (`--runtime-request-timeout`, 2 min): a sandbox can take long to start on a busy
+/// node, where the collector's reads of names and usage must not wait.
+pub async fn connect_with_timeout(
+    socket: &Path,
+    call_timeout: Duration,
+) -> Result<Connection, tonic::transport::Error> {
     let socket = socket.to_owned();
     let peer = Arc::new(Mutex::new(None));
     let seen = peer.clone();
     // The URI is required by the API and ignored by the connector.
     let channel = Endpoint::from_static("http://cri.invalid")
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
+        .timeout(call_timeout)
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let socket = socket.clone();
             let seen = seen.clone();

@@ -19,7 +19,7 @@ use collector::{
     app::ServeConfig,
     cri::{
         CriSetting,
-        endpoint::{self, Connection},
+        endpoint::Connection,
         proto::{
             ContainerStatusRequest, FilesystemUsage, ImageFsInfoRequest, ListContainerStatsRequest,
             NamespaceMode, PodSandboxStatusRequest,
@@ -31,7 +31,7 @@ use collector::{
 use collector_integration_tests::{
     can_run, cgroup2_mount,
     containerd::{Containerd, Veth},
-    cri::{PodCgroups, PodSpec, http_get, stop_pod, wait_for},
+    cri::{self, PodCgroups, PodSpec, http_get, stop_pod, wait_for},
     skip,
     watch::{start_local, unix_ns},
 };
@@ -48,6 +48,7 @@ async fn containerd_pod_storage_network_and_times_match_the_runtime_and_the_kern
     if !can_run(TEST) {
         return;
     }
+    let _turn = cri::ONE_CONTAINERD_AT_A_TIME.lock().await;
     let veth = Veth::for_this_process();
     let containerd = match Containerd::start_with(Some(&veth)) {
         Ok(c) => c,
@@ -91,7 +92,7 @@ async fn containerd_pod_storage_network_and_times_match_the_runtime_and_the_kern
     let http = running.http_addr.expect("HTTP on");
 
     let _cgroups = PodCgroups(spec.cgroup_parent());
-    let mut cri = endpoint::connect_both(&containerd.socket).await.unwrap();
+    let mut cri = cri::connect(&containerd.socket).await;
     let sandbox_id = spec
         .run(&mut cri.runtime)
         .await
