@@ -1,5 +1,6 @@
 //! Builds the eBPF object (collector-ebpf, with nightly + bpf-linker via aya-build) and compiles
-//! the protobuf API without a system protoc (protox).
+//! the protobuf API, the vendored CRI, remote-write and OTLP protos without a system protoc
+//! (protox).
 
 use std::{env, fs, path::PathBuf};
 
@@ -37,18 +38,42 @@ fn build_proto() -> anyhow::Result<()> {
         .build_server(false)
         .compile_fds(cri)
         .context("generating the CRI client")?;
+    // The push exporters' wire formats: Prometheus remote-write 1.0 (messages only) and the
+    // OTLP metrics service, both vendored unmodified.
+    let prompb = protox::compile(
+        [proto_root.join("prompb/remote.proto")],
+        [proto_root.join("prompb")],
+    )
+    .context("compiling the vendored Prometheus remote-write protos")?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(false)
+        .compile_fds(prompb)
+        .context("generating the remote-write messages")?;
+    let otlp = protox::compile(
+        [proto_root.join("otlp/opentelemetry/proto/collector/metrics/v1/metrics_service.proto")],
+        [proto_root.join("otlp")],
+    )
+    .context("compiling the vendored OTLP metrics protos")?;
+    // The server too: the gRPC path is tested against an in-process receiver.
+    tonic_prost_build::configure()
+        .compile_fds(otlp)
+        .context("generating the OTLP metrics client")?;
     Ok(())
 }
+
+/// The binaries of collector-ebpf, one object per probe family (`collector-ebpf/src/bin/`).
+const EBPF_OBJECTS: [&str; 4] = ["sched", "sched_slot", "oom", "lifecycle"];
 
 fn build_ebpf() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     if env::var_os("AYA_BUILD_SKIP").is_some() {
-        // User space only (fuzzing, docs): an empty object, which the collector reports as
+        // User space only (fuzzing, docs): empty objects, which the collector reports as
         // "built without eBPF" for every probe instead of failing to compile.
-        fs::write(
-            PathBuf::from(env::var("OUT_DIR")?).join("collector-ebpf"),
-            [],
-        )?;
+        let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+        for object in EBPF_OBJECTS {
+            fs::write(out_dir.join(object), [])?;
+        }
         return Ok(());
     }
     let metadata = cargo_metadata::MetadataCommand::new()

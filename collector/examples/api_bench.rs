@@ -92,6 +92,9 @@ async fn stream(cgroups: usize, seconds: u64, counts: &[u64]) -> anyhow::Result<
             "--ignore-cgroup1",
             "--http-listen",
             "off",
+            // The bench measures fan-out past the default subscriber cap.
+            "--max-watch-subscribers",
+            "1000",
             "--listen",
         ])
         .arg(format!("127.0.0.1:{port}"))

@@ -295,9 +295,9 @@ fn measure(mode: &str, passes: u32) -> anyhow::Result<()> {
         "ebpf" => {
             let probes = Probes::load(&ProbeConfig::default());
             anyhow::ensure!(
-                probes.cpu_time.is_some() && probes.lifecycle_active(),
+                probes.sched.is_some() && probes.lifecycle_active(),
                 "eBPF probes not active: {:?}",
-                probes.statuses
+                probes.statuses()
             );
             // cgroupfs due on every pass: the full pass of the daemon's schedule.
             let mut s = sampler(probes, Duration::ZERO);

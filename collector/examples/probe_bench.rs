@@ -1,16 +1,17 @@
 //! Probe overhead (run by `cargo xtask bench`; needs root and BPF).
 //!
 //! `probe_bench REPEATS ROUNDTRIPS PAGES`: two microbenchmarks, each run in three states: no
-//! probes, every probe attached (the default, bpf_stats on), and every probe attached with
-//! bpf_stats off (`--no-bpf-stats`); the order rotates every repeat so machine noise hits all
-//! alike:
+//! probes, every probe attached with bpf_stats on (`--bpf-stats`, for the per-program figures),
+//! and every probe attached with bpf_stats off (the default); the order rotates every repeat so
+//! machine noise hits all alike:
 //! - context switches: this process and a child, both pinned to CPU 0, ping-pong one byte over
 //!   two pipes ROUNDTRIPS times (every round trip is two wake-ups and two context switches);
 //! - page faults: touching PAGES fresh 4 KiB pages of an anonymous mapping (huge pages off), ten
 //!   times over.
 //!
 //! Also reports each BPF program's average run time from bpf_stats, taken over the attached
-//! windows. Prints one JSON line.
+//! windows, and the kernel memory of the maps (now, and projected to 64 and 128 possible CPUs).
+//! Prints one JSON line.
 
 mod bench_util;
 
@@ -170,7 +171,11 @@ fn load(run_stats: bool) -> anyhow::Result<Probes> {
         run_stats,
         ..ProbeConfig::default()
     });
-    let inactive: Vec<_> = probes.statuses.iter().filter(|s| !s.is_active()).collect();
+    let inactive: Vec<_> = probes
+        .statuses()
+        .into_iter()
+        .filter(|s| !s.is_active())
+        .collect();
     anyhow::ensure!(inactive.is_empty(), "probes not active: {inactive:?}");
     Ok(probes)
 }
@@ -220,6 +225,19 @@ fn run(repeats: usize, roundtrips: usize, pages: usize) -> anyhow::Result<()> {
         .into_iter()
         .map(|(name, ns)| (name, spread(&ns)))
         .collect();
+    let maps = load(false)?.map_memory().to_vec();
+    let total = |f: &dyn Fn(&collector::probes::MapMemory) -> u64| maps.iter().map(f).sum::<u64>();
+    let map_memory = json!({
+        "possible_cpus": aya::util::nr_cpus().unwrap_or(0),
+        "kernel_bytes": total(&|m| m.kernel_bytes.unwrap_or(0)),
+        "projected_64_bytes": total(&|m| m.projected_bytes(64)),
+        "projected_128_bytes": total(&|m| m.projected_bytes(128)),
+        "maps": maps.iter().map(|m| json!({
+            "object": m.object, "name": m.name, "max_entries": m.max_entries,
+            "value_size": m.value_size, "kernel_bytes": m.kernel_bytes,
+            "projected_128_bytes": m.projected_bytes(128),
+        })).collect::<Vec<_>>(),
+    });
     println!(
         "{}",
         json!({
@@ -227,6 +245,7 @@ fn run(repeats: usize, roundtrips: usize, pages: usize) -> anyhow::Result<()> {
             "pages": pages * FAULT_ROUNDS,
             "ping_pong": switches.json(), "page_fault": faults.json(),
             "program_ns": programs, "program_runs": runs_total, "load_ms": spread(&load_ms),
+            "map_memory": map_memory,
         })
     );
     Ok(())

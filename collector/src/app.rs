@@ -8,11 +8,14 @@ use tokio::{sync::oneshot, task::JoinHandle};
 use crate::{
     cgroupfs::CgroupMounts,
     cri::{self, CriSetting},
+    export::{ExportMetrics, Exporter, config::ExportConfig},
     host_scan::{self, ScanConfig, Scanner},
     http,
     net::{
+        accept,
+        auth::{Auth, AuthLayer, AuthSettings},
         listen::{bind, check_listen_policy},
-        tls::{ServerTlsFiles, load_tls},
+        tls::{Protocol, ServerTlsFiles, load_tls},
     },
     node::NodeInfo,
     percentiles::{self, UsageWindows},
@@ -67,6 +70,15 @@ pub struct ServeConfig {
     pub volume_stats_interval: Duration,
     /// Where kubelet's system containers are, when given.
     pub system_cgroups: SystemCgroups,
+    /// Health turns NOT_SERVING when the newest sample is older than this; `None` derives it
+    /// from `base_period` ([`store::stale_after`]).
+    pub stale_after: Option<Duration>,
+    /// Caps on connections, streams and Watch subscribers, and the interval policy.
+    pub limits: server::Limits,
+    /// Who may call (client certificates from `tls.client_ca` always authenticate).
+    pub auth: AuthSettings,
+    /// Remote-write and OTLP destinations to push to (none: no exporter).
+    pub export: ExportConfig,
 }
 
 impl Default for ServeConfig {
@@ -91,6 +103,10 @@ impl Default for ServeConfig {
             pod_logs_dir: None,
             volume_stats_interval: host_scan::DEFAULT_PERIOD,
             system_cgroups: SystemCgroups::default(),
+            stale_after: None,
+            limits: server::Limits::default(),
+            auth: AuthSettings::default(),
+            export: ExportConfig::default(),
         }
     }
 }
@@ -105,19 +121,31 @@ pub struct Running {
     pub http_addr: Option<SocketAddr>,
     pub store: StoreHandle,
     pub server_stats: Arc<ServerStats>,
-    store_task: JoinHandle<()>,
-    cri_task: Option<JoinHandle<()>>,
     scanner: Option<Scanner>,
+    /// The exporters' delivery counters (also on `/metrics`), readable after `stop`.
+    pub export_metrics: Option<Arc<ExportMetrics>>,
+    store_task: tokio::task::AbortHandle,
+    cri_task: Option<tokio::task::AbortHandle>,
+    /// Watches the store and CRI tasks; `core_ended` hears when one ends on its own.
+    supervisor: JoinHandle<()>,
+    core_ended: Option<oneshot::Receiver<String>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     http: Option<(oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)>,
+    exporter: Option<Exporter>,
 }
 
 impl Running {
     /// Stops sampling, ends every Watch stream, and waits (boundedly) for the server to finish.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        // First push what the last snapshot added and drain the queues (bounded by the
+        // exporter's grace), while the store still publishes.
+        if let Some(exporter) = self.exporter.take() {
+            exporter.stop().await;
+        }
         // Ending the store closes every subscription, so streams finish and the graceful
         // shutdown below does not wait on clients that never hang up.
+        self.supervisor.abort();
         self.store_task.abort();
         if let Some(cri) = &self.cri_task {
             cri.abort();
@@ -144,25 +172,55 @@ impl Running {
         Ok(())
     }
 
-    /// Waits until the server ends on its own (an error) or `signal` completes.
+    /// Waits until `signal` completes, or fails when a server or a core task ends on its own:
+    /// a collector whose store task died would serve its last snapshot forever, so the process
+    /// exits and Kubernetes restarts it.
     pub async fn run_until(
         mut self,
         signal: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
+        let core_ended = self.core_ended.take();
+        let core = async move {
+            match core_ended {
+                Some(rx) => rx.await.unwrap_or_else(|_| "a core task".to_owned()),
+                None => std::future::pending().await,
+            }
+        };
+        let http = async {
+            match self.http.as_mut() {
+                Some((_, task)) => task.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            result = &mut self.server => { result??; Ok(()) }
+            result = &mut self.server => {
+                result??;
+                anyhow::bail!("the gRPC server stopped on its own")
+            }
+            result = http => {
+                result??;
+                anyhow::bail!("the HTTP server stopped on its own")
+            }
+            what = core => anyhow::bail!("{what} ended; exiting so that the collector is restarted"),
             _ = signal => self.stop().await,
         }
     }
 }
 
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
+    let auth_settings = AuthSettings {
+        client_ca: config.tls.as_ref().and_then(|t| t.client_ca.clone()),
+        ..config.auth.clone()
+    };
+    let auth = Auth::new(&auth_settings).context("authentication")?;
     check_listen_policy(
         config.listen,
         config.tls.is_some(),
+        auth.enabled(),
         config.allow_insecure_listen,
     )?;
-    let tls = load_tls(config.tls.as_ref())?;
+    let tls = load_tls(config.tls.as_ref(), Protocol::Grpc)?;
+    let http_tls = load_tls(config.tls.as_ref(), Protocol::Http1)?;
     let mut mounts = CgroupMounts::discover().context("reading /proc/self/mountinfo")?;
     if config.ignore_cgroup1 {
         mounts.v1.clear();
@@ -178,8 +236,13 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         )?;
     let node = NodeInfo::discover(mounts.clone(), config.node_name.clone());
     if let Some(http) = config.http_listen {
-        check_listen_policy(http, false, config.allow_insecure_listen)
-            .context("the HTTP endpoints are plaintext (--http-listen)")?;
+        check_listen_policy(
+            http,
+            config.tls.is_some(),
+            auth.enabled(),
+            config.allow_insecure_listen,
+        )
+        .context("--http-listen")?;
     }
     // Bind before loading probes: a taken port should fail fast, not after BPF setup.
     let listener = bind(config.listen).await?;
@@ -189,18 +252,35 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         None => None,
     };
     let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let server_stats = Arc::new(ServerStats::default());
+    let max_connections = config.limits.max_connections;
+    let incoming = accept::incoming(
+        listener,
+        tls,
+        max_connections,
+        server_stats.grpc_connections.clone(),
+    )?;
+    let http_incoming = http_listener
+        .map(|l| {
+            accept::incoming(
+                l,
+                http_tls,
+                max_connections,
+                server_stats.http_connections.clone(),
+            )
+        })
+        .transpose()?;
 
     let probe_config = config.probes.clone();
-    let mut probes = tokio::task::spawn_blocking(move || {
+    let probes = tokio::task::spawn_blocking(move || {
         let probes = Probes::load(&probe_config);
         release_freed_memory();
         probes
     })
     .await?;
+    // The probes' counters count from here (the start time of the exported eBPF sums).
+    let probes_since = std::time::SystemTime::now();
     report_probes(&probes);
-    if let Some(logger) = probes.logger.take() {
-        tokio::spawn(pump_ebpf_logs(logger));
-    }
 
     // A node without kubelet (a laptop running `cargo xtask run`) has neither directory.
     let present = |dir: &Option<PathBuf>, flag: &str| {
@@ -239,26 +319,53 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         disk,
         system: config.system_cgroups.clone(),
     };
-    let (store, store_task) = store::spawn(sampler, node, extras, config.base_period);
+    let stale_after = config
+        .stale_after
+        .unwrap_or_else(|| store::stale_after(config.base_period));
+    let (store, store_task) = store::spawn(sampler, node, extras, config.base_period, stale_after);
+    let store_abort = store_task.abort_handle();
+    let cri_abort = cri_task.as_ref().map(JoinHandle::abort_handle);
+    let (core_tx, core_rx) = oneshot::channel();
+    let supervisor = tokio::spawn(supervise(store_task, cri_task, core_tx));
+    let exporter = if config.export.destinations.is_empty() {
+        None
+    } else {
+        let node = store.node.node_name.clone();
+        let started = Exporter::start(config.export.clone(), &store, node, probes_since);
+        Some(started.inspect_err(|_| {
+            supervisor.abort();
+            store_abort.abort();
+        })?)
+    };
     let (tx, rx) = oneshot::channel();
-    let server_stats = Arc::new(ServerStats::default());
     let service = CollectorService::new(
         store.clone(),
         server_stats.clone(),
         config.max_message_bytes,
+        config.limits,
     );
-    let server = tokio::spawn(server::serve(listener, service, tls, async {
+    let grpc_auth = AuthLayer::new(
+        auth.clone(),
+        server::collector_attributes(store.node.node_name.clone()),
+    );
+    let server = tokio::spawn(server::serve(incoming, service, grpc_auth, async {
         let _ = rx.await;
     }));
-    let http = http_listener.map(|listener| {
+    let more = exporter
+        .as_ref()
+        .map(|e| e.metrics.clone() as Arc<dyn http::MoreMetrics>);
+    let http = http_incoming.map(|incoming| {
         let (tx, rx) = oneshot::channel::<()>();
-        let app = http::router(store.clone(), server_stats.clone());
+        let app = http::router(store.clone(), server_stats.clone(), more, auth.clone());
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await
+            axum::serve(
+                incoming,
+                app.into_make_service_with_connect_info::<accept::Peer>(),
+            )
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
         });
         (tx, task)
     });
@@ -269,51 +376,73 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         http,
         store,
         server_stats,
-        store_task,
-        cri_task,
         scanner,
+        store_task: store_abort,
+        cri_task: cri_abort,
+        supervisor,
+        core_ended: Some(core_rx),
         shutdown: Some(tx),
         server,
+        export_metrics: exporter.as_ref().map(|e| e.metrics.clone()),
+        exporter,
     })
 }
 
-/// One line per probe, and one clear warning when eBPF is off altogether.
+/// Waits for the store task or the CRI names task to end (neither does while the collector
+/// runs) and says which did and how.
+async fn supervise(
+    store: JoinHandle<()>,
+    cri: Option<JoinHandle<()>>,
+    ended: oneshot::Sender<String>,
+) {
+    let describe = |what: &str, result: Result<(), tokio::task::JoinError>| match result {
+        Ok(()) => format!("{what} returned"),
+        Err(e) if e.is_panic() => format!("{what} panicked"),
+        Err(_) => format!("{what} was cancelled"),
+    };
+    let what = match cri {
+        Some(cri) => tokio::select! {
+            r = store => describe("the store task", r),
+            r = cri => describe("the CRI names task", r),
+        },
+        None => describe("the store task", store.await),
+    };
+    tracing::error!("{what}");
+    let _ = ended.send(what);
+}
+
+/// One line per probe, one clear warning when eBPF is off altogether, and the kernel memory of
+/// the maps: now, and what the same configuration costs on the biggest nodes (per-CPU maps grow
+/// with the possible CPU count).
 fn report_probes(probes: &Probes) {
-    let active = probes.statuses.iter().filter(|s| s.is_active()).count();
+    let statuses = probes.statuses();
+    let active = statuses.iter().filter(|s| s.is_active()).count();
     if active == 0 {
-        let why: Vec<String> = probes.statuses.iter().map(ToString::to_string).collect();
+        let why: Vec<String> = statuses.iter().map(ToString::to_string).collect();
         tracing::warn!(
             "eBPF probes unavailable, running in cgroupfs-only mode: {}",
             why.join("; ")
         );
         return;
     }
-    for status in &probes.statuses {
+    for status in &statuses {
         if status.is_active() {
             tracing::info!("probe {status}");
         } else {
             tracing::warn!("probe {status}");
         }
     }
-}
-
-async fn pump_ebpf_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
-    // SAFETY: the logger owns the ring buffer's fd and lives inside the AsyncFd, so the fd stays
-    // open for as long as it is registered.
-    let mut fd = match unsafe { tokio::io::unix::AsyncFd::register(logger) } {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::warn!("cannot poll aya-log ring buffer: {e}");
-            return;
-        }
-    };
-    loop {
-        let Ok(mut guard) = fd.readable_mut().await else {
-            return;
-        };
-        guard.get_inner_mut().flush();
-        guard.clear_ready();
-    }
+    let maps = probes.map_memory();
+    let now: u64 = maps.iter().filter_map(|m| m.kernel_bytes).sum();
+    let cpus = aya::util::nr_cpus().unwrap_or(0);
+    let at = |n| maps.iter().map(|m| m.projected_bytes(n)).sum::<u64>() as f64 / f64::from(1 << 20);
+    tracing::info!(
+        possible_cpus = cpus,
+        "eBPF maps: {:.1} MiB of kernel memory now; {:.1} MiB at 64 possible CPUs, {:.1} MiB at 128",
+        now as f64 / f64::from(1 << 20),
+        at(64),
+        at(128),
+    );
 }
 
 /// Hands the heap freed by probe loading (the kernel's parsed BTF and the object file, tens of
@@ -324,5 +453,24 @@ fn release_freed_memory() {
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_core_task_that_ends_is_reported() {
+        let store = tokio::spawn(async { panic!("a bug in the store") });
+        let (tx, rx) = oneshot::channel();
+        supervise(store, None, tx).await;
+        assert_eq!(rx.await.unwrap(), "the store task panicked");
+
+        let store = tokio::spawn(std::future::pending::<()>());
+        let cri = tokio::spawn(async {});
+        let (tx, rx) = oneshot::channel();
+        supervise(store, Some(cri), tx).await;
+        assert_eq!(rx.await.unwrap(), "the CRI names task returned");
     }
 }

@@ -6,7 +6,7 @@
 use crate::{
     cgroupfs::reading::Source,
     node::NodeInfo,
-    probes::{ProbeState, ProbeStatus, ProgramRunStats},
+    probes::{MapMemory, ProbeState, ProbeStatus, ProgramRunStats},
     proto,
     rate::CgroupRates,
     sampler::{CgroupSample, OomKill, SamplerStats, Terminated},
@@ -93,13 +93,10 @@ pub fn node_info(n: &NodeInfo) -> proto::NodeInfo {
 pub fn collector_stats(
     sampler: &SamplerStats,
     programs: &[ProgramRunStats],
+    maps: &[MapMemory],
 ) -> proto::CollectorStats {
+    let drops = sampler.ebpf_drops;
     proto::CollectorStats {
-        ebpf_fault_map_entries: sampler.ebpf_fault_map_entries,
-        ebpf_runq_map_entries: sampler.ebpf_runq_map_entries,
-        ebpf_dropped_faults: sampler.ebpf_dropped_faults,
-        ebpf_dropped_runq_waits: sampler.ebpf_dropped_runq_waits,
-        ebpf_dropped_events: sampler.ebpf_dropped_events,
         program_stats: programs
             .iter()
             .map(|p| proto::ProgramRunStats {
@@ -110,14 +107,35 @@ pub fn collector_stats(
             })
             .collect(),
         passes: sampler.passes,
+        failed_passes: sampler.failed_passes,
         parse_errors: sampler.parse_errors,
         read_errors: sampler.read_errors,
         probe_read_errors: sampler.probe_read_errors,
         ebpf_map_entries: sampler.ebpf_map_entries,
-        ebpf_dropped_intervals: sampler.ebpf_dropped_intervals,
-        ebpf_running_read_failures: sampler.ebpf_running_read_failures,
+        ebpf_dropped_runs: drops.cgroup_inserts,
+        ebpf_dropped_histogram_waits: drops.runq_histograms,
+        ebpf_dropped_oom_events: drops.oom_events,
+        ebpf_dropped_lifecycle_events: drops.lifecycle_events,
+        ebpf_truncated_paths: drops.truncated_paths,
+        ebpf_unattributed_cgroups: sampler.ebpf_unattributed_cgroups,
+        ebpf_running_tasks: sampler.ebpf_running_tasks,
+        ebpf_maps: maps.iter().map(map_memory).collect(),
+        walks: sampler.walks,
+        early_walks: sampler.early_walks,
         watch_subscribers: 0,
         dropped_subscribers: 0,
+    }
+}
+
+fn map_memory(m: &MapMemory) -> proto::MapMemory {
+    proto::MapMemory {
+        object: m.object.to_owned(),
+        name: m.name.clone(),
+        max_entries: m.max_entries,
+        value_size: m.value_size,
+        kernel_bytes: m.kernel_bytes,
+        projected_bytes_64_cpus: m.projected_bytes(64),
+        projected_bytes_128_cpus: m.projected_bytes(128),
     }
 }
 

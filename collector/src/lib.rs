@@ -4,8 +4,9 @@
 //!
 //! Data flows one way: the kernel's counters are read by the [`probes`] and [`cgroupfs`], merged
 //! per cgroup by the [`sampler`], turned into rates and the kubelet Summary model, published by
-//! the [`store`] task, and served by the [`server`] (gRPC) and [`http`] endpoints to the
-//! [`aggregate`]or and [`top`]. Imports follow the same direction: each module may use only the
+//! the [`store`] task, served by the [`server`] (gRPC) and [`http`] endpoints to the
+//! [`aggregate`]or and [`top`], and pushed by the [`export`]ers into Prometheus-compatible and
+//! OpenTelemetry receivers. Imports follow the same direction: each module may use only the
 //! modules listed above it in this table. `cargo xtask test` checks every `use` and every
 //! `crate::` path against it (`xtask/src/layers.rs`), and a new module must be given a row.
 //!
@@ -13,7 +14,7 @@
 //! |---|---|---|
 //! | 1 | [`proto`] | the generated `collector.v1` wire types |
 //! | 2 | [`unix_time`] | wall-clock times as the wire formats carry them |
-//! | 3 | [`net`] | server TLS with reloading, the listen policy, client connections |
+//! | 3 | [`net`] | accepting connections, server TLS, authentication, the listen policy, clients |
 //! | 4 | [`cgroupfs`] | reading and parsing the kernel's cgroup files, v1 and v2 |
 //! | 5 | [`k8s`] | Kubernetes identities from cgroup paths |
 //! | 6 | [`node`] | facts about this node (name, kernel, mounts, CPUs) |
@@ -29,15 +30,17 @@
 //! | 16 | [`store`] | the task that owns the samples and publishes snapshots |
 //! | 17 | [`server`] | the gRPC API: Collector, Watch fan-out, health, reflection |
 //! | 18 | [`http`] | kubelet's HTTP endpoints and Prometheus metrics |
-//! | 19 | [`aggregate`] | the cluster aggregator fed by many collectors |
-//! | 20 | [`top`] | `collector top`, a client of either |
-//! | 21 | [`app`] | assembling a running collector from its configuration |
+//! | 19 | [`export`] | pushing snapshots to Prometheus remote-write and OTLP receivers |
+//! | 20 | [`aggregate`] | the cluster aggregator fed by many collectors |
+//! | 21 | [`top`] | `collector top`, a client of either |
+//! | 22 | [`app`] | assembling a running collector from its configuration |
 
 pub mod aggregate;
 pub mod app;
 pub mod cgroupfs;
 pub mod convert;
 pub mod cri;
+pub mod export;
 pub mod host_scan;
 pub mod hostfs;
 pub mod http;

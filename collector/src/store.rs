@@ -15,7 +15,7 @@ use crate::{
     host_scan::{DiskScan, RoundFigures},
     node::NodeInfo,
     percentiles::UsageWindows,
-    probes::{ProbeStatus, ProgramRunStats},
+    probes::{MapMemory, ProbeStatus, ProgramRunStats},
     proto,
     rate::{
         CgroupRates,
@@ -25,6 +25,51 @@ use crate::{
     summary::{self, Inputs},
     unix_time::unix_nanos,
 };
+
+/// Health turns NOT_SERVING when the newest sample is older than this many base periods...
+pub const STALE_AFTER_PERIODS: u32 = 3;
+/// ...or than this, whichever is longer (a full cgroupfs pass over a big tree takes seconds).
+pub const MIN_STALE_AFTER: Duration = Duration::from_secs(10);
+
+/// How old the newest sample may be before the collector reports itself unhealthy.
+pub fn stale_after(base_period: Duration) -> Duration {
+    (base_period * STALE_AFTER_PERIODS).max(MIN_STALE_AFTER)
+}
+
+/// Whether the collector is doing its job, for health checks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Health {
+    /// No sample yet (starting).
+    NoSample,
+    /// The newest sample is recent.
+    Fresh,
+    /// The newest sample is this old: passes fail or hang.
+    Stale { age: Duration, limit: Duration },
+    /// The store task ended: nothing will ever be sampled again.
+    Stopped,
+}
+
+impl Health {
+    pub fn is_serving(&self) -> bool {
+        *self == Health::Fresh
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Health::NoSample => write!(f, "no sample taken yet"),
+            Health::Fresh => write!(f, "ok"),
+            Health::Stale { age, limit } => write!(
+                f,
+                "the newest sample is {:.1} s old (limit {:.1} s): sampling passes fail or hang",
+                age.as_secs_f64(),
+                limit.as_secs_f64()
+            ),
+            Health::Stopped => write!(f, "the store task has stopped"),
+        }
+    }
+}
 
 /// How many removals and OOM kills the store remembers for subscribers and GetSummary.
 pub const RECENT_TERMINATED: usize = 1024;
@@ -70,6 +115,8 @@ pub struct Snapshot {
     pub program_stats: Vec<ProgramRunStats>,
     /// How the slow disk scans' last round went.
     pub disk_scan: RoundFigures,
+    /// Kernel memory of the probes' maps (fixed at load).
+    pub maps: Arc<[MapMemory]>,
     /// Removals and OOM kills of recent samples, each tagged with its snapshot's `seq`, so a
     /// subscriber that skipped samples still gets every one once.
     pub recent: Arc<Recent>,
@@ -125,6 +172,7 @@ pub struct StoreHandle {
     intervals: Arc<Mutex<Intervals>>,
     changed: Arc<Notify>,
     pub node: Arc<NodeInfo>,
+    stale_after: Duration,
 }
 
 /// A subscriber's view: new snapshots as they are published. Dropping it withdraws its interval.
@@ -145,6 +193,34 @@ impl Drop for Subscription {
 impl StoreHandle {
     pub fn latest(&self) -> Option<Arc<Snapshot>> {
         self.latest.borrow().clone()
+    }
+
+    /// Fresh while the newest sample is younger than the staleness limit and the store runs.
+    pub fn health(&self) -> Health {
+        // The sender lives in the store task: closed means the task is gone.
+        if self.latest.has_changed().is_err() {
+            return Health::Stopped;
+        }
+        match self.latest() {
+            None => Health::NoSample,
+            Some(snap) => {
+                let age = snap.sample.taken_at.elapsed();
+                if age > self.stale_after {
+                    Health::Stale {
+                        age,
+                        limit: self.stale_after,
+                    }
+                } else {
+                    Health::Fresh
+                }
+            }
+        }
+    }
+
+    /// Every snapshot as it is published, without asking the sampler for a faster pace (for
+    /// observers that only follow: the health reporter, the exporters).
+    pub fn snapshots(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        self.latest.clone()
     }
 
     /// The latest snapshot, waiting up to `patience` for the first one (a request that arrives
@@ -188,7 +264,7 @@ fn unnamed_containers(pods: &[proto::PodStats]) -> impl Iterator<Item = &str> {
 /// The probes' statuses, the runtime's (names, filesystem usage) and the disk scans', in one
 /// list for every reader.
 fn statuses(sampler: &Sampler, extras: &Extras) -> Vec<ProbeStatus> {
-    let mut statuses = sampler.probes().statuses.clone();
+    let mut statuses = sampler.probes().statuses();
     statuses.push(extras.names.status());
     statuses.push(extras.names.fs_status());
     statuses.push(extras.disk.status());
@@ -247,13 +323,15 @@ impl Extras {
     }
 }
 
-/// Starts the store task. `base_period` is the pace without faster subscribers. Aborting the
-/// returned task ends every subscription (their snapshot channel closes).
+/// Starts the store task. `base_period` is the pace without faster subscribers; health is stale
+/// when the newest sample is older than `stale_after`. Aborting the returned task ends every
+/// subscription (their snapshot channel closes).
 pub fn spawn(
     sampler: Sampler,
     node: NodeInfo,
     extras: Extras,
     base_period: Duration,
+    stale_after: Duration,
 ) -> (StoreHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
     let intervals = Arc::new(Mutex::new(Intervals::default()));
@@ -263,6 +341,7 @@ pub fn spawn(
         intervals: intervals.clone(),
         changed: changed.clone(),
         node: Arc::new(node),
+        stale_after,
     };
     let node = handle.node.clone();
     let task = tokio::spawn(run(
@@ -287,8 +366,12 @@ async fn run(
     base_period: Duration,
 ) {
     let mut seq = 0;
+    // Failed passes in a row: the first is logged as a warning, the rest only counted (in
+    // `failed_passes`) until a pass succeeds again.
+    let mut failing = 0u64;
     let mut previous = RateState::default();
     let mut recent = Arc::new(Recent::default());
+    let maps: Arc<[MapMemory]> = sampler.probes().map_memory().into();
     loop {
         let started = Instant::now();
         let (returned, result) = match tokio::task::spawn_blocking(move || {
@@ -306,6 +389,10 @@ async fn run(
         sampler = returned;
         match result {
             Ok(sample) => {
+                if failing > 0 {
+                    tracing::info!("sampling recovered after {failing} failed passes");
+                    failing = 0;
+                }
                 let rates = rates_since(&mut previous, &sample);
                 let inputs = extras.inputs();
                 let (node_stats, mut pods) = summary::build(&sample, &rates, &node, &inputs);
@@ -318,6 +405,7 @@ async fn run(
                     records: Default::default(),
                     program_stats: sampler.probes().run_stats(),
                     disk_scan: inputs.disk.figures,
+                    maps: maps.clone(),
                     recent: recent.clone(),
                     seq,
                     sample,
@@ -330,8 +418,18 @@ async fn run(
                 seq += 1;
                 tx.send_replace(Some(Arc::new(snapshot)));
             }
-            // Keep serving the last snapshot; say why it is not moving.
-            Err(e) => tracing::warn!("sampling pass failed: {e}"),
+            // Keep serving the last snapshot (health turns NOT_SERVING once it is too old); say
+            // once why it is not moving.
+            Err(e) => {
+                if failing == 0 {
+                    tracing::warn!(
+                        "sampling pass failed, nothing published until a pass succeeds: {e}"
+                    );
+                } else {
+                    tracing::debug!("sampling pass failed again: {e}");
+                }
+                failing += 1;
+            }
         }
         // Sleep until the next pass, re-planning when a subscriber arrives or leaves.
         loop {
@@ -351,5 +449,54 @@ async fn run(
                 _ = tx.closed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        cgroupfs::CgroupMounts,
+        probes::{ProbeConfig, Probes},
+    };
+
+    #[tokio::test]
+    async fn health_is_fresh_then_stopped_when_the_store_task_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cpu.stat"), "usage_usec 1\n").unwrap();
+        let probes = Probes::load(&ProbeConfig {
+            disabled: true,
+            ..ProbeConfig::default()
+        });
+        let sampler = Sampler::new(dir.path().into(), &CgroupMounts::default(), probes);
+        let node = NodeInfo::discover(CgroupMounts::default(), Some("n".into()));
+        let extras = Extras {
+            names: crate::cri::resolver::spawn(
+                crate::cri::CriSetting::Off,
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+            )
+            .0,
+            windows: UsageWindows::new(crate::percentiles::DEFAULT_WINDOW),
+            disk: DiskScan::disabled(),
+            system: SystemCgroups::default(),
+        };
+        let period = Duration::from_millis(50);
+        let (store, task) = spawn(sampler, node, extras, period, Duration::from_secs(5));
+        assert!(
+            store
+                .first_or_latest(Duration::from_secs(5))
+                .await
+                .is_some()
+        );
+        assert_eq!(store.health(), Health::Fresh);
+        task.abort();
+        let _ = task.await;
+        assert_eq!(store.health(), Health::Stopped);
+        assert_eq!(stale_after(Duration::from_secs(1)), MIN_STALE_AFTER);
+        assert_eq!(
+            stale_after(Duration::from_secs(10)),
+            Duration::from_secs(30)
+        );
     }
 }

@@ -93,7 +93,17 @@ async fn snapshot_then_updates_with_changes_only() {
     assert!(svc.ebpf_faults.is_none() && svc.runq_latency.is_none());
     assert_eq!(svc.ebpf_oom_kills, None);
     // Every program reports its status, each saying why it is not running; so do CRI names.
-    assert!(snapshot.probes.len() >= 10, "{:?}", snapshot.probes);
+    let names: Vec<&str> = snapshot.probes.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "sched_switch",
+            "oom_mark_victim",
+            "cgroup_mkdir",
+            "cgroup_rmdir",
+            "cri"
+        ]
+    );
     for probe in &snapshot.probes {
         assert_eq!(probe.state(), State::Unsupported, "{probe:?}");
         let flag = match probe.name.as_str() {
@@ -219,8 +229,45 @@ async fn get_summary_health_and_reflection() {
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("unexpected reflection response");
     };
-    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
-    assert!(names.contains(&"collector.v1.Collector"), "{names:?}");
+    let mut names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    names.sort();
+    // Exactly what this server serves: grpcurl can describe and call health, and the
+    // aggregator's API (in the same proto package) is not offered by a collector.
+    assert_eq!(
+        names,
+        [
+            "collector.v1.Collector",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection"
+        ]
+    );
+    // Health's messages resolve through reflection too.
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(
+            "grpc.health.v1.Health".into(),
+        )),
+    };
+    let mut responses = ServerReflectionClient::new(
+        Channel::from_shared(format!("http://{}", running.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    )
+    .server_reflection_info(tokio_stream::iter([request]))
+    .await
+    .unwrap()
+    .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    assert!(
+        matches!(
+            response.message_response,
+            Some(MessageResponse::FileDescriptorResponse(_))
+        ),
+        "{:?}",
+        response.message_response
+    );
     running.stop().await.unwrap();
 }
 

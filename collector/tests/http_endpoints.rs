@@ -220,7 +220,7 @@ async fn own_metrics_count_passes_and_subscribers() {
     assert_eq!(
         sample(
             &body,
-            "collector_probe_up{probe=\"sched_switch\",provides=\"ebpf_cpu\"}"
+            "collector_probe_up{probe=\"sched_switch\",provides=\"ebpf_cpu,ebpf_faults,runq_latency\"}"
         )
         .0,
         0.0

@@ -62,6 +62,7 @@ fn summarize(
         node_stats: node_stats.clone(),
         pods: pods.clone(),
         program_stats: Vec::new(),
+        maps: Vec::new().into(),
         recent: Default::default(),
         disk_scan: Default::default(),
     };

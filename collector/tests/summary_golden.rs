@@ -248,6 +248,7 @@ fn snapshot() -> Snapshot {
         node_stats,
         pods,
         program_stats: Vec::new(),
+        maps: Vec::new().into(),
         recent: Default::default(),
         disk_scan: Default::default(),
     }

@@ -14,43 +14,8 @@ use collector::{
     },
     proto::{GetSummaryRequest, collector_client::CollectorClient},
 };
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
-
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn ca(name: &str) -> Ca {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    let key = KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    Ca {
-        pem: cert.pem(),
-        issuer: Issuer::new(params, key),
-    }
-}
-
-/// A leaf certificate and key signed by `ca`, as PEM.
-fn leaf(ca: &Ca, names: &[&str], purpose: ExtendedKeyUsagePurpose) -> (String, String) {
-    let mut params =
-        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, names[0]);
-    params.extended_key_usages.push(purpose);
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-fn write(dir: &Path, name: &str, pem: &str) -> std::path::PathBuf {
-    let path = dir.join(name);
-    fs::write(&path, pem).unwrap();
-    path
-}
+use common::certs::{ca, leaf, write};
+use rcgen::ExtendedKeyUsagePurpose;
 
 async fn start_tls(mount: &Path, tls: ServerTlsFiles) -> Running {
     app::start(ServeConfig {
@@ -93,6 +58,7 @@ async fn tls_needs_the_right_ca_and_mtls_needs_a_client_certificate() {
         cert: write(dir.path(), "server.pem", &cert),
         key: write(dir.path(), "server.key", &key),
         client_ca: None,
+        front_proxy_ca: None,
     };
     let server_ca_file = write(dir.path(), "server-ca.pem", &server_ca.pem);
     let stranger_file = write(dir.path(), "stranger-ca.pem", &stranger_ca.pem);
@@ -192,6 +158,7 @@ fn a_rotated_certificate_is_used_and_a_broken_rotation_keeps_the_last_good_one()
         cert: write(dir.path(), "tls.crt", &cert),
         key: write(dir.path(), "tls.key", &key),
         client_ca: None,
+        front_proxy_ca: None,
     };
     let reloader = TlsReloader::load(files.clone()).unwrap();
     let before = reloader.config();

@@ -1,13 +1,11 @@
 //! Helpers for the root + BPF integration tests: the skip policy, cgroups that clean up after
-//! themselves, and processes started inside a cgroup with their own CPU time as ground truth.
+//! themselves, and processes born inside a cgroup with their own counters as ground truth.
 
 use std::{
     fs,
     io::{self, Write as _},
-    io::{BufRead as _, BufReader},
-    os::{fd::AsRawFd, unix::process::CommandExt as _},
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -16,6 +14,9 @@ use anyhow::{Context as _, bail};
 pub mod containerd;
 pub mod cri;
 pub mod watch;
+pub mod workload;
+
+pub use workload::{Exit, Process, Workload};
 
 /// With COLLECTOR_REQUIRE_BPF=1 (CI), a test that cannot run is a failure, not a skip.
 pub fn bpf_required() -> bool {
@@ -148,44 +149,17 @@ impl TestCgroup {
         fs::metadata(&self.path).map(|m| m.ino()).unwrap_or(0)
     }
 
-    /// Starts `command` inside this cgroup: the child joins it before exec, so every
-    /// instruction of the program is accounted here.
-    pub fn spawn(&self, command: &mut Command) -> anyhow::Result<Child> {
-        let procs = std::iter::once(&self.path)
-            .chain(&self.v1)
-            .map(|dir| {
-                fs::OpenOptions::new()
-                    .write(true)
-                    .open(dir.join("cgroup.procs"))
-                    .with_context(|| format!("opening {}/cgroup.procs", dir.display()))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
-        // SAFETY: only async-signal-safe calls (write) between fork and exec; the fds stay open
-        // because `procs` outlives the spawn.
-        unsafe {
-            command.pre_exec(move || {
-                // Joining a cgroup with the cpuset controller (pure v2 nodes) resets the CPU
-                // affinity to the cpuset's; keep a pin made before (pin_to_cpu).
-                let mut affinity: libc::cpu_set_t = std::mem::zeroed();
-                let size = size_of::<libc::cpu_set_t>();
-                let pinned = libc::sched_getaffinity(0, size, &mut affinity) == 0;
-                // "0" means the writing process itself, in v1 and v2 alike.
-                let pid = b"0\n";
-                for &fd in &fds {
-                    if libc::write(fd, pid.as_ptr().cast(), pid.len()) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                if pinned && libc::sched_setaffinity(0, size, &affinity) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command.spawn().context("spawning into cgroup")?;
-        drop(procs);
-        Ok(child)
+    /// Starts `workload` born inside this cgroup (and its v1 twins): see [`workload`].
+    pub fn start(&self, workload: &Workload) -> anyhow::Result<Process> {
+        workload.start_in(&self.path, &self.v1)
+    }
+
+    /// Starts a piped `hold`-style workload and waits for its ready line: its work is done,
+    /// its counters are final, and it waits for [`Process::finish`].
+    pub fn start_until_ready(&self, workload: &Workload) -> Process {
+        let mut p = self.start(&workload.clone().piped()).unwrap();
+        p.ready().unwrap();
+        p
     }
 
     /// `usage_usec` from this cgroup's cpu.stat, in ns.
@@ -236,26 +210,6 @@ fn remove_cgroup_dir(path: &Path) {
     }
 }
 
-/// Starts `command` in `cgroup` with piped stdio and waits for the line it prints when its
-/// work is done (`hold`, `touch_file`); it then waits for [`finish`].
-pub fn spawn_until_ready(cgroup: &TestCgroup, command: &mut Command) -> Child {
-    let mut child = cgroup
-        .spawn(command.stdin(Stdio::piped()).stdout(Stdio::piped()))
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(!line.is_empty(), "workload exited before it was ready");
-    child
-}
-
-/// Closes the workload's stdin, which ends it, and reaps it.
-pub fn finish(mut child: Child) {
-    drop(child.stdin.take());
-    let _ = child.wait();
-}
-
 /// A `mib` MiB file in `dir` (a real disk, not tmpfs, whose pages never fault in from disk),
 /// written, synced and dropped from the page cache, so that reading it back is all page-cache
 /// misses: major faults when mapped.
@@ -273,21 +227,6 @@ pub fn uncached_file(dir: &str, tag: &str, mib: usize) -> anyhow::Result<PathBuf
         bail!("posix_fadvise: {}", io::Error::from_raw_os_error(rc));
     }
     Ok(path)
-}
-
-/// Waits for `child` and returns its CPU time (user + system, ns) as the kernel accounted it.
-pub fn wait_cpu_ns(child: Child) -> anyhow::Result<u64> {
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: zeroed rusage is a valid value; wait4 fills it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointers; `child` is ours and not yet waited for.
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    if rc != pid {
-        bail!("wait4({pid}): {}", io::Error::last_os_error());
-    }
-    let ns = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
-    Ok(ns(usage.ru_utime) + ns(usage.ru_stime))
 }
 
 /// A cgroup file holding one number (memory.current, memory.usage_in_bytes).
@@ -346,19 +285,13 @@ pub fn drop_thread_capabilities() -> io::Result<()> {
     Ok(())
 }
 
-/// Makes `command` run on `cpu` only (set between fork and exec).
-pub fn pin_to_cpu(command: &mut Command, cpu: usize) {
-    // SAFETY: sched_setaffinity is async-signal-safe; the set is built on the child's stack.
-    unsafe {
-        command.pre_exec(move || {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+/// The kernel's own per-task scheduler counters of `pid`'s main thread, from
+/// `/proc/<pid>/schedstat`: (run time ns, run-queue wait ns, arrivals).
+pub fn schedstat(pid: u32) -> anyhow::Result<(u64, u64, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/schedstat"))?;
+    let mut f = text.split_whitespace().map(str::parse::<u64>);
+    let mut next = || -> anyhow::Result<u64> { Ok(f.next().context("short schedstat")??) };
+    Ok((next()?, next()?, next()?))
 }
 
 /// (minflt, majflt) of a live process, from /proc/<pid>/stat: the kernel's own fault counts.
@@ -375,9 +308,22 @@ pub fn process_faults(pid: u32) -> anyhow::Result<(u64, u64)> {
 /// Moves every thread of this process (and so the threads they spawn later) to `cpu`, so a test
 /// can leave another CPU to its workload alone.
 pub fn pin_this_process_to_cpu(cpu: usize) -> anyhow::Result<()> {
+    pin_this_process_to_cpus(&[cpu])
+}
+
+/// Every online CPU (to undo [`pin_this_process_to_cpu`]).
+pub fn all_cpus() -> Vec<usize> {
+    // SAFETY: no arguments, no preconditions.
+    (0..unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize).collect()
+}
+
+/// Moves every thread of this process to `cpus`.
+pub fn pin_this_process_to_cpus(cpus: &[usize]) -> anyhow::Result<()> {
     // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays within it.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::CPU_SET(cpu, &mut set) };
+    for &cpu in cpus {
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
     for task in fs::read_dir("/proc/self/task")? {
         let tid: libc::pid_t = task?.file_name().to_string_lossy().parse()?;
         // SAFETY: plain syscall on a thread of ours.

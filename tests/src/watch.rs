@@ -141,11 +141,23 @@ pub async fn start_watching_with(
     if !can_run(test) {
         return None;
     }
-    let (running, mut client) = start_local(ServeConfig {
+    let (running, client) = start_local(ServeConfig {
         cgroupfs_interval,
         ..ServeConfig::default()
     })
     .await;
+    let (stream, view) = subscribe(test, client, interval_ms, needs).await?;
+    Some((running, stream, view))
+}
+
+/// Subscribes to a running collector; `None` (after a skip message, or a failure under
+/// COLLECTOR_REQUIRE_BPF=1) when a program the test needs is not active.
+pub async fn subscribe(
+    test: &str,
+    mut client: CollectorClient<Channel>,
+    interval_ms: u32,
+    needs: &[&str],
+) -> Option<(Streaming<WatchResponse>, View)> {
     let mut stream = client
         .watch(WatchRequest {
             interval_ms: Some(interval_ms),
@@ -168,5 +180,5 @@ pub async fn start_watching_with(
     }
     let mut view = View::default();
     view.apply(first);
-    Some((running, stream, view))
+    Some((stream, view))
 }

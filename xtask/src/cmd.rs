@@ -43,6 +43,22 @@ pub fn output(program: impl AsRef<OsStr>, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The stdout of `program args`, as bytes; an error with its stderr when it fails.
+pub fn output_bytes(program: &str, args: &[&str]) -> anyhow::Result<Vec<u8>> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run {program}: {e}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{program} {}: {}: {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(out.stdout)
+}
+
 /// Finds `program` on PATH or in ~/.cargo/bin (where `cargo install` puts it).
 pub fn find(program: &str) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")

@@ -4,6 +4,7 @@
 //! - `build`:   build everything, eBPF programs included
 //! - `run`:     build and run the collector locally as root with working defaults
 //! - `test`:    the layer check, fmt + clippy and every test, root/BPF integration tests included
+//! - `engines`: fetch the export tests' Prometheus and VictoriaMetrics (Debian trixie), rotel (PyPI)
 //! - `layers`:  check that the collector's imports follow its layer table
 //! - `fuzz`:    run the parser fuzzers (cargo-fuzz) for a while each
 //! - `bench`:   measure collection cost, probe overhead, streaming and aggregation; write a
@@ -11,9 +12,11 @@
 
 mod bench;
 mod cmd;
+mod debian;
 mod fuzz;
 mod layers;
 mod prereqs;
+mod pypi;
 mod vm;
 
 use std::{os::unix::process::CommandExt as _, process::Command, time::Instant};
@@ -54,14 +57,19 @@ enum Task {
         /// Only the VM suite, no host tests.
         #[arg(long)]
         vm: bool,
-        /// Guest kernel: a Debian series whose newest linux-image-<series>.0-N-amd64 is used.
-        #[arg(long, default_value = vm::DEFAULT_KERNEL)]
-        kernel: String,
+        /// Guest kernels: Debian series whose newest generic amd64 image is used (repeat the
+        /// flag for several; default 5.10, 6.1 and 6.12).
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
         /// Arguments after `--` go to every test binary, host and guest (a name filter,
         /// `--nocapture`).
         #[arg(last = true)]
         test_args: Vec<String>,
     },
+    /// Fetch the engines the export tests push into (Debian trixie's Prometheus and
+    /// VictoriaMetrics, unpacked into ~/.cache/collector-debian; rotel from PyPI into
+    /// ~/.cache/collector-pypi); `test` does this itself.
+    Engines,
     /// Check that the collector's modules import only earlier layers (the table in
     /// collector/src/lib.rs); `test` runs it first.
     Layers,
@@ -79,6 +87,10 @@ enum Task {
         quick: bool,
         #[arg(long, default_value = "target/bench")]
         out: std::path::PathBuf,
+        /// Also measure this commit's bench programs (built in target/bench-baseline), section
+        /// by section beside this tree's, and report old against new.
+        #[arg(long)]
+        baseline: Option<String>,
     },
 }
 
@@ -98,7 +110,7 @@ fn main() -> anyhow::Result<()> {
             no_lint,
             host,
             vm,
-            kernel,
+            kernels,
             test_args,
         } => test(
             no_lint,
@@ -106,12 +118,22 @@ fn main() -> anyhow::Result<()> {
                 host: !vm,
                 vm: !host,
             },
-            &kernel,
+            &kernels,
             &test_args,
         ),
+        Task::Engines => {
+            let dir = debian::ensure_engines()?;
+            eprintln!("engines in {}", dir.display());
+            eprintln!("rotel: {}", pypi::ensure_rotel()?.display());
+            Ok(())
+        }
         Task::Layers => layers::check(),
         Task::Fuzz { seconds, targets } => fuzz::run(targets, seconds),
-        Task::Bench { quick, out } => bench::run(quick, out),
+        Task::Bench {
+            quick,
+            out,
+            baseline,
+        } => bench::run(quick, out, baseline),
     }
 }
 
@@ -178,12 +200,18 @@ struct Suites {
     vm: bool,
 }
 
-fn test(no_lint: bool, suites: Suites, kernel: &str, test_args: &[String]) -> anyhow::Result<()> {
+fn test(
+    no_lint: bool,
+    suites: Suites,
+    kernels: &[String],
+    test_args: &[String],
+) -> anyhow::Result<()> {
     let start = Instant::now();
     if !no_lint {
         lint()?;
     }
     prereqs::ensure_test_tools(suites.vm)?;
+    let cached_tools = prereqs::cached_test_tools()?;
     let mut host = None;
     if suites.host {
         if std::env::var("COLLECTOR_REQUIRE_BPF").is_ok_and(|v| v == "1") {
@@ -191,16 +219,31 @@ fn test(no_lint: bool, suites: Suites, kernel: &str, test_args: &[String]) -> an
         } else if !cmd::is_root() {
             eprintln!("note: not root, so root/BPF integration tests will skip (with a message)");
         }
+        // Prometheus 2.53 and VictoriaMetrics 1.112 for the export tests, from Debian trixie.
+        let engines = debian::ensure_engines()?;
+        // rotel (PyPI), a third-party OTLP receiver for the gRPC path.
+        let rotel = pypi::ensure_rotel()?;
         host = Some(cmd::cargo_test(
             cargo()
+                .envs(cached_tools.iter().map(|(k, v)| (*k, v)))
+                .env("COLLECTOR_ENGINE_DIR", engines)
+                .env("COLLECTOR_ROTEL", rotel)
                 .args(["test", "--no-fail-fast", "--"])
                 .args(test_args),
         )?);
     }
-    let guest = if suites.vm {
-        Some(vm::run(kernel, test_args)?)
+    let guests = if suites.vm {
+        let kernels: Vec<String> = if kernels.is_empty() {
+            vm::DEFAULT_KERNELS
+                .iter()
+                .map(|k| (*k).to_owned())
+                .collect()
+        } else {
+            kernels.to_vec()
+        };
+        vm::run(&kernels, test_args)?
     } else {
-        None
+        Vec::new()
     };
     eprintln!(
         "all checks and tests passed in {:.0} s",
@@ -211,7 +254,7 @@ fn test(no_lint: bool, suites: Suites, kernel: &str, test_args: &[String]) -> an
     if let Some(totals) = host {
         println!("tests: {} passed, {} failed", totals.passed, totals.failed);
     }
-    if let Some(g) = guest {
+    for g in guests {
         println!(
             "vm tests ({}): {} test binary runs passed; boot {:.1} s, suite {:.0} s",
             g.kernel,

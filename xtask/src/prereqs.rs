@@ -1,7 +1,10 @@
 //! Checks the build prerequisites and installs what is missing: nightly + rust-src (for the
 //! eBPF target) and bpf-linker built against the system LLVM. Quiet when all is present.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, bail};
 
@@ -154,6 +157,11 @@ const VM_TOOLS: &[(&str, &str, &str)] = &[
         "the VM suite boots another kernel under TCG",
     ),
     ("e2fsprogs", "mkfs.ext4", "the VM's scratch disk"),
+    (
+        "xz-utils",
+        "xz",
+        "newer Debian kernels ship their modules xz-compressed",
+    ),
 ];
 
 /// Installs the missing [`TEST_TOOLS`] (and [`VM_TOOLS`] with `vm`) in one apt run (Debian),
@@ -203,4 +211,40 @@ fn deb_installed(package: &str) -> bool {
         &["--show", "--showformat=${db:Status-Status}", package],
     )
     .is_some_and(|status| status.trim() == "installed")
+}
+
+/// A Debian package the tests run a program of, unpacked into a cache rather than installed
+/// (`apt-get download` + `dpkg-deb -x`: the system's packages and apt sources stay as they
+/// are): the package, the program inside it, and what needs it.
+const CACHED_TOOLS: &[(&str, &str, &str)] = &[(
+    "kubernetes-client",
+    "usr/bin/kubectl",
+    "the aggregator's metrics.k8s.io endpoint is read with a real kubectl",
+)];
+
+/// Paths of the [`CACHED_TOOLS`] programs by environment variable for the tests
+/// (`COLLECTOR_KUBECTL`), fetched into `~/.cache/collector-tools` once.
+pub fn cached_test_tools() -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
+    let mut out = Vec::new();
+    for (package, program, why) in CACHED_TOOLS {
+        let path = cached_package(package, why)?.join(program);
+        anyhow::ensure!(path.is_file(), "{package} has no {program}");
+        out.push(("COLLECTOR_KUBECTL", path));
+    }
+    Ok(out)
+}
+
+/// The unpacked tree of Debian's `package`, from the cache or downloaded now.
+fn cached_package(package: &str, why: &str) -> anyhow::Result<PathBuf> {
+    let root = crate::debian::cache_dir("collector-tools")?.join(package);
+    if root.is_dir() {
+        return Ok(root);
+    }
+    anyhow::ensure!(
+        find("apt-get").is_some() && find("dpkg-deb").is_some(),
+        "{package} is needed ({why}); on Debian/Ubuntu xtask fetches it with apt-get download"
+    );
+    eprintln!("==> fetching {package} ({why})");
+    crate::debian::download_and_unpack(package, &crate::debian::Source::System, &root)?;
+    Ok(root)
 }

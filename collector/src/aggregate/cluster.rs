@@ -22,6 +22,17 @@ pub struct NodeEntry {
     pub address: String,
 }
 
+/// A node name that another fresh collector already reports.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "node name {name:?} is already reported by the collector at {holder}; refusing this one \
+     (set distinct --node-name values)"
+)]
+pub struct NameTaken {
+    pub name: String,
+    pub holder: String,
+}
+
 /// A node as readers see it: the entry plus whether it is stale now.
 #[derive(Debug, Clone)]
 pub struct NodeView {
@@ -70,19 +81,31 @@ impl Cluster {
         }
     }
 
-    pub fn publish(&self, entry: NodeEntry) {
+    /// Publishes a node's state. A node name belongs to the collector (target) that reported
+    /// it first for as long as that one stays fresh: another target claiming the same name is
+    /// refused (and told why) instead of overwriting it. A stale holder's name can be taken
+    /// over (a collector restarted at a new address).
+    pub fn publish(&self, entry: NodeEntry) -> Result<(), NameTaken> {
         let name = entry.metrics.name.clone();
-        let address = entry.address.clone();
-        let previous = write(&self.nodes).insert(name.clone(), Arc::new(entry));
-        if let Some(previous) = previous
-            && previous.address != address
-            && previous.heard_at.elapsed() < self.freshness.stale_after
+        let mut nodes = write(&self.nodes);
+        if let Some(holder) = nodes.get(&name)
+            && holder.address != entry.address
+            && holder.heard_at.elapsed() <= self.freshness.stale_after
         {
-            tracing::warn!(
-                node = %name,
-                "two collectors report the same node name ({} and {address}); set distinct --node-name values",
-                previous.address
-            );
+            return Err(NameTaken {
+                name,
+                holder: holder.address.clone(),
+            });
+        }
+        nodes.insert(name, Arc::new(entry));
+        Ok(())
+    }
+
+    /// Drops `name` if `address` holds it (a target that now reports another name, or went).
+    pub fn release(&self, name: &str, address: &str) {
+        let mut nodes = write(&self.nodes);
+        if nodes.get(name).is_some_and(|e| e.address == address) {
+            nodes.remove(name);
         }
     }
 

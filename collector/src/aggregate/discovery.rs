@@ -89,7 +89,18 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// A lookup that takes longer fails (and the last addresses are kept): a slow resolver must
+/// not hold up re-resolution forever.
+pub const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+
 async fn resolve(name: &str) -> std::io::Result<BTreeSet<String>> {
-    let addresses = tokio::net::lookup_host(name).await?;
+    let addresses = tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host(name))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {DNS_TIMEOUT:?}"),
+            )
+        })??;
     Ok(addresses.map(|a| a.to_string()).collect())
 }

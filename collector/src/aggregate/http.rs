@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::{cluster::Cluster, quantity};
 use crate::{
+    net::auth::{self, Attributes, AttributesOf, Auth, Target},
     proto,
     server::filter::check_dns_label,
     unix_time::{now_unix_nano, rfc3339_seconds},
@@ -22,7 +23,50 @@ use crate::{
 const GROUP_VERSION: &str = "metrics.k8s.io/v1beta1";
 const PREFIX: &str = "/apis/metrics.k8s.io/v1beta1";
 
-pub fn router(cluster: Arc<Cluster>) -> Router {
+/// The metrics.k8s.io endpoints behind `auth` (health stays public).
+pub fn router(cluster: Arc<Cluster>, auth: Arc<Auth>) -> Router {
+    let attributes: AttributesOf = Arc::new(metrics_api_attributes);
+    router_without_auth(cluster).layer(axum::middleware::from_fn_with_state(
+        (auth, attributes),
+        auth::http_gate,
+    ))
+}
+
+/// What a request needs, as the API server's authorizer sees the same request: the
+/// metrics.k8s.io resource, verb (list for collections) and namespace; other paths as
+/// non-resource URLs; health public.
+pub fn metrics_api_attributes(method: &axum::http::Method, path: &str) -> Option<Vec<Attributes>> {
+    if path == "/healthz" || path == "/readyz" {
+        return None;
+    }
+    let resource = |verb, resource, namespace: &str, name: &str| Attributes {
+        verb,
+        target: Target::Resource {
+            group: "metrics.k8s.io",
+            resource,
+            subresource: "",
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+        },
+    };
+    let get = auth::verb(method);
+    let rest = path.strip_prefix(PREFIX).unwrap_or("");
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let what = match (path.starts_with(&format!("{PREFIX}/")), parts.as_slice()) {
+        (true, ["nodes"]) => resource("list", "nodes", "", ""),
+        (true, ["nodes", name]) => resource(get, "nodes", "", name),
+        (true, ["pods"]) => resource("list", "pods", "", ""),
+        (true, ["namespaces", ns, "pods"]) => resource("list", "pods", ns, ""),
+        (true, ["namespaces", ns, "pods", name]) => resource(get, "pods", ns, name),
+        _ => Attributes {
+            verb: get,
+            target: Target::Path(path.to_owned()),
+        },
+    };
+    Some(vec![what])
+}
+
+fn router_without_auth(cluster: Arc<Cluster>) -> Router {
     Router::new()
         .route(PREFIX, get(resources))
         .route(&format!("{PREFIX}/nodes"), get(list_nodes))
@@ -34,6 +78,7 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
             get(one_pod),
         )
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
         .with_state(cluster)
 }
 

@@ -21,9 +21,11 @@ use tokio::{sync::oneshot, task::JoinHandle};
 
 use crate::{
     net::{
+        accept::{self, ConnectionStats},
+        auth::{Auth, AuthLayer, AuthSettings},
         client::ClientTls,
         listen::{bind, check_listen_policy},
-        tls::{ServerTlsFiles, load_tls},
+        tls::{Protocol, ServerTlsFiles, load_tls},
     },
     proto::aggregator_server::AggregatorServer,
     server,
@@ -51,6 +53,11 @@ pub struct AggregateConfig {
     /// TLS of the aggregator's own gRPC API.
     pub server_tls: Option<ServerTlsFiles>,
     pub allow_insecure_listen: bool,
+    /// Caps on connections, streams and cluster Watch subscribers.
+    pub limits: server::Limits,
+    /// Who may call (client certificates from `server_tls.client_ca` and the front proxy's
+    /// from `server_tls.front_proxy_ca` always authenticate).
+    pub auth: AuthSettings,
 }
 
 impl Default for AggregateConfig {
@@ -72,6 +79,8 @@ impl Default for AggregateConfig {
             http_listen: Some(DEFAULT_HTTP_LISTEN.parse().expect("valid default")),
             server_tls: None,
             allow_insecure_listen: false,
+            limits: server::Limits::default(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -131,16 +140,25 @@ pub async fn start(config: AggregateConfig) -> anyhow::Result<RunningAggregator>
         !config.targets.static_addresses.is_empty() || !config.targets.dns_names.is_empty(),
         "no collectors to aggregate: pass --collectors host:port,... and/or --discover name:port"
     );
+    let auth = Auth::new(&AuthSettings {
+        client_ca: config.server_tls.as_ref().and_then(|t| t.client_ca.clone()),
+        front_proxy: config.auth.front_proxy.clone(),
+        ..config.auth.clone()
+    })
+    .context("authentication")?;
+    let tls = config.server_tls.is_some();
     check_listen_policy(
         config.grpc_listen,
-        config.server_tls.is_some(),
+        tls,
+        auth.enabled(),
         config.allow_insecure_listen,
     )?;
     if let Some(http) = config.http_listen {
-        check_listen_policy(http, false, config.allow_insecure_listen)
-            .context("the metrics.k8s.io endpoint is plaintext HTTP")?;
+        check_listen_policy(http, tls, auth.enabled(), config.allow_insecure_listen)
+            .context("--http-listen")?;
     }
-    let tls = load_tls(config.server_tls.as_ref())?;
+    let tls = load_tls(config.server_tls.as_ref(), Protocol::Grpc)?;
+    let http_tls = load_tls(config.server_tls.as_ref(), Protocol::Http1)?;
     let grpc_listener = bind(config.grpc_listen).await?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_listener = match config.http_listen {
@@ -148,6 +166,23 @@ pub async fn start(config: AggregateConfig) -> anyhow::Result<RunningAggregator>
         None => None,
     };
     let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let max_connections = config.limits.max_connections;
+    let grpc_incoming = accept::incoming(
+        grpc_listener,
+        tls,
+        max_connections,
+        Arc::new(ConnectionStats::default()),
+    )?;
+    let http_incoming = http_listener
+        .map(|l| {
+            accept::incoming(
+                l,
+                http_tls,
+                max_connections,
+                Arc::new(ConnectionStats::default()),
+            )
+        })
+        .transpose()?;
 
     let cluster = Arc::new(Cluster::new(config.freshness));
     let feed_options = FeedOptions {
@@ -174,30 +209,38 @@ pub async fn start(config: AggregateConfig) -> anyhow::Result<RunningAggregator>
         .set_serving::<AggregatorServer<api::AggregatorService>>()
         .await;
     let router = server::with_reflection(
-        tonic::transport::Server::builder()
-            .add_service(health)
-            .add_service(AggregatorServer::new(api::AggregatorService::new(
-                cluster.clone(),
-            ))),
+        server::grpc_server(
+            &config.limits,
+            AuthLayer::new(auth.clone(), api::aggregator_attributes()),
+        )
+        .add_service(health)
+        .add_service(AggregatorServer::new(api::AggregatorService::new(
+            cluster.clone(),
+            &config.limits,
+        ))),
+        server::AGGREGATOR_SERVICE,
     );
     servers.push(tokio::spawn(async move {
-        server::serve_router(router, grpc_listener, tls, async {
+        server::serve_router(router, grpc_incoming, async {
             let _ = rx.await;
         })
         .await
         .context("aggregator gRPC server")
     }));
-    if let Some(listener) = http_listener {
+    if let Some(incoming) = http_incoming {
         let (tx, rx) = oneshot::channel();
         shutdown.push(tx);
-        let app = http::router(cluster.clone());
+        let app = http::router(cluster.clone(), auth.clone());
         servers.push(tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await
-                .context("aggregator HTTP server")
+            axum::serve(
+                incoming,
+                app.into_make_service_with_connect_info::<accept::Peer>(),
+            )
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+            .context("aggregator HTTP server")
         }));
     }
     tracing::info!(%grpc_addr, ?http_addr, "serving collector.v1.Aggregator");

@@ -5,7 +5,9 @@
 //! hierarchy's root is opened once, each cgroup's directory once per hierarchy (`openat` from
 //! the root), and each file with `openat(dir, name)`: a one-component lookup. Reads skip std's
 //! `read_to_string` probing (an extra `statx` and `lseek` per file) and stop at the first short
-//! read: a cgroup file is one seq_file record, which the kernel copies whole when it fits.
+//! read: a cgroup file is one seq_file record, which the kernel copies whole when it fits. The
+//! exception is a list such as `cgroup.procs` (one record per process, at most one page per
+//! `read`), which [`FileBuffer::read_list`] reads to EOF.
 
 use std::{
     ffi::CStr,
@@ -86,6 +88,15 @@ fn openat(dir: i32, name: &[u8], flags: i32, scratch: &mut Vec<u8>) -> io::Resul
     Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
+/// Where a read stops.
+#[derive(Clone, Copy)]
+enum Until {
+    /// The first read that does not fill the buffer: the whole record of a one-record file.
+    ShortRead,
+    /// `read` returning 0.
+    Eof,
+}
+
 /// The text buffer of a pass, reused for every file.
 #[derive(Debug)]
 pub struct FileBuffer {
@@ -110,9 +121,20 @@ impl FileBuffer {
         &mut self.name
     }
 
-    /// Reads `dir/name`. `Ok(None)` when the file does not exist; text that is not UTF-8 reads
-    /// as empty (garbage parses to nothing, which the parsers count where it matters).
+    /// Reads `dir/name`, a one-record file, up to its first short read. `Ok(None)` when the file
+    /// does not exist; text that is not UTF-8 reads as empty (garbage parses to nothing, which
+    /// the parsers count where it matters).
     pub fn read(&mut self, dir: &OwnedFd, name: &CStr) -> io::Result<Option<&str>> {
+        self.read_until(dir, name, Until::ShortRead)
+    }
+
+    /// Reads `dir/name` to EOF: for multi-record seq_files such as `cgroup.procs`, which the
+    /// kernel hands out at most a page per `read` however big the buffer.
+    pub fn read_list(&mut self, dir: &OwnedFd, name: &CStr) -> io::Result<Option<&str>> {
+        self.read_until(dir, name, Until::Eof)
+    }
+
+    fn read_until(&mut self, dir: &OwnedFd, name: &CStr, until: Until) -> io::Result<Option<&str>> {
         let Some(fd) = openat(
             dir.as_raw_fd(),
             name.to_bytes(),
@@ -135,7 +157,11 @@ impl FileBuffer {
                 Err(e) => return Err(e),
             };
             self.len += n;
-            if n < room {
+            let done = match until {
+                Until::ShortRead => n < room,
+                Until::Eof => n == 0,
+            };
+            if done {
                 break;
             }
         }

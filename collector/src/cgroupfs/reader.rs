@@ -19,9 +19,34 @@ use super::{
 /// v1 reports cpuacct.stat in USER_HZ ticks, which is 100 on every Linux ABI.
 const NS_PER_USER_HZ_TICK: u64 = 10_000_000;
 
-/// The cgroup was removed while being read.
-#[derive(Debug)]
-pub struct Vanished;
+/// Why a cgroup has no reading this pass.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The cgroup was removed while being read: it leaves the pass.
+    #[error("the cgroup was removed while being read")]
+    Vanished,
+    /// The process could not look (out of file descriptors or memory, or permission denied
+    /// on a cgroup directory). Nothing is known about the cgroup, so it must not be reported
+    /// gone: the pass fails instead.
+    #[error("{what}: {source}")]
+    Fault { what: String, source: io::Error },
+}
+
+/// Errors that say a directory is not there (any more), as opposed to not readable by us.
+fn is_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT | libc::ENODEV | libc::ENOTDIR)
+    )
+}
+
+/// Errors that are about this process, not the file: every other open would fail as well.
+pub fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
+    )
+}
 
 /// The hierarchies a reading draws from. cpu and cpuacct are usually co-mounted; they are kept
 /// apart because they need not be.
@@ -86,6 +111,8 @@ pub struct CgroupReader {
     v2_controllers: V2Controllers,
     dirs: Dirs,
     buf: FileBuffer,
+    /// The first resource-exhaustion error of the cgroup being read: it fails the read.
+    fault: Option<(&'static CStr, io::Error)>,
 }
 
 impl CgroupReader {
@@ -110,6 +137,7 @@ impl CgroupReader {
             v2_controllers: V2Controllers::ALL,
             dirs: Dirs::default(),
             buf: FileBuffer::default(),
+            fault: None,
         }
     }
 
@@ -121,21 +149,27 @@ impl CgroupReader {
                 Some(text) => V2Controllers::parse(text),
                 None => V2Controllers::ALL,
             },
-            Err(Vanished) => V2Controllers::ALL,
+            // The pass's first read fails the same way and says why.
+            Err(_) => V2Controllers::ALL,
         };
+        self.fault = None;
     }
 
     /// Reads everything for the cgroup at `relative` (e.g. `/kubepods.slice/…`).
-    pub fn read(&mut self, relative: &str) -> Result<CgroupReading, Vanished> {
+    pub fn read(&mut self, relative: &str) -> Result<CgroupReading, ReadError> {
         let rel = relative.trim_start_matches('/');
         let mut r = CgroupReading::default();
+        self.fault = None;
         self.open_dirs(rel)?;
         // cgroup2's cpu.stat is a core file of every cgroup: its absence means the cgroup is gone.
         let v2_cpu = match self.file(Hierarchy::V2, c"cpu.stat") {
             Ok(Some(text)) => Some(CpuStat::parse(text)),
-            Ok(None) => return Err(Vanished),
-            Err(_) => {
-                r.read_errors += 1;
+            Ok(None) => {
+                self.dirs = Dirs::default();
+                return Err(ReadError::Vanished);
+            }
+            Err(e) => {
+                note_error(&mut self.fault, c"cpu.stat", e, &mut r.read_errors);
                 None
             }
         };
@@ -146,16 +180,40 @@ impl CgroupReader {
         r.cpu_psi = self.psi(c"cpu.pressure", &mut r.read_errors);
         r.memory_psi = self.psi(c"memory.pressure", &mut r.read_errors);
         r.io_psi = self.psi(c"io.pressure", &mut r.read_errors);
-        if let Some(procs) = self.text(Hierarchy::V2, c"cgroup.procs", &mut r.read_errors) {
-            r.processes = Some(parse::count_lines(procs));
-            r.first_pid = procs.lines().find_map(|l| l.trim().parse().ok());
-        }
+        (r.processes, r.first_pid) = self.process_list(&mut r.read_errors);
         self.dirs = Dirs::default();
-        Ok(r)
+        match self.fault.take() {
+            Some((file, source)) => Err(ReadError::Fault {
+                what: format!("reading {} of {relative}", file.to_string_lossy()),
+                source,
+            }),
+            None => Ok(r),
+        }
     }
 
-    /// Opens the cgroup's directory in every hierarchy; `Vanished` when cgroup2 has none.
-    fn open_dirs(&mut self, rel: &str) -> Result<(), Vanished> {
+    /// How many processes `cgroup.procs` lists, and the first of them (whose start time and
+    /// network namespace stand for the cgroup's): read to EOF, since the kernel hands out one
+    /// page (~500 PIDs) per `read`.
+    fn process_list(&mut self, errors: &mut u32) -> (Option<u64>, Option<u32>) {
+        let Some(dir) = self.dirs.0[Hierarchy::V2 as usize].as_ref() else {
+            return (None, None);
+        };
+        match self.buf.read_list(dir, c"cgroup.procs") {
+            Ok(Some(text)) => (
+                Some(parse::count_lines(text)),
+                text.lines().find_map(|l| l.trim().parse().ok()),
+            ),
+            Ok(None) => (None, None),
+            Err(e) => {
+                note_error(&mut self.fault, c"cgroup.procs", e, errors);
+                (None, None)
+            }
+        }
+    }
+
+    /// Opens the cgroup's directory in every hierarchy; `Vanished` when cgroup2 has none, a
+    /// fault when one cannot be opened for another reason than not existing.
+    fn open_dirs(&mut self, rel: &str) -> Result<(), ReadError> {
         let mut dirs = Dirs::default();
         for h in HIERARCHIES {
             let Some(root) = self.roots[h as usize].as_mut() else {
@@ -164,10 +222,19 @@ impl CgroupReader {
             if self.same_mount_as[h as usize].is_some() {
                 continue; // read through the co-mounted hierarchy's handle
             }
-            dirs.0[h as usize] = root.open(rel, self.buf.name_scratch()).ok().flatten();
+            dirs.0[h as usize] = match root.open(rel, self.buf.name_scratch()) {
+                Ok(fd) => fd,
+                Err(e) if is_gone(&e) => None,
+                Err(source) => {
+                    return Err(ReadError::Fault {
+                        what: format!("opening {}/{rel}", root.path().display()),
+                        source,
+                    });
+                }
+            };
         }
         if dirs.0[Hierarchy::V2 as usize].is_none() {
-            return Err(Vanished);
+            return Err(ReadError::Vanished);
         }
         self.dirs = dirs;
         Ok(())
@@ -183,11 +250,13 @@ impl CgroupReader {
     }
 
     /// The file's text, or `None` when it does not exist (counted when it exists but fails).
-    fn text(&mut self, h: Hierarchy, name: &CStr, errors: &mut u32) -> Option<&str> {
-        match self.file(h, name) {
+    fn text(&mut self, h: Hierarchy, name: &'static CStr, errors: &mut u32) -> Option<&str> {
+        let h = self.same_mount_as[h as usize].unwrap_or(h);
+        let dir = self.dirs.0[h as usize].as_ref()?;
+        match self.buf.read(dir, name) {
             Ok(text) => text,
-            Err(_) => {
-                *errors += 1;
+            Err(e) => {
+                note_error(&mut self.fault, name, e, errors);
                 None
             }
         }
@@ -381,7 +450,7 @@ impl CgroupReader {
         if self.in_v1(Hierarchy::Blkio) {
             // The recursive file includes descendants, like every other counter here; older
             // kernels only have the local one.
-            let mut pairs = |recursive: &CStr, local: &CStr, errors: &mut u32| {
+            let mut pairs = |recursive: &'static CStr, local: &'static CStr, errors: &mut u32| {
                 for name in [recursive, local] {
                     if let Some(t) = self.text(Hierarchy::Blkio, name, errors) {
                         return Some(Io::parse_v1_pairs(t, &mut malformed));
@@ -419,16 +488,32 @@ impl CgroupReader {
         r.malformed += malformed;
     }
 
-    fn psi(&mut self, name: &CStr, errors: &mut u32) -> Option<Psi> {
+    fn psi(&mut self, name: &'static CStr, errors: &mut u32) -> Option<Psi> {
         // ENOTSUP (PSI disabled at boot) reads as an error: absent, like kubelet.
-        match self.file(Hierarchy::V2, name) {
+        let dir = self.dirs.0[Hierarchy::V2 as usize].as_ref()?;
+        match self.buf.read(dir, name) {
             Ok(text) => text.map(Psi::parse),
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => None,
-            Err(_) => {
-                *errors += 1;
+            Err(e) => {
+                note_error(&mut self.fault, name, e, errors);
                 None
             }
         }
+    }
+}
+
+/// A file that exists but cannot be read: counted, and kept as the read's fault when it is the
+/// process that is out of resources (every other file would fail alike, so the reading would
+/// be empty rather than wrong about one field).
+fn note_error(
+    fault: &mut Option<(&'static CStr, io::Error)>,
+    name: &'static CStr,
+    e: io::Error,
+    errors: &mut u32,
+) {
+    *errors += 1;
+    if is_resource_exhaustion(&e) && fault.is_none() {
+        *fault = Some((name, e));
     }
 }
 
@@ -445,98 +530,5 @@ fn key_u64(text: &str, key: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use super::*;
-    use crate::cgroupfs::parse::PsiData;
-
-    /// Real files of one cgroup on our 6.18 hybrid host (memory/cpu/cpuacct/pids/blkio in v1,
-    /// cgroup2 with no controllers): a process touched 20 MiB, wrote an 8 MiB file and spun for
-    /// 1 s under a 64 MiB limit and a 50 ms/100 ms quota.
-    fn hybrid_reader() -> CgroupReader {
-        let base = PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/testdata/hybrid-v1-6.18"
-        ));
-        let v1: BTreeMap<String, PathBuf> = ["memory", "cpu", "cpuacct", "pids", "blkio"]
-            .iter()
-            .map(|c| (c.to_string(), base.join(c)))
-            .collect();
-        let mounts = CgroupMounts {
-            v2: Some(base.join("unified")),
-            v1,
-        };
-        CgroupReader::new(base.join("unified"), &mounts)
-    }
-
-    #[test]
-    fn hybrid_host_takes_each_controller_from_its_mount() {
-        let r = hybrid_reader().read("/captest").unwrap();
-        assert_eq!(r.cpu_source, Source::V1);
-        assert_eq!(r.cpu.usage_ns, Some(620_016_202)); // cpuacct.usage (v2 said 620016 µs)
-        assert_eq!(r.cpu.user_ns, Some(550_000_000)); // 55 ticks
-        assert_eq!(r.cpu.system_ns, Some(60_000_000));
-        assert_eq!(r.cpu.nr_periods, Some(15));
-        assert_eq!(r.cpu.nr_throttled, Some(12));
-        assert_eq!(r.cpu.throttled_ns, Some(592_502_854));
-        assert_eq!(r.cpu.quota_us, Some(50_000));
-        assert_eq!(r.cpu.period_us, Some(100_000));
-        assert_eq!(r.cpu.shares, Some(1024));
-
-        assert_eq!(r.memory_source, Source::V1);
-        let m = r.memory.unwrap();
-        assert_eq!(m.usage_bytes, Some(9_797_632));
-        assert_eq!(m.limit, Some(Limit::Value(67_108_864)));
-        assert_eq!(m.stat.inactive_file, Some(9_121_792));
-        assert_eq!(m.stat.pgfault, Some(16_570));
-        assert_eq!(m.swap_bytes, Some(0));
-        assert_eq!(m.swap_limit.and_then(Limit::bytes), None);
-        assert_eq!(m.oom_kill_events, Some(0));
-
-        let pids = r.pids.unwrap();
-        assert_eq!((pids.current, pids.max), (Some(0), Some(Limit::Max)));
-        assert_eq!(r.io, Some(Io::default()));
-
-        // PSI comes from cgroup2 even on a hybrid host.
-        let cpu_psi = r.cpu_psi.unwrap();
-        assert_eq!(
-            cpu_psi.some,
-            Some(PsiData {
-                avg10: 4.15,
-                avg60: 0.88,
-                avg300: 0.18,
-                total_us: 578_879
-            })
-        );
-        assert_eq!(r.io_psi.unwrap().full.unwrap().total_us, 4031);
-        assert_eq!((r.malformed, r.read_errors), (0, 0));
-    }
-
-    #[test]
-    fn a_cgroup_only_in_v2_falls_back_to_v2_files() {
-        // The root exists in every hierarchy; a v2-only child must not borrow v1 numbers.
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("only-v2")).unwrap();
-        std::fs::write(dir.path().join("only-v2/cpu.stat"), "usage_usec 7\n").unwrap();
-        let mut mounts = CgroupMounts {
-            v2: Some(dir.path().into()),
-            ..CgroupMounts::default()
-        };
-        mounts
-            .v1
-            .insert("memory".into(), dir.path().join("no-such-v1"));
-        let r = CgroupReader::new(dir.path().into(), &mounts)
-            .read("/only-v2")
-            .unwrap();
-        assert_eq!(r.cpu_source, Source::V2);
-        assert_eq!(r.cpu.usage_ns, Some(7000));
-        assert_eq!(r.memory, None);
-        assert_eq!(r.cpu_psi, None);
-    }
-
-    #[test]
-    fn removed_cgroup_is_vanished() {
-        assert!(hybrid_reader().read("/no-such-cgroup").is_err());
-    }
-}
+#[path = "reader_tests.rs"]
+mod tests;

@@ -20,8 +20,9 @@ pub struct CgroupNode {
 
 /// Walks the hierarchy mounted at `mount`, parents before children (pre-order).
 ///
-/// A directory that vanishes while being walked is simply absent from the result; only a failure
-/// to read the mount itself is an error.
+/// A directory that vanishes while being walked is simply absent from the result. Any other
+/// failure (out of file descriptors, permission denied) is an error: a subtree we could not
+/// list is not a subtree that is gone.
 pub fn walk(mount: &Path) -> io::Result<Vec<CgroupNode>> {
     let root_id = fs::metadata(mount)?.ino();
     let mut nodes = vec![CgroupNode {
@@ -33,14 +34,29 @@ pub fn walk(mount: &Path) -> io::Result<Vec<CgroupNode>> {
     while let Some((parent, dir)) = stack.pop() {
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
-            // Removed (or made unreadable) since we listed its parent: skip that subtree.
-            Err(e) if dir.as_path() != mount => {
+            // Removed since we listed its parent: skip that subtree.
+            Err(e) if dir.as_path() != mount && vanished(&e) => {
                 tracing::debug!(dir = %dir.display(), error = %e, "cgroup vanished during walk");
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("listing {}: {e}", dir.display()),
+                ));
+            }
         };
-        for entry in entries.flatten() {
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) if vanished(&e) => break,
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("listing {}: {e}", dir.display()),
+                    ));
+                }
+            };
             // d_type from readdir: no stat per cgroup.
             if !entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
@@ -59,6 +75,11 @@ pub fn walk(mount: &Path) -> io::Result<Vec<CgroupNode>> {
         }
     }
     Ok(nodes)
+}
+
+/// ENOENT or ENODEV: the directory was removed (kernfs answers ENODEV for a removed node).
+fn vanished(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENODEV))
 }
 
 #[cfg(test)]

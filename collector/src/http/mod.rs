@@ -2,13 +2,14 @@
 //! - `/stats/summary[?only_cpu_and_memory=true]` (GET or POST): kubelet's Summary API JSON;
 //! - `/metrics/resource`: kubelet's resource metrics, which metrics-server scrapes;
 //! - `/metrics`: the collector's own metrics and the eBPF extras;
-//! - `/healthz`: 200 once the first sample is in, 503 before.
+//! - `/healthz` and `/readyz`: 200 while the newest sample is fresh; 503 with the reason before
+//!   the first sample, when it is too old (passes fail or hang) or when the store task is gone.
 //!
 //! Every handler reads the latest snapshot the store published; none waits for a pass.
 
-mod own;
+pub mod own;
 pub mod prom;
-mod resource;
+pub mod resource;
 mod summary_json;
 
 use std::sync::Arc;
@@ -24,24 +25,83 @@ use axum::{
 
 pub use summary_json::render as summary_document;
 
-use crate::{server::ServerStats, store::StoreHandle};
+use crate::{
+    net::auth::{self, Attributes, AttributesOf, Auth, Target},
+    server::ServerStats,
+    store::StoreHandle,
+};
 
 /// Plaintext HTTP default: loopback, next to the gRPC port's family.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50080";
+
+/// Families a later layer adds to `/metrics` (the exporters' delivery counters), which this
+/// layer cannot name.
+pub trait MoreMetrics: Send + Sync {
+    fn write(&self, e: &mut prom::Exposition);
+}
 
 #[derive(Clone)]
 struct AppState {
     store: StoreHandle,
     server: Arc<ServerStats>,
+    more: Option<Arc<dyn MoreMetrics>>,
 }
 
-pub fn router(store: StoreHandle, server: Arc<ServerStats>) -> Router {
+/// The endpoints, behind `auth` (health stays public); `more` adds families to `/metrics`
+/// (the exporters' counters).
+pub fn router(
+    store: StoreHandle,
+    server: Arc<ServerStats>,
+    more: Option<Arc<dyn MoreMetrics>>,
+    auth: Arc<Auth>,
+) -> Router {
+    let node = store.node.node_name.clone();
     Router::new()
         .route("/stats/summary", get(stats_summary).post(stats_summary))
         .route("/metrics/resource", get(metrics_resource))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
-        .with_state(AppState { store, server })
+        .route("/readyz", get(healthz))
+        .with_state(AppState {
+            store,
+            server,
+            more,
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            (auth, kubelet_attributes(node)),
+            auth::http_gate,
+        ))
+}
+
+/// Paths anyone may read: health says nothing about tenants (kubelet's probes call it).
+const PUBLIC_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// kubelet's mapping of its paths to the `nodes` subresources it authorizes: `/stats/*` is
+/// `nodes/stats`, `/metrics` and `/metrics/*` are `nodes/metrics`, anything else
+/// `nodes/proxy`; the verb from the method, the name this node's.
+pub fn kubelet_attributes(node: String) -> AttributesOf {
+    Arc::new(move |method: &axum::http::Method, path: &str| {
+        if PUBLIC_PATHS.contains(&path) {
+            return None;
+        }
+        let subresource = if path == "/stats" || path.starts_with("/stats/") {
+            "stats"
+        } else if path == "/metrics" || path.starts_with("/metrics/") {
+            "metrics"
+        } else {
+            "proxy"
+        };
+        Some(vec![Attributes {
+            verb: auth::verb(method),
+            target: Target::Resource {
+                group: "",
+                resource: "nodes",
+                subresource,
+                name: node.clone(),
+                namespace: String::new(),
+            },
+        }])
+    })
 }
 
 fn text(body: String) -> Response {
@@ -88,12 +148,18 @@ async fn metrics_resource(State(app): State<AppState>) -> Response {
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
-    text(own::render(app.store.latest().as_deref(), &app.server))
+    text(own::render(
+        app.store.latest().as_deref(),
+        &app.server,
+        app.more.as_deref(),
+    ))
 }
 
 async fn healthz(State(app): State<AppState>) -> Response {
-    match app.store.latest() {
-        Some(_) => "ok\n".into_response(),
-        None => error(StatusCode::SERVICE_UNAVAILABLE, "no sample yet\n".into()),
+    let health = app.store.health();
+    if health.is_serving() {
+        "ok\n".into_response()
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, format!("{health}\n"))
     }
 }

@@ -1,16 +1,20 @@
 //! `/metrics`: the collector's own health and cost, and what only the probes can tell (eBPF CPU
 //! time, page faults, run-queue wait histograms, OOM kills) per container and pod, with the same
-//! container/pod/namespace labels as `/metrics/resource`.
+//! container/pod/namespace labels as `/metrics/resource`. The remote-write exporter sends the
+//! eBPF families under the same names.
 
 use std::sync::{LazyLock, atomic::Ordering};
 
 use collector_common::RUNQ_BUCKETS;
 
 use super::{
+    MoreMetrics,
     prom::{Exposition, Kind, format_value},
     resource::{pod_name, pod_namespace},
 };
-use crate::{rate::runq, sampler::CgroupSample, server::ServerStats, store::Snapshot};
+use crate::{
+    probes::RUNQ_VALUES, rate::runq, sampler::CgroupSample, server::ServerStats, store::Snapshot,
+};
 
 /// Histogram edges: bucket i of the kernel histogram holds waits in [2^i, 2^(i+1)) ns, so the
 /// cumulative count up to edge 2^k ns is the sum of buckets below k. Every other power of two
@@ -18,7 +22,7 @@ use crate::{rate::runq, sampler::CgroupSample, server::ServerStats, store::Snaps
 const RUNQ_EDGES_LOG2: [usize; 11] = [10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30];
 
 /// Each edge with its `le` label, formatted once rather than per cgroup per scrape.
-static RUNQ_EDGES: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
+pub static RUNQ_EDGES: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
     RUNQ_EDGES_LOG2
         .iter()
         .map(|&k| (k, format_value((1u64 << k) as f64 / 1e9)))
@@ -26,11 +30,16 @@ static RUNQ_EDGES: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
 });
 
 fn declare(e: &mut Exposition) {
-    let families: [(&'static str, Kind, &'static str); 32] = [
+    let families: [(&'static str, Kind, &'static str); 39] = [
         (
             "collector_sampler_passes_total",
             Kind::Counter,
             "Sampling passes since start.",
+        ),
+        (
+            "collector_sampler_failed_passes_total",
+            Kind::Counter,
+            "Sampling passes that failed as a whole (e.g. out of file descriptors); nothing was published for them.",
         ),
         (
             "collector_cgroups",
@@ -55,17 +64,32 @@ fn declare(e: &mut Exposition) {
         (
             "collector_ebpf_map_entries",
             Kind::Gauge,
-            "Entries in each per-cgroup eBPF map.",
+            "Entries in the per-cgroup eBPF map.",
         ),
         (
             "collector_ebpf_dropped_total",
             Kind::Counter,
-            "Measurements lost because an eBPF map or the event ring was full, by what was lost.",
+            "Measurements lost because an eBPF map or event ring was full, by what was lost.",
         ),
         (
-            "collector_ebpf_running_read_failures_total",
+            "collector_ebpf_unattributed_cgroups_total",
             Kind::Counter,
-            "Switches where the incoming task's cgroup could not be read.",
+            "Map entries of cgroups no walk found, credited to the root and freed.",
+        ),
+        (
+            "collector_ebpf_map_memory_bytes",
+            Kind::Gauge,
+            "Kernel memory of each eBPF map (its fdinfo memlock).",
+        ),
+        (
+            "collector_ebpf_map_memory_projected_bytes",
+            Kind::Gauge,
+            "Kernel memory the same map would take with this many possible CPUs.",
+        ),
+        (
+            "collector_cgroup_walks_total",
+            Kind::Counter,
+            "Walks of the whole cgroup tree, by why (full pass or early).",
         ),
         (
             "collector_watch_subscribers",
@@ -76,6 +100,21 @@ fn declare(e: &mut Exposition) {
             "collector_watch_dropped_subscribers_total",
             Kind::Counter,
             "Watch subscribers dropped for falling behind.",
+        ),
+        (
+            "collector_watch_refused_subscribers_total",
+            Kind::Counter,
+            "Watch subscriptions refused because --max-watch-subscribers were open.",
+        ),
+        (
+            "collector_refused_connections_total",
+            Kind::Counter,
+            "Connections closed at once because --max-connections were open, by listener.",
+        ),
+        (
+            "collector_accept_errors_total",
+            Kind::Counter,
+            "Failed accepts (e.g. out of file descriptors), each followed by a pause, by listener.",
         ),
         (
             "collector_probe_up",
@@ -200,6 +239,12 @@ fn collector(e: &mut Exposition, s: &Snapshot, server: &ServerStats) {
         e.sample(name, "", labels, v as f64, None);
     };
     int(e, "collector_sampler_passes_total", &[], st.passes);
+    int(
+        e,
+        "collector_sampler_failed_passes_total",
+        &[],
+        st.failed_passes,
+    );
     int(e, "collector_cgroups", &[], s.sample.cgroups.len() as u64);
     int(
         e,
@@ -219,26 +264,44 @@ fn collector(e: &mut Exposition, s: &Snapshot, server: &ServerStats) {
         &[],
         st.probe_read_errors,
     );
-    int(
-        e,
-        "collector_ebpf_running_read_failures_total",
-        &[],
-        st.ebpf_running_read_failures,
-    );
-    for (map, v) in [
-        ("cpu", st.ebpf_map_entries),
-        ("faults", st.ebpf_fault_map_entries),
-        ("runq", st.ebpf_runq_map_entries),
-    ] {
-        int(e, "collector_ebpf_map_entries", &[("map", map)], v);
-    }
+    int(e, "collector_ebpf_map_entries", &[], st.ebpf_map_entries);
+    let d = st.ebpf_drops;
     for (what, v) in [
-        ("cpu_intervals", st.ebpf_dropped_intervals),
-        ("faults", st.ebpf_dropped_faults),
-        ("runq_waits", st.ebpf_dropped_runq_waits),
-        ("events", st.ebpf_dropped_events),
+        ("runs", d.cgroup_inserts),
+        ("histogram_waits", d.runq_histograms),
+        ("oom_events", d.oom_events),
+        ("lifecycle_events", d.lifecycle_events),
+        ("truncated_paths", d.truncated_paths),
     ] {
         int(e, "collector_ebpf_dropped_total", &[("what", what)], v);
+    }
+    int(
+        e,
+        "collector_ebpf_unattributed_cgroups_total",
+        &[],
+        st.ebpf_unattributed_cgroups,
+    );
+    for m in s.maps.iter() {
+        let labels = [("object", m.object), ("map", m.name.as_str())];
+        if let Some(bytes) = m.kernel_bytes {
+            int(e, "collector_ebpf_map_memory_bytes", &labels, bytes);
+        }
+        for (cpus, n) in [("64", 64), ("128", 128)] {
+            let labels = [labels[0], labels[1], ("cpus", cpus)];
+            let bytes = m.projected_bytes(n);
+            int(
+                e,
+                "collector_ebpf_map_memory_projected_bytes",
+                &labels,
+                bytes,
+            );
+        }
+    }
+    for (why, v) in [
+        ("full_pass", st.walks - st.early_walks),
+        ("early", st.early_walks),
+    ] {
+        int(e, "collector_cgroup_walks_total", &[("why", why)], v);
     }
     let subscribers = server.watch_subscribers.load(Ordering::Relaxed);
     int(e, "collector_watch_subscribers", &[], subscribers);
@@ -248,6 +311,22 @@ fn collector(e: &mut Exposition, s: &Snapshot, server: &ServerStats) {
         &[],
         server.dropped_subscribers(),
     );
+    int(
+        e,
+        "collector_watch_refused_subscribers_total",
+        &[],
+        server.refused_subscribers.load(Ordering::Relaxed),
+    );
+    for (listener, c) in [
+        ("grpc", &server.grpc_connections),
+        ("http", &server.http_connections),
+    ] {
+        let labels = [("listener", listener)];
+        let refused = c.refused.load(Ordering::Relaxed);
+        int(e, "collector_refused_connections_total", &labels, refused);
+        let errors = c.accept_errors.load(Ordering::Relaxed);
+        int(e, "collector_accept_errors_total", &labels, errors);
+    }
     for p in &s.probes {
         let up = u64::from(p.is_active());
         int(
@@ -316,52 +395,61 @@ fn ebpf(e: &mut Exposition, level: Level, labels: &[(&str, &str)], c: &CgroupSam
     }
     if let Some(h) = &v.runq {
         let (waits, total_ns) = runq::totals(h);
-        let mut cumulative = 0u64;
-        let mut below = 0; // buckets already summed
-        for (k, le) in RUNQ_EDGES.iter() {
-            let upto = (*k).min(RUNQ_BUCKETS);
-            cumulative += h[below..upto].iter().sum::<u64>();
-            below = upto;
+        for (le, cumulative) in runq_buckets(h) {
             let mut l = labels.to_vec();
             l.push(("le", le));
             e.sample(level.runq, "_bucket", &l, cumulative as f64, None);
         }
-        let mut l = labels.to_vec();
-        l.push(("le", "+Inf"));
-        e.sample(level.runq, "_bucket", &l, waits as f64, None);
         e.sample(level.runq, "_sum", labels, total_ns as f64 / 1e9, None);
         e.sample(level.runq, "_count", labels, waits as f64, None);
     }
 }
 
-#[derive(Clone, Copy)]
-struct Level {
-    cpu: &'static str,
-    faults: &'static str,
-    oom: Option<&'static str>,
-    runq: &'static str,
+/// The classic histogram's buckets of a kernel run-queue histogram: each `le` label (seconds)
+/// with the cumulative count of waits below it, `+Inf` last (every wait).
+pub fn runq_buckets(h: &[u64; RUNQ_VALUES]) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+    let mut cumulative = 0u64;
+    let mut below = 0; // buckets already summed
+    RUNQ_EDGES
+        .iter()
+        .map(move |(k, le)| {
+            let upto = (*k).min(RUNQ_BUCKETS);
+            cumulative += h[below..upto].iter().sum::<u64>();
+            below = upto;
+            (le.as_str(), cumulative)
+        })
+        .chain(std::iter::once(("+Inf", runq::totals(h).0)))
 }
 
-const NODE: Level = Level {
+/// The names of the eBPF families of one level (node, pod or container).
+#[derive(Clone, Copy)]
+pub struct Level {
+    pub cpu: &'static str,
+    pub faults: &'static str,
+    pub oom: Option<&'static str>,
+    pub runq: &'static str,
+}
+
+pub const NODE: Level = Level {
     cpu: "node_ebpf_cpu_usage_seconds_total",
     faults: "node_ebpf_page_faults_total",
     oom: None,
     runq: "node_runqueue_wait_seconds",
 };
-const POD: Level = Level {
+pub const POD: Level = Level {
     cpu: "pod_ebpf_cpu_usage_seconds_total",
     faults: "pod_ebpf_page_faults_total",
     oom: Some("pod_ebpf_oom_kills_total"),
     runq: "pod_runqueue_wait_seconds",
 };
-const CONTAINER: Level = Level {
+pub const CONTAINER: Level = Level {
     cpu: "container_ebpf_cpu_usage_seconds_total",
     faults: "container_ebpf_page_faults_total",
     oom: Some("container_ebpf_oom_kills_total"),
     runq: "container_runqueue_wait_seconds",
 };
 
-fn by_id(s: &Snapshot, id: u64) -> Option<&CgroupSample> {
+pub fn by_id(s: &Snapshot, id: u64) -> Option<&CgroupSample> {
     let cgroups = &s.sample.cgroups;
     cgroups
         .binary_search_by_key(&id, |c| c.id)
@@ -369,9 +457,16 @@ fn by_id(s: &Snapshot, id: u64) -> Option<&CgroupSample> {
         .map(|i| &cgroups[i])
 }
 
-pub fn render(snapshot: Option<&Snapshot>, server: &ServerStats) -> String {
+pub fn render(
+    snapshot: Option<&Snapshot>,
+    server: &ServerStats,
+    more: Option<&dyn MoreMetrics>,
+) -> String {
     let mut e = Exposition::default();
     declare(&mut e);
+    if let Some(more) = more {
+        more.write(&mut e);
+    }
     let Some(s) = snapshot else {
         let subscribers = server.watch_subscribers.load(Ordering::Relaxed);
         e.sample(

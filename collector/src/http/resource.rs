@@ -2,22 +2,23 @@
 //! (pkg/kubelet/metrics/collectors/resource_metrics.go), so metrics-server can scrape us instead
 //! of the kubelet. Samples carry the timestamp of the reading they come from, in ms, except
 //! `container_start_time_seconds`, which kubelet sends without one (a start hours ago would be
-//! a sample Prometheus rejects as too old).
+//! a sample Prometheus rejects as too old). The remote-write exporter sends the same families
+//! under the same names.
 
 use super::prom::{Exposition, Kind, millis};
 use crate::{proto, store::Snapshot};
 
-const NODE_CPU: &str = "node_cpu_usage_seconds_total";
-const NODE_MEMORY: &str = "node_memory_working_set_bytes";
-const NODE_SWAP: &str = "node_swap_usage_bytes";
-const CONTAINER_CPU: &str = "container_cpu_usage_seconds_total";
-const CONTAINER_MEMORY: &str = "container_memory_working_set_bytes";
-const CONTAINER_SWAP: &str = "container_swap_usage_bytes";
-const CONTAINER_SWAP_LIMIT: &str = "container_swap_limit_bytes";
-const CONTAINER_START: &str = "container_start_time_seconds";
-const POD_CPU: &str = "pod_cpu_usage_seconds_total";
-const POD_MEMORY: &str = "pod_memory_working_set_bytes";
-const POD_SWAP: &str = "pod_swap_usage_bytes";
+pub const NODE_CPU: &str = "node_cpu_usage_seconds_total";
+pub const NODE_MEMORY: &str = "node_memory_working_set_bytes";
+pub const NODE_SWAP: &str = "node_swap_usage_bytes";
+pub const CONTAINER_CPU: &str = "container_cpu_usage_seconds_total";
+pub const CONTAINER_MEMORY: &str = "container_memory_working_set_bytes";
+pub const CONTAINER_SWAP: &str = "container_swap_usage_bytes";
+pub const CONTAINER_SWAP_LIMIT: &str = "container_swap_limit_bytes";
+pub const CONTAINER_START: &str = "container_start_time_seconds";
+pub const POD_CPU: &str = "pod_cpu_usage_seconds_total";
+pub const POD_MEMORY: &str = "pod_memory_working_set_bytes";
+pub const POD_SWAP: &str = "pod_swap_usage_bytes";
 const SCRAPE_ERROR: &str = "resource_scrape_error";
 
 fn declare(e: &mut Exposition) {

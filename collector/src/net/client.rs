@@ -3,7 +3,10 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
+use tokio_rustls::rustls;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use super::tls;
 
 /// TLS settings of a client. With no CA the connection is plaintext (`http://`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,6 +47,40 @@ impl ClientTls {
             config = config.domain_name(domain.clone());
         }
         Ok(Some(config))
+    }
+}
+
+impl ClientTls {
+    /// A rustls configuration for HTTPS clients (the push exporters): the CA when given, else
+    /// the system's trusted roots; the client certificate for mutual TLS.
+    pub fn rustls_config(&self) -> anyhow::Result<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca {
+            Some(ca) => {
+                for cert in tls::certificates(ca)? {
+                    roots
+                        .add(cert)
+                        .with_context(|| format!("CA {}", ca.display()))?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                for cert in found.certs {
+                    // One unusable system certificate should not disable the others.
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+        Ok(match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => builder
+                .with_client_auth_cert(tls::certificates(cert)?, tls::private_key(key)?)
+                .context("client certificate and key")?,
+            (None, None) => builder.with_no_client_auth(),
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        })
     }
 }
 

@@ -5,23 +5,29 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 
-/// Plaintext is for loopback; anything else needs TLS or an explicit opt-out, which is logged.
+/// Loopback may serve anything; any other address needs TLS and authenticated callers, or an
+/// explicit opt-out, which is logged.
 pub fn check_listen_policy(
     addr: SocketAddr,
     tls: bool,
+    authenticated: bool,
     allow_insecure: bool,
 ) -> anyhow::Result<()> {
-    if tls || addr.ip().is_loopback() {
+    if addr.ip().is_loopback() || (tls && authenticated) {
         return Ok(());
     }
+    let missing = match (tls, authenticated) {
+        (false, _) => "plaintext",
+        (true, _) => "TLS without authenticating callers",
+    };
     anyhow::ensure!(
         allow_insecure,
-        "refusing to serve plaintext gRPC on non-loopback {addr}: pass --tls-cert and --tls-key \
-         (and --tls-client-ca for mutual TLS), or --allow-insecure-listen if the network is \
-         trusted"
+        "refusing to serve {missing} on non-loopback {addr}: pass --tls-cert and --tls-key, and \
+         authenticate callers (--tls-client-ca, --authentication-token-webhook), or \
+         --allow-insecure-listen if the network is trusted"
     );
     tracing::warn!(
-        "serving plaintext gRPC on non-loopback {addr} (--allow-insecure-listen): anyone who can \
+        "serving {missing} on non-loopback {addr} (--allow-insecure-listen): anyone who can \
          reach it can read this node's metrics"
     );
     Ok(())

@@ -10,23 +10,20 @@ use std::{
 };
 
 use anyhow::Context as _;
-use futures::Stream;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::{
-    TlsAcceptor,
-    rustls::{self, RootCertStore, ServerConfig, server::WebPkiClientVerifier},
-    server::TlsStream,
-};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_rustls::rustls::{self, RootCertStore, ServerConfig, server::WebPkiClientVerifier};
 
-/// Certificate files of a TLS server. With `client_ca`, clients must present a certificate
-/// signed by it (mutual TLS).
+/// Certificate files of a TLS server. With `client_ca` (or `front_proxy_ca`), client
+/// certificates signed by it are verified in the handshake and name the caller (mutual TLS);
+/// the handshake itself lets clients without one in (kubelet's HTTPS probes have none), and
+/// the server's authentication refuses their requests to anything but health.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerTlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+    /// The aggregation layer's front-proxy CA (an APIService backend's requestheader CA).
+    pub front_proxy_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,10 +40,6 @@ pub enum TlsError {
 
 /// How often the certificate files are checked for changes.
 pub const RELOAD_CHECK: Duration = Duration::from_secs(5);
-/// A client that has not finished its handshake by then is disconnected.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Finished handshakes waiting for the server to take them.
-const ACCEPTED_BACKLOG: usize = 128;
 
 /// What identifies a file's version: modification time, size and inode (a Secret update swaps
 /// a symlink, which changes the inode even when the time does not move).
@@ -55,16 +48,33 @@ type Stamp = Vec<Option<(SystemTime, u64, u64)>>;
 /// The current server configuration, swapped when the files change.
 pub struct TlsReloader {
     files: ServerTlsFiles,
+    protocol: Protocol,
     current: RwLock<(Stamp, Arc<ServerConfig>)>,
 }
 
+/// What the server speaks inside TLS, offered by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// gRPC: HTTP/2 only.
+    Grpc,
+    /// The HTTP endpoints: HTTP/1.1 (what kubelet's probes, Prometheus and kubectl speak).
+    Http1,
+}
+
 impl TlsReloader {
-    /// Loads the files; an error here (missing file, bad PEM, key not matching) stops startup.
+    /// Loads the files for gRPC; an error here (missing file, bad PEM, key not matching) stops
+    /// startup.
     pub fn load(files: ServerTlsFiles) -> Result<Arc<Self>, TlsError> {
+        Self::load_for(files, Protocol::Grpc)
+    }
+
+    /// Loads the files for a server speaking `protocol`.
+    pub fn load_for(files: ServerTlsFiles, protocol: Protocol) -> Result<Arc<Self>, TlsError> {
         let stamp = stamp(&files);
-        let config = build(&files)?;
+        let config = build(&files, protocol)?;
         Ok(Arc::new(Self {
             files,
+            protocol,
             current: RwLock::new((stamp, Arc::new(config))),
         }))
     }
@@ -84,7 +94,7 @@ impl TlsReloader {
         if self.current.read().unwrap_or_else(|e| e.into_inner()).0 == now {
             return Ok(false);
         }
-        let result = build(&self.files);
+        let result = build(&self.files, self.protocol);
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         // Remember the stamp either way: a bad file is reported once, not every check.
         current.0 = now;
@@ -119,6 +129,7 @@ fn stamp(files: &ServerTlsFiles) -> Stamp {
         Some(&files.cert),
         Some(&files.key),
         files.client_ca.as_ref(),
+        files.front_proxy_ca.as_ref(),
     ]
     .into_iter()
     .flatten()
@@ -153,87 +164,61 @@ pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErro
     Ok(certs)
 }
 
-fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(&read(path)?).map_err(|e| TlsError::Pem {
         path: path.to_owned(),
         what: format!("no usable private key ({e})"),
     })
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn build(files: &ServerTlsFiles) -> Result<ServerConfig, TlsError> {
+fn build(files: &ServerTlsFiles, protocol: Protocol) -> Result<ServerConfig, TlsError> {
     let certs = certificates(&files.cert)?;
     let key = private_key(&files.key)?;
     let builder =
         ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
-    let builder = match &files.client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
+    let cas: Vec<&PathBuf> = [&files.client_ca, &files.front_proxy_ca]
+        .into_iter()
+        .flatten()
+        .collect();
+    let builder = if cas.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let mut roots = RootCertStore::empty();
+        for ca in &cas {
             for cert in certificates(ca)? {
                 roots.add(cert).map_err(|e| TlsError::ClientCa {
-                    path: ca.clone(),
+                    path: (*ca).clone(),
                     what: e.to_string(),
                 })?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                .build()
-                .map_err(|e| TlsError::ClientCa {
-                    path: ca.clone(),
-                    what: e.to_string(),
-                })?;
-            builder.with_client_cert_verifier(verifier)
         }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::ClientCa {
+                path: cas[0].clone(),
+                what: e.to_string(),
+            })?;
+        builder.with_client_cert_verifier(verifier)
     };
     let mut config = builder.with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![match protocol {
+        Protocol::Grpc => b"h2".to_vec(),
+        Protocol::Http1 => b"http/1.1".to_vec(),
+    }];
     Ok(config)
 }
 
-/// Accepts TCP connections and completes TLS handshakes off the accept loop, so one slow or
-/// failing client never holds up the others. Failed handshakes (a client without the CA, no
-/// client certificate under mTLS) are logged at debug and dropped.
-pub fn incoming(
-    listener: TcpListener,
-    tls: Arc<TlsReloader>,
-) -> impl Stream<Item = Result<TlsStream<TcpStream>, io::Error>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(ACCEPTED_BACKLOG);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Out of fds and the like: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-                _ = tx.closed() => return,
-            };
-            let acceptor = TlsAcceptor::from(tls.config());
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
-}
-
 /// Loads the TLS files when configured; a bad file stops startup with its path in the error.
-pub fn load_tls(files: Option<&ServerTlsFiles>) -> anyhow::Result<Option<Arc<TlsReloader>>> {
+pub fn load_tls(
+    files: Option<&ServerTlsFiles>,
+    protocol: Protocol,
+) -> anyhow::Result<Option<Arc<TlsReloader>>> {
     files
-        .map(|f| TlsReloader::load(f.clone()).context("loading TLS certificates"))
+        .map(|f| TlsReloader::load_for(f.clone(), protocol).context("loading TLS certificates"))
         .transpose()
 }

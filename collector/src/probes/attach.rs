@@ -2,15 +2,14 @@
 
 use std::io;
 
+use std::io::Read as _;
+
 use aya::{
     Ebpf,
-    programs::{
-        BtfTracePoint, PerfEvent,
-        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-    },
+    programs::{BtfTracePoint, Iter},
 };
 
-use super::status::ProbeState;
+use super::{error_text, status::ProbeState};
 
 /// Loads `program` (a tp_btf program in the object) against `tracepoint` and attaches it.
 pub fn btf_tracepoint(
@@ -27,49 +26,40 @@ pub fn btf_tracepoint(
         Err(e) => return ProbeState::Failed(format!("{program} is not a tp_btf program: {e}")),
     };
     if let Err(e) = prog.load(tracepoint, btf) {
-        return classify(&e, "loading");
+        return classify(&e, &format!("loading {program}"));
     }
     match prog.attach() {
         Ok(_link) => ProbeState::Active { note: None },
-        Err(e) => classify(&e, "attaching"),
+        Err(e) => classify(&e, &format!("attaching {program}")),
     }
 }
 
-/// Loads a perf_event program and opens one software event per CPU in `cpus` with sample period
-/// 1, so the program runs on every event.
-pub fn software_event_per_cpu(
-    ebpf: &mut Ebpf,
-    program: &str,
-    event: SoftwareEvent,
-    cpus: &[u32],
-) -> ProbeState {
+/// Loads a task iterator, runs it once over every task (reading its output to the end runs it)
+/// and detaches it.
+pub fn run_task_iterator(ebpf: &mut Ebpf, program: &str, btf: &aya::Btf) -> Result<(), ProbeState> {
     let Some(prog) = ebpf.program_mut(program) else {
-        return ProbeState::Failed(format!("program {program} missing from the eBPF object"));
+        return Err(ProbeState::Failed(format!(
+            "program {program} missing from the eBPF object"
+        )));
     };
-    let prog: &mut PerfEvent = match prog.try_into() {
-        Ok(p) => p,
-        Err(e) => return ProbeState::Failed(format!("{program} is not a perf_event program: {e}")),
-    };
-    if let Err(e) = prog.load() {
-        return classify(&e, "loading");
-    }
-    for &cpu in cpus {
-        let attached = prog.attach(
-            PerfEventConfig::Software(event),
-            PerfEventScope::AllProcessesOneCpu { cpu },
-            SamplePolicy::Period(1),
-            true,
-        );
-        if let Err(e) = attached {
-            return classify(&e, &format!("attaching on CPU {cpu}"));
-        }
-    }
-    ProbeState::Active {
-        note: Some(format!(
-            "{} CPUs; CPUs brought online later are not counted until restart",
-            cpus.len()
-        )),
-    }
+    let prog: &mut Iter = prog.try_into().map_err(|e| {
+        ProbeState::Failed(format!("{program} is not an iterator: {}", error_text(&e)))
+    })?;
+    prog.load("task", btf)
+        .map_err(|e| classify(&e, &format!("loading {program}")))?;
+    let link = prog
+        .attach()
+        .and_then(|id| prog.take_link(id))
+        .map_err(|e| classify(&e, &format!("attaching {program}")))?;
+    let mut file = link
+        .into_file()
+        .map_err(|e| classify(&e, &format!("opening {program}")))?;
+    let mut out = Vec::new();
+    file.read_to_end(&mut out)
+        .map_err(|e| classify(&e, &format!("running {program}")))?;
+    // Done: unload it (its work, the baselines, stays in the map).
+    let _ = prog.unload();
+    Ok(())
 }
 
 /// Longest failure reason carried in the stream; verifier logs can run to megabytes.
@@ -77,22 +67,19 @@ pub const MAX_REASON_LEN: usize = 1024;
 
 /// EPERM/EACCES means "not allowed here" (Unsupported), anything else is a real failure.
 pub fn classify(error: &(dyn std::error::Error + 'static), doing: &str) -> ProbeState {
-    let mut text = format!("{doing}: {error}");
+    let mut text = format!("{doing}: {}", error_text(error));
     let mut permission = false;
-    let mut source: Option<&(dyn std::error::Error + 'static)> = error.source();
-    if let Some(io) = error.downcast_ref::<io::Error>() {
-        permission |= is_permission(io);
-    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<io::Error>() {
             permission |= is_permission(io);
         }
-        text.push_str(&format!(": {e}"));
         source = e.source();
     }
     if permission {
         text.push_str(
-            " (not permitted: run as root or with CAP_BPF + CAP_PERFMON + CAP_SYS_RESOURCE)",
+            " (not permitted: run as root or with CAP_BPF + CAP_PERFMON, and CAP_SYS_RESOURCE \
+             on kernels before 5.11)",
         );
         return ProbeState::Unsupported(text);
     }

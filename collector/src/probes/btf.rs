@@ -3,7 +3,10 @@
 //! Rust eBPF has no CO-RE, so the few task_struct fields the programs must follow are located
 //! here, from `/sys/kernel/btf/vmlinux`, and handed to the programs as globals at load time.
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 const BTF_MAGIC: u16 = 0xeb9f;
 const HEADER_MIN_LEN: usize = 24;
@@ -28,21 +31,33 @@ const KIND_ENUM64: u32 = 19;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
-    #[error("reading {path}: {source}")]
+    /// The BTF file could not be read (the io error is the source, not in the message).
+    #[error("cannot read {path}")]
     Read {
-        path: String,
+        path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
+    /// The blob is not little-endian BTF or is cut short.
     #[error("not a BTF blob: {0}")]
     Malformed(&'static str),
-    #[error("struct {0} not found in kernel BTF")]
-    NoStruct(String),
-    #[error("member {1} not found in struct {0}")]
-    NoMember(String, String),
-    #[error("{0}.{1} is a bitfield or not byte aligned")]
-    Unaligned(String, String),
-    #[error("{0}.{1} has size {2}, expected {3}")]
-    UnexpectedSize(String, String, u32, u32),
+    /// No struct of that name in the kernel's types.
+    #[error("struct {name} not found in kernel BTF")]
+    NoStruct { name: String },
+    /// The struct (or a struct on the way) has no such member: this kernel lacks the field.
+    #[error("member {member} not found in struct {name}")]
+    NoMember { name: String, member: String },
+    /// A bitfield, which a byte offset cannot address.
+    #[error("{name}.{member} is a bitfield or not byte aligned")]
+    Unaligned { name: String, member: String },
+    /// The member exists with another size than the programs read.
+    #[error("{name}.{member} has size {size}, expected {expected}")]
+    UnexpectedSize {
+        name: String,
+        member: String,
+        size: u32,
+        expected: u32,
+    },
 }
 
 /// A parsed BTF blob: type records indexed by id, and the string section.
@@ -69,7 +84,7 @@ struct TypeRecord {
 impl Btf {
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
         let data = std::fs::read(path).map_err(|source| BtfError::Read {
-            path: path.display().to_string(),
+            path: path.to_owned(),
             source,
         })?;
         Self::parse(data)
@@ -119,32 +134,55 @@ impl Btf {
     }
 
     /// Byte offset of `member` in `struct name`, looking through anonymous struct/union members,
-    /// and checking the member's size when `expected_size` is given.
+    /// and checking the member's size when `expected_size` is given. `member` may be a path
+    /// into embedded structs: `se.sum_exec_runtime` is `task_struct.se` (a `struct
+    /// sched_entity`) then its `sum_exec_runtime`.
     pub fn member_offset(
         &self,
         name: &str,
         member: &str,
         expected_size: Option<u32>,
     ) -> Result<u32, BtfError> {
-        let id = *self
+        let mut id = *self
             .structs_by_name
             .get(name)
-            .ok_or_else(|| BtfError::NoStruct(name.to_owned()))?;
-        let (bits, type_id) = self
-            .find_member(id, member)?
-            .ok_or_else(|| BtfError::NoMember(name.to_owned(), member.to_owned()))?;
+            .ok_or_else(|| BtfError::NoStruct {
+                name: name.to_owned(),
+            })?;
+        let no_member = || BtfError::NoMember {
+            name: name.to_owned(),
+            member: member.to_owned(),
+        };
+        let mut bits = 0;
+        let mut type_id = id;
+        for (i, part) in member.split('.').enumerate() {
+            if i > 0 {
+                // The previous part must be an embedded struct or union to step into.
+                id = self.strip_modifiers(type_id)?;
+                let kind = self.record(id)?.kind;
+                if kind != KIND_STRUCT && kind != KIND_UNION {
+                    return Err(no_member());
+                }
+            }
+            let (part_bits, part_type) = self.find_member(id, part)?.ok_or_else(no_member)?;
+            bits += part_bits;
+            type_id = part_type;
+        }
         if bits % 8 != 0 {
-            return Err(BtfError::Unaligned(name.to_owned(), member.to_owned()));
+            return Err(BtfError::Unaligned {
+                name: name.to_owned(),
+                member: member.to_owned(),
+            });
         }
         if let Some(expected) = expected_size {
             let size = self.size_of(type_id)?;
             if size != expected {
-                return Err(BtfError::UnexpectedSize(
-                    name.to_owned(),
-                    member.to_owned(),
+                return Err(BtfError::UnexpectedSize {
+                    name: name.to_owned(),
+                    member: member.to_owned(),
                     size,
                     expected,
-                ));
+                });
             }
         }
         Ok(bits / 8)
@@ -353,19 +391,19 @@ mod tests {
         let btf = Btf::parse(sample_blob()).unwrap();
         assert!(matches!(
             btf.member_offset("nope", "pid", None),
-            Err(BtfError::NoStruct(_))
+            Err(BtfError::NoStruct { .. })
         ));
         assert!(matches!(
             btf.member_offset("task", "nope", None),
-            Err(BtfError::NoMember(..))
+            Err(BtfError::NoMember { .. })
         ));
         assert!(matches!(
             btf.member_offset("task", "flags", None),
-            Err(BtfError::Unaligned(..))
+            Err(BtfError::Unaligned { .. })
         ));
         assert!(matches!(
             btf.member_offset("task", "pid", Some(8)),
-            Err(BtfError::UnexpectedSize(..))
+            Err(BtfError::UnexpectedSize { .. })
         ));
     }
 
@@ -419,5 +457,19 @@ mod tests {
         let btf = Btf::from_file(path).unwrap();
         assert!(btf.member_offset("task_struct", "pid", Some(4)).unwrap() > 0);
         assert!(btf.member_offset("kernfs_node", "id", Some(8)).is_ok());
+        // A path into an embedded struct: the offset of se plus that of sum_exec_runtime.
+        let se = btf.member_offset("task_struct", "se", None).unwrap();
+        let runtime = btf
+            .member_offset("sched_entity", "sum_exec_runtime", Some(8))
+            .unwrap();
+        assert_eq!(
+            btf.member_offset("task_struct", "se.sum_exec_runtime", Some(8))
+                .unwrap(),
+            se + runtime
+        );
+        assert!(matches!(
+            btf.member_offset("task_struct", "pid.nope", None),
+            Err(BtfError::NoMember { .. })
+        ));
     }
 }

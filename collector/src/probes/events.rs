@@ -1,43 +1,40 @@
-//! The events ring buffer: OOM kills and cgroup creation/removal, drained once per pass.
+//! The two event rings: OOM kills and cgroup creations/removals, each drained once per pass.
 
 use aya::maps::{MapData, RingBuf};
-use collector_common::{Event, event};
+use collector_common::{EVENT_PATH_LEN, LifecycleEvent, OomEvent, lifecycle};
 
-/// One event, decoded.
+/// One OOM kill, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProbeEvent {
-    OomKill {
-        /// CLOCK_MONOTONIC ns.
-        time_ns: u64,
-        pid: u32,
-        comm: String,
-        cgroup_id: u64,
-    },
-    CgroupCreated {
-        cgroup_id: u64,
-        /// Relative to the cgroup2 root, with a leading `/`.
-        path: String,
-    },
-    CgroupRemoved {
-        cgroup_id: u64,
-        path: String,
-    },
+pub struct OomKillEvent {
+    /// CLOCK_MONOTONIC ns.
+    pub time_ns: u64,
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
 }
 
-pub struct EventReader {
+/// One cgroup creation or removal, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupEvent {
+    pub created: bool,
+    pub cgroup_id: u64,
+    /// Relative to the cgroup2 root, with a leading `/`; `None` when the kernel's path did not
+    /// fit in the event or is not UTF-8 (the caller then walks the tree to learn it).
+    pub path: Option<String>,
+}
+
+/// A ring buffer of `T` records.
+pub struct EventRing<T> {
     ring: RingBuf<MapData>,
+    decode: fn(&[u8]) -> Option<T>,
 }
 
-impl EventReader {
-    pub fn new(ring: RingBuf<MapData>) -> Self {
-        Self { ring }
-    }
-
+impl<T> EventRing<T> {
     /// Everything queued since the last drain, oldest first. Malformed records are skipped.
-    pub fn drain(&mut self) -> Vec<ProbeEvent> {
+    pub fn drain(&mut self) -> Vec<T> {
         let mut out = Vec::new();
         while let Some(item) = self.ring.next() {
-            if let Some(e) = decode(&item) {
+            if let Some(e) = (self.decode)(&item) {
                 out.push(e);
             }
         }
@@ -45,33 +42,61 @@ impl EventReader {
     }
 }
 
-fn decode(bytes: &[u8]) -> Option<ProbeEvent> {
-    if bytes.len() < size_of::<Event>() {
+pub fn oom_ring(ring: RingBuf<MapData>) -> EventRing<OomKillEvent> {
+    EventRing {
+        ring,
+        decode: decode_oom,
+    }
+}
+
+pub fn lifecycle_ring(ring: RingBuf<MapData>) -> EventRing<CgroupEvent> {
+    EventRing {
+        ring,
+        decode: decode_lifecycle,
+    }
+}
+
+/// A `T` from the start of `bytes`, when there are enough of them.
+fn record<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
         return None;
     }
-    // SAFETY: the kernel side wrote an `Event` (repr(C), every bit pattern valid); the length
-    // was checked and read_unaligned copes with any alignment.
-    let e: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    let text = |b: &[u8]| {
-        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-        String::from_utf8_lossy(&b[..end]).into_owned()
-    };
-    Some(match e.kind {
-        event::OOM_KILL => ProbeEvent::OomKill {
-            time_ns: e.time_ns,
-            pid: e.pid_or_level,
-            comm: text(&e.comm),
-            cgroup_id: e.cgroup_id,
-        },
-        event::CGROUP_MKDIR => ProbeEvent::CgroupCreated {
-            cgroup_id: e.cgroup_id,
-            path: text(&e.path),
-        },
-        event::CGROUP_RMDIR => ProbeEvent::CgroupRemoved {
-            cgroup_id: e.cgroup_id,
-            path: text(&e.path),
-        },
+    // SAFETY: `T` is Pod (every bit pattern valid); the length was checked and read_unaligned
+    // copes with any alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
+fn text(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+fn decode_oom(bytes: &[u8]) -> Option<OomKillEvent> {
+    let e: OomEvent = record(bytes)?;
+    Some(OomKillEvent {
+        time_ns: e.time_ns,
+        pid: e.pid,
+        comm: text(&e.comm),
+        cgroup_id: e.cgroup_id,
+    })
+}
+
+fn decode_lifecycle(bytes: &[u8]) -> Option<CgroupEvent> {
+    let e: LifecycleEvent = record(bytes)?;
+    let created = match e.kind {
+        lifecycle::CGROUP_MKDIR => true,
+        lifecycle::CGROUP_RMDIR => false,
         _ => return None,
+    };
+    let len = e.path_len as usize;
+    let path = (len < EVENT_PATH_LEN)
+        .then(|| std::str::from_utf8(&e.path[..len]).ok())
+        .flatten()
+        .map(str::to_owned);
+    Some(CgroupEvent {
+        created,
+        cgroup_id: e.cgroup_id,
+        path,
     })
 }
 
@@ -79,27 +104,36 @@ fn decode(bytes: &[u8]) -> Option<ProbeEvent> {
 mod tests {
     use super::*;
 
-    fn raw(kind: u32, id: u64, comm: &[u8], path: &[u8]) -> Vec<u8> {
-        let mut e = Event {
-            kind,
-            pid_or_level: 42,
-            cgroup_id: id,
-            time_ns: 7,
-            comm: [0; 16],
-            path: [0; collector_common::EVENT_PATH_LEN],
-        };
-        e.comm[..comm.len()].copy_from_slice(comm);
-        e.path[..path.len()].copy_from_slice(path);
+    fn bytes_of<T>(value: &T) -> Vec<u8> {
         // SAFETY: plain repr(C) integers and byte arrays.
-        unsafe { std::slice::from_raw_parts((&e as *const Event).cast::<u8>(), size_of::<Event>()) }
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
             .to_vec()
+    }
+
+    fn lifecycle_event(kind: u32, path: &[u8], path_len: u32) -> Vec<u8> {
+        let mut e = LifecycleEvent {
+            kind,
+            path_len,
+            cgroup_id: 5,
+            time_ns: 7,
+            path: [0; EVENT_PATH_LEN],
+        };
+        e.path[..path.len()].copy_from_slice(path);
+        bytes_of(&e)
     }
 
     #[test]
     fn decodes_each_kind_and_rejects_garbage() {
+        let oom = OomEvent {
+            pid: 42,
+            _pad: 0,
+            cgroup_id: 9,
+            time_ns: 7,
+            comm: *b"hog\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        };
         assert_eq!(
-            decode(&raw(event::OOM_KILL, 9, b"hog", b"")),
-            Some(ProbeEvent::OomKill {
+            decode_oom(&bytes_of(&oom)),
+            Some(OomKillEvent {
                 time_ns: 7,
                 pid: 42,
                 comm: "hog".into(),
@@ -107,21 +141,29 @@ mod tests {
             })
         );
         assert_eq!(
-            decode(&raw(event::CGROUP_MKDIR, 5, b"", b"/a/b")),
-            Some(ProbeEvent::CgroupCreated {
+            decode_lifecycle(&lifecycle_event(lifecycle::CGROUP_MKDIR, b"/a/b", 4)),
+            Some(CgroupEvent {
+                created: true,
                 cgroup_id: 5,
-                path: "/a/b".into()
+                path: Some("/a/b".into())
             })
         );
-        // A path that fills the buffer with no NUL is taken whole, not overrun.
-        let long = [b'x'; collector_common::EVENT_PATH_LEN];
-        let Some(ProbeEvent::CgroupRemoved { path, .. }) =
-            decode(&raw(event::CGROUP_RMDIR, 5, b"", &long))
-        else {
-            panic!()
-        };
-        assert_eq!(path.len(), collector_common::EVENT_PATH_LEN);
-        assert_eq!(decode(&raw(99, 1, b"", b"")), None);
-        assert_eq!(decode(&[0u8; 8]), None);
+        assert_eq!(decode_lifecycle(&lifecycle_event(99, b"", 0)), None);
+        assert_eq!(decode_oom(&[0u8; 8]), None);
+        assert_eq!(decode_lifecycle(&[0u8; 8]), None);
+    }
+
+    #[test]
+    fn a_cut_or_foreign_path_is_unknown_not_wrong() {
+        let long = [b'x'; EVENT_PATH_LEN];
+        let cut = decode_lifecycle(&lifecycle_event(
+            lifecycle::CGROUP_RMDIR,
+            &long,
+            EVENT_PATH_LEN as u32,
+        ))
+        .unwrap();
+        assert_eq!((cut.created, cut.path), (false, None));
+        let latin1 = decode_lifecycle(&lifecycle_event(lifecycle::CGROUP_MKDIR, b"/caf\xe9", 5));
+        assert_eq!(latin1.unwrap().path, None);
     }
 }

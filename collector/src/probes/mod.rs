@@ -1,66 +1,61 @@
 //! eBPF probes: loading, per-program status, and reading their maps.
 //!
-//! Every program is loaded and attached on its own, so the collector runs with any subset; what
-//! did not come up says why in its [`ProbeStatus`]. Families: CPU time (`sched_switch`), page
-//! faults (perf software events), run-queue latency (wakeup + switch), OOM kills
-//! (`mark_victim`) and cgroup lifecycle (`cgroup_mkdir`/`cgroup_rmdir`, cgroup2 only).
+//! Three families, each its own eBPF object loaded and attached on its own, so the collector runs
+//! with any subset and what did not come up says why in its [`ProbeStatus`]:
+//! - [`Family::Sched`]: one `sched_switch` program charging each cgroup with the CPU time, page
+//!   faults and run-queue waits the kernel accounts per task ([`sched`]);
+//! - [`Family::Oom`]: OOM kills (`mark_victim`), through their own ring ([`events`]);
+//! - [`Family::Lifecycle`]: cgroup creation and removal (`cgroup_mkdir`/`cgroup_rmdir`,
+//!   cgroup2 only), through their own ring.
+//!
+//! A status follows what happens at run time too: a family whose maps cannot be read turns
+//! `Failed` until a read succeeds again.
 
 pub mod attach;
 pub mod btf;
-pub mod cpu_time;
 pub mod events;
-pub mod maps;
+pub mod family;
+pub mod memory;
+pub mod object;
 pub mod offsets;
 pub mod run_stats;
+pub mod sched;
 pub mod status;
 
-use std::path::PathBuf;
+use std::{collections::HashMap, path::PathBuf};
 
-use aya::{Ebpf, EbpfLoader, maps::Map, programs::perf_event::SoftwareEvent};
-use collector_common::names;
+use aya::{
+    Ebpf,
+    maps::{Map, MapData, PerCpuArray},
+};
+use collector_common::{DEFAULT_MAX_CGROUPS, TaskOffsets, counter, names};
 
-pub use cpu_time::{CpuTimeRead, CpuTimeReader};
-pub use events::{EventReader, ProbeEvent};
-pub use maps::{DropCounters, Drops, FaultReader, RUNQ_VALUES, RunqReader};
+pub use events::{CgroupEvent, EventRing, OomKillEvent};
+pub use family::{Family, OOM_STATUS_NAME};
+pub use memory::MapMemory;
 pub use run_stats::{ProgramRunStats, RunStats};
+pub use sched::{RUNQ_VALUES, SCHED_VALUES, SchedReader, SchedValues};
 pub use status::{ProbeState, ProbeStatus};
-
-/// The compiled eBPF object (built by build.rs from collector-ebpf).
-static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collector-ebpf"));
-
-/// What each family fills, as reported beside each program's status.
-const CPU_PROVIDES: &str = "ebpf_cpu";
-const FAULTS_PROVIDES: &str = "ebpf_faults";
-const RUNQ_PROVIDES: &str = "runq_latency";
-const OOM_PROVIDES: &str = "oom_kills";
-const LIFECYCLE_PROVIDES: &str = "cgroup_lifecycle";
-
-/// The status name of the OOM program, whichever variant this kernel needs.
-pub const OOM_STATUS_NAME: &str = "oom_mark_victim";
-
-/// Every program, with what it provides, in the order statuses are reported.
-const ALL: &[(&str, &str)] = &[
-    (names::SCHED_SWITCH_PROG, CPU_PROVIDES),
-    (names::PAGE_FAULTS_MINOR_PROG, FAULTS_PROVIDES),
-    (names::PAGE_FAULTS_MAJOR_PROG, FAULTS_PROVIDES),
-    (names::SCHED_WAKEUP_PROG, RUNQ_PROVIDES),
-    (names::SCHED_WAKEUP_NEW_PROG, RUNQ_PROVIDES),
-    (names::RUNQ_SWITCH_PROG, RUNQ_PROVIDES),
-    (OOM_STATUS_NAME, OOM_PROVIDES),
-    (names::CGROUP_MKDIR_PROG, LIFECYCLE_PROVIDES),
-    (names::CGROUP_RMDIR_PROG, LIFECYCLE_PROVIDES),
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("map {name}: {source}")]
+    /// A map could not be read or converted (the aya error is the source).
+    #[error("map {name}")]
     Map {
         name: &'static str,
+        #[source]
         source: aya::maps::MapError,
     },
+    /// The object has no map of that name (a build that does not match this code).
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
+    /// The object's maps could not be created, or the object not parsed.
+    #[error("creating the maps of the {object} object")]
+    Load {
+        object: &'static str,
+        #[source]
+        source: aya::EbpfError,
+    },
 }
 
 impl ProbeError {
@@ -69,17 +64,27 @@ impl ProbeError {
     }
 }
 
+/// An error and every source under it, on one line: the text a status carries.
+pub fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
 #[derive(Debug, Clone)]
 pub struct ProbeConfig {
     /// Load nothing: cgroupfs-only mode.
     pub disabled: bool,
-    /// Capacity of each per-cgroup map (CPU time, faults, run-queue latency).
+    /// Capacity of the per-cgroup maps (counters and run-queue histograms).
     pub max_cgroups: u32,
-    /// Forward aya-log records from the programs into our logs.
-    pub ebpf_log: bool,
     pub btf_path: PathBuf,
     /// Turn on the kernel's bpf_stats for per-program run counts and time. While on, every BPF
-    /// program on the machine pays two clock reads per run (`cargo xtask bench` measures it).
+    /// program on the machine pays two clock reads per run, so it is off unless asked for.
     pub run_stats: bool,
 }
 
@@ -87,41 +92,60 @@ impl Default for ProbeConfig {
     fn default() -> Self {
         Self {
             disabled: false,
-            max_cgroups: 16_384,
-            ebpf_log: false,
+            max_cgroups: DEFAULT_MAX_CGROUPS,
             btf_path: PathBuf::from(offsets::VMLINUX_BTF),
-            run_stats: true,
+            run_stats: false,
         }
     }
 }
 
-/// The loaded programs and the readers of their maps. Any subset may be missing; `statuses` says
-/// which and why.
+/// What the programs could not record, summed over CPUs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drops {
+    /// A cgroup's first counts found the per-cgroup map full: that run's time, faults and wait
+    /// were lost.
+    pub cgroup_inserts: u64,
+    /// A wait found the histogram map full (its totals still counted).
+    pub runq_histograms: u64,
+    pub oom_events: u64,
+    pub lifecycle_events: u64,
+    /// Lifecycle paths too long for an event (the tree is walked instead).
+    pub truncated_paths: u64,
+    /// Switch-outs of a task with no baseline (no task storage for it, and its CPU's slot named
+    /// another task): that run was not charged.
+    pub untracked_runs: u64,
+    /// Task baselines that could not be created (task storage allocation failed).
+    pub task_baselines: u64,
+}
+
+/// The loaded programs and the readers of their maps. Any subset may be missing; `statuses`
+/// says which and why.
 pub struct Probes {
-    pub cpu_time: Option<CpuTimeReader>,
-    pub faults: Option<FaultReader>,
-    pub runqueue: Option<RunqReader>,
-    pub events: Option<EventReader>,
-    pub drops: Option<DropCounters>,
-    pub statuses: Vec<ProbeStatus>,
+    pub sched: Option<SchedReader>,
+    pub oom: Option<EventRing<OomKillEvent>>,
+    pub lifecycle: Option<EventRing<CgroupEvent>>,
+    statuses: Vec<ProbeStatus>,
+    /// Families whose maps failed their last read, with why.
+    failing: HashMap<Family, String>,
+    counters: Vec<(Family, PerCpuArray<MapData, u64>)>,
+    memory: Vec<MapMemory>,
     run_stats: Option<RunStats>,
     /// Keeps programs attached and maps open for as long as the probes live.
-    ebpf: Option<Ebpf>,
-    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    loaded: Vec<(Family, Ebpf)>,
 }
 
 impl Probes {
     fn none() -> Self {
         Self {
-            cpu_time: None,
-            faults: None,
-            runqueue: None,
-            events: None,
-            drops: None,
+            sched: None,
+            oom: None,
+            lifecycle: None,
             statuses: Vec::new(),
+            failing: HashMap::new(),
+            counters: Vec::new(),
+            memory: Vec::new(),
             run_stats: None,
-            ebpf: None,
-            logger: None,
+            loaded: Vec::new(),
         }
     }
 
@@ -133,7 +157,7 @@ impl Probes {
             probes.set_all(ProbeState::Unsupported("disabled by --no-ebpf".into()));
             return probes;
         }
-        if EBPF_OBJECT.is_empty() {
+        if object::bytes(&family::SCHED).is_empty() {
             probes.set_all(ProbeState::Unsupported(
                 "this binary was built with AYA_BUILD_SKIP=1 and has no eBPF programs".into(),
             ));
@@ -143,236 +167,334 @@ impl Probes {
             Ok(btf) => btf,
             Err(e) => {
                 probes.set_all(ProbeState::Unsupported(format!(
-                    "no kernel BTF ({}): {e}",
-                    config.btf_path.display()
+                    "no kernel BTF ({}): {}",
+                    config.btf_path.display(),
+                    error_text(&e)
                 )));
                 return probes;
             }
         };
         // Parsed once: struct offsets and tracepoint prototypes both come from it.
-        let own_btf = btf::Btf::from_file(&config.btf_path);
-        let offsets = own_btf
-            .as_ref()
-            .map_err(|e| e.to_string())
-            .and_then(|b| offsets::task_offsets(b).map_err(|e| e.to_string()));
-        let (offsets, offsets_error) = match offsets {
-            Ok(o) => (o, None),
-            Err(e) => (collector_common::TaskOffsets::default(), Some(e)),
-        };
-        // aya-log level: 0 = off unless asked for (the programs still compile the calls in).
-        let log_level: u8 = if config.ebpf_log { 0xff } else { 0 };
-        let mut ebpf = match EbpfLoader::new()
-            .btf(Some(&btf))
-            .override_global(names::TASK_OFFSETS_GLOBAL, &offsets, true)
-            .override_global("AYA_LOG_LEVEL", &log_level, false)
-            .map_max_entries(names::CPU_TIME_MAP, config.max_cgroups)
-            .map_max_entries(names::FAULTS_MAP, config.max_cgroups)
-            .map_max_entries(names::RUNQ_LATENCY_MAP, config.max_cgroups)
-            .load(EBPF_OBJECT)
-        {
-            Ok(ebpf) => ebpf,
+        let kernel = match btf::Btf::from_file(&config.btf_path) {
+            Ok(kernel) => kernel,
             Err(e) => {
-                probes.set_all(attach::classify(&e, "creating maps"));
+                probes.set_all(ProbeState::Unsupported(format!(
+                    "cannot read the kernel's struct offsets: {}",
+                    error_text(&e)
+                )));
                 return probes;
             }
         };
-        if config.ebpf_log {
-            match aya_log::EbpfLogger::init(&mut ebpf) {
-                Ok(logger) => probes.logger = Some(logger),
-                Err(e) => tracing::warn!("aya-log not available: {e}"),
+        for family in Family::ALL {
+            let loaded = match family {
+                Family::Sched => probes.load_sched(&btf, &kernel, config),
+                Family::Oom => probes.load_oom(&btf, &kernel),
+                Family::Lifecycle => probes.load_lifecycle(&btf, &kernel),
+            };
+            match loaded {
+                Ok((mut ebpf, memory)) => {
+                    probes.memory.extend(memory);
+                    if let Ok(c) = take_map(&mut ebpf, names::COUNTERS_MAP) {
+                        probes.counters.push((family, c));
+                    }
+                    probes.loaded.push((family, ebpf));
+                }
+                Err(state) => probes.set_family(family, state),
             }
         }
-        probes.drops = take_map(&mut ebpf, names::COUNTERS_MAP)
-            .ok()
-            .map(DropCounters::new);
-        let needs_offsets = |what: &str| {
-            offsets_error.as_ref().map(|e| {
-                ProbeState::Unsupported(format!("{what} needs kernel struct offsets: {e}"))
-            })
-        };
-
-        probes.load_cpu(&mut ebpf, &btf, offsets_error.as_deref());
-        probes.load_faults(&mut ebpf);
-        match needs_offsets("run-queue latency") {
-            Some(state) => probes.set_family(RUNQ_PROVIDES, state),
-            None => probes.load_runqueue(&mut ebpf, &btf),
-        }
-        let oom_variant = match &own_btf {
-            Ok(b) => b
-                .tracepoint_arg_is_pointer("mark_victim", 0)
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        probes.load_events(
-            &mut ebpf,
-            &btf,
-            oom_variant,
-            needs_offsets("cgroup lifecycle"),
-        );
         if config.run_stats {
             match RunStats::enable() {
                 Ok(stats) => probes.run_stats = Some(stats),
-                Err(e) => tracing::info!("bpf_stats unavailable, no per-program cost figures: {e}"),
+                Err(e) => tracing::info!(
+                    "bpf_stats unavailable, no per-program cost figures: {}",
+                    error_text(&e)
+                ),
             }
         }
-        probes.ebpf = Some(ebpf);
         probes
     }
 
-    fn load_cpu(&mut self, ebpf: &mut Ebpf, btf: &aya::Btf, offsets_error: Option<&str>) {
-        let state = attach::btf_tracepoint(ebpf, names::SCHED_SWITCH_PROG, "sched_switch", btf);
-        let state = match state {
-            ProbeState::Active { .. } => match cpu_time_reader(ebpf) {
-                Ok(reader) => {
-                    self.cpu_time = Some(reader);
-                    ProbeState::Active {
-                        note: offsets_error.map(|e| {
-                            format!("running intervals not visible until switch-out: {e}")
-                        }),
-                    }
-                }
-                Err(e) => ProbeState::Failed(e.to_string()),
-            },
-            other => other,
-        };
-        self.push(names::SCHED_SWITCH_PROG, CPU_PROVIDES, state);
-    }
-
-    fn load_faults(&mut self, ebpf: &mut Ebpf) {
-        let cpus = match aya::util::online_cpus() {
-            Ok(cpus) => cpus,
-            Err((_, e)) => {
-                self.set_family(
-                    FAULTS_PROVIDES,
-                    ProbeState::Failed(format!("reading the online CPUs: {e}")),
-                );
-                return;
-            }
-        };
-        let mut any = false;
-        for (prog, event) in [
-            (names::PAGE_FAULTS_MINOR_PROG, SoftwareEvent::PageFaultsMin),
-            (names::PAGE_FAULTS_MAJOR_PROG, SoftwareEvent::PageFaultsMaj),
-        ] {
-            let state = attach::software_event_per_cpu(ebpf, prog, event, &cpus);
-            any |= state.is_active();
-            self.push(prog, FAULTS_PROVIDES, state);
-        }
-        if any {
-            match take_map(ebpf, names::FAULTS_MAP) {
-                Ok(map) => self.faults = Some(FaultReader::new(map)),
-                Err(e) => self.set_family(FAULTS_PROVIDES, ProbeState::Failed(e.to_string())),
-            }
-        }
-    }
-
-    fn load_runqueue(&mut self, ebpf: &mut Ebpf, btf: &aya::Btf) {
-        let mut all = true;
-        for (prog, tracepoint) in [
-            (names::SCHED_WAKEUP_PROG, "sched_wakeup"),
-            (names::SCHED_WAKEUP_NEW_PROG, "sched_wakeup_new"),
-            (names::RUNQ_SWITCH_PROG, "sched_switch"),
-        ] {
-            let state = attach::btf_tracepoint(ebpf, prog, tracepoint, btf);
-            all &= state.is_active();
-            self.push(prog, RUNQ_PROVIDES, state);
-        }
-        // Without all three the waits are wrong, not just missing: report none.
-        if all {
-            match take_map(ebpf, names::RUNQ_LATENCY_MAP) {
-                Ok(map) => self.runqueue = Some(RunqReader::new(map)),
-                Err(e) => self.set_family(RUNQ_PROVIDES, ProbeState::Failed(e.to_string())),
-            }
-        }
-    }
-
-    fn load_events(
+    fn load_sched(
         &mut self,
-        ebpf: &mut Ebpf,
         btf: &aya::Btf,
-        oom_variant: Result<Option<bool>, String>,
-        lifecycle_blocked: Option<ProbeState>,
-    ) {
-        let oom = match oom_variant {
-            Ok(Some(true)) => {
-                attach::btf_tracepoint(ebpf, names::OOM_VICTIM_TASK_PROG, "mark_victim", btf)
-            }
-            Ok(Some(false)) => {
-                match attach::btf_tracepoint(ebpf, names::OOM_VICTIM_PID_PROG, "mark_victim", btf) {
-                    ProbeState::Active { .. } => ProbeState::Active {
-                        note: Some(
-                            "pre-6.8 mark_victim(pid): cgroup and comm are the allocating task's"
-                                .into(),
-                        ),
-                    },
-                    other => other,
+        kernel: &btf::Btf,
+        config: &ProbeConfig,
+    ) -> Result<(Ebpf, Vec<MapMemory>), ProbeState> {
+        let offsets = offsets::sched_offsets(kernel).map_err(|e| {
+            ProbeState::Unsupported(format!("needs kernel struct offsets: {}", error_text(&e)))
+        })?;
+        // Per-task baselines in task storage first (5.13+); per-CPU ones otherwise.
+        let (mut ebpf, memory, object_note) =
+            match self.load_sched_object(&family::SCHED, btf, &offsets, config) {
+                Ok((ebpf, memory)) => (ebpf, memory, None),
+                Err(with_tasks) => {
+                    let (ebpf, memory) =
+                        self.load_sched_object(&family::SCHED_SLOT, btf, &offsets, config)?;
+                    let why = match &with_tasks {
+                        ProbeState::Active { .. } => String::new(),
+                        ProbeState::Unsupported(why) | ProbeState::Failed(why) => why.clone(),
+                    };
+                    (
+                        ebpf,
+                        memory,
+                        Some(format!(
+                            "per-CPU baselines only (per-task ones need task storage in tracing \
+                         programs, Linux 5.13+: {why})"
+                        )),
+                    )
                 }
+            };
+        let runq = offsets.has_sched_info != 0;
+        let reader = (|| {
+            Ok::<_, ProbeError>(SchedReader::new(
+                take_map(&mut ebpf, names::CGROUP_COUNTERS_MAP)?,
+                take_map(&mut ebpf, names::RUNQ_HISTOGRAMS_MAP)?,
+                take_map(&mut ebpf, names::ON_CPU_MAP)?,
+                runq,
+            ))
+        })()
+        .map_err(|e| ProbeState::Failed(error_text(&e)))?;
+        self.sched = Some(reader);
+        let runq_note = (!runq)
+            .then_some("no run-queue latency: this kernel keeps no sched_info (CONFIG_SCHED_INFO)");
+        let note = match (object_note, runq_note) {
+            (None, None) => None,
+            (Some(a), None) => Some(a),
+            (None, Some(b)) => Some(b.to_owned()),
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        };
+        self.push(
+            names::SCHED_SWITCH_PROG,
+            Family::Sched,
+            ProbeState::Active { note },
+        );
+        Ok((ebpf, memory))
+    }
+
+    /// One `sched` object: maps, `sched_switch`, and where the object has them the fork hook
+    /// and the one-off task iterator that give tasks their baselines.
+    fn load_sched_object(
+        &self,
+        object: &family::Object,
+        btf: &aya::Btf,
+        offsets: &collector_common::SchedOffsets,
+        config: &ProbeConfig,
+    ) -> Result<(Ebpf, Vec<MapMemory>), ProbeState> {
+        let sizes = [
+            (names::CGROUP_COUNTERS_MAP, config.max_cgroups),
+            (names::RUNQ_HISTOGRAMS_MAP, config.max_cgroups),
+        ];
+        let (mut ebpf, memory) = object::load(object, btf, offsets, &sizes)
+            .map_err(|e| attach::classify(&e, "loading"))?;
+        let state =
+            attach::btf_tracepoint(&mut ebpf, names::SCHED_SWITCH_PROG, "sched_switch", btf);
+        if !state.is_active() {
+            return Err(state);
+        }
+        if object.programs.contains(&names::SCHED_FORK_PROG) {
+            let state = attach::btf_tracepoint(
+                &mut ebpf,
+                names::SCHED_FORK_PROG,
+                "sched_process_fork",
+                btf,
+            );
+            if !state.is_active() {
+                return Err(state);
             }
-            Ok(None) => ProbeState::Unsupported("this kernel has no mark_victim tracepoint".into()),
+            // After both hooks are in place: tasks born from now on have a baseline from birth.
+            attach::run_task_iterator(&mut ebpf, names::SCHED_TASKS_ITER, btf)?;
+        }
+        Ok((ebpf, memory))
+    }
+
+    fn load_oom(
+        &mut self,
+        btf: &aya::Btf,
+        kernel: &btf::Btf,
+    ) -> Result<(Ebpf, Vec<MapMemory>), ProbeState> {
+        let takes_task = match kernel.tracepoint_arg_is_pointer("mark_victim", 0) {
+            Ok(Some(pointer)) => pointer,
+            Ok(None) => {
+                return Err(ProbeState::Unsupported(
+                    "this kernel has no mark_victim tracepoint".into(),
+                ));
+            }
             Err(e) => {
-                ProbeState::Unsupported(format!("cannot tell the mark_victim signature: {e}"))
+                return Err(ProbeState::Unsupported(format!(
+                    "cannot tell the mark_victim signature: {}",
+                    error_text(&e)
+                )));
             }
         };
-        let mut any = oom.is_active();
-        self.push(OOM_STATUS_NAME, OOM_PROVIDES, oom);
-        for (prog, tracepoint) in [
+        // The pid variant reads no kernel struct: its offsets stay unset.
+        let offsets = if takes_task {
+            offsets::task_offsets(kernel).map_err(|e| {
+                ProbeState::Unsupported(format!("needs kernel struct offsets: {}", error_text(&e)))
+            })?
+        } else {
+            TaskOffsets::default()
+        };
+        let (mut ebpf, memory) = object::load(&family::OOM, btf, &offsets, &[])
+            .map_err(|e| attach::classify(&e, "loading"))?;
+        let (program, note) = if takes_task {
+            (names::OOM_VICTIM_TASK_PROG, None)
+        } else {
+            (
+                names::OOM_VICTIM_PID_PROG,
+                Some("pre-6.8 mark_victim(pid): cgroup and comm are the allocating task's".into()),
+            )
+        };
+        let state = attach::btf_tracepoint(&mut ebpf, program, "mark_victim", btf);
+        if !state.is_active() {
+            return Err(state);
+        }
+        let ring = take_map(&mut ebpf, names::OOM_EVENTS_MAP)
+            .map_err(|e| ProbeState::Failed(error_text(&e)))?;
+        self.oom = Some(events::oom_ring(ring));
+        self.push(OOM_STATUS_NAME, Family::Oom, ProbeState::Active { note });
+        Ok((ebpf, memory))
+    }
+
+    fn load_lifecycle(
+        &mut self,
+        btf: &aya::Btf,
+        kernel: &btf::Btf,
+    ) -> Result<(Ebpf, Vec<MapMemory>), ProbeState> {
+        let offsets = offsets::cgroup_offsets(kernel).map_err(|e| {
+            ProbeState::Unsupported(format!("needs kernel struct offsets: {}", error_text(&e)))
+        })?;
+        let (mut ebpf, memory) = object::load(&family::LIFECYCLE, btf, &offsets, &[])
+            .map_err(|e| attach::classify(&e, "loading"))?;
+        let states = [
             (names::CGROUP_MKDIR_PROG, "cgroup_mkdir"),
             (names::CGROUP_RMDIR_PROG, "cgroup_rmdir"),
-        ] {
-            let state = match &lifecycle_blocked {
-                Some(state) => state.clone(),
-                None => attach::btf_tracepoint(ebpf, prog, tracepoint, btf),
-            };
-            any |= state.is_active();
-            self.push(prog, LIFECYCLE_PROVIDES, state);
+        ]
+        .map(|(program, tracepoint)| {
+            (
+                program,
+                attach::btf_tracepoint(&mut ebpf, program, tracepoint, btf),
+            )
+        });
+        // Creations without removals (or the reverse) would keep a wrong tree: both or none.
+        if let Some((_, failed)) = states.iter().find(|(_, s)| !s.is_active()) {
+            return Err(failed.clone());
         }
-        if any {
-            match take_map(ebpf, names::EVENTS_MAP) {
-                Ok(ring) => self.events = Some(EventReader::new(ring)),
-                Err(e) => {
-                    self.set_family(OOM_PROVIDES, ProbeState::Failed(e.to_string()));
-                    self.set_family(LIFECYCLE_PROVIDES, ProbeState::Failed(e.to_string()));
+        let ring = take_map(&mut ebpf, names::LIFECYCLE_EVENTS_MAP)
+            .map_err(|e| ProbeState::Failed(error_text(&e)))?;
+        self.lifecycle = Some(events::lifecycle_ring(ring));
+        for (program, state) in states {
+            self.push(program, Family::Lifecycle, state);
+        }
+        Ok((ebpf, memory))
+    }
+
+    /// Every program's status, run-time read failures included, in report order.
+    pub fn statuses(&self) -> Vec<ProbeStatus> {
+        let mut out = self.statuses.clone();
+        out.sort_by_key(|s| {
+            Family::ALL
+                .iter()
+                .position(|f| f.status_names().contains(&s.name))
+                .unwrap_or(usize::MAX)
+        });
+        for status in &mut out {
+            if let Some(why) = self.failing_family_of(status.name)
+                && status.is_active()
+            {
+                status.state = ProbeState::Failed(format!("reading its maps failed: {why}"));
+            }
+        }
+        out
+    }
+
+    fn failing_family_of(&self, name: &str) -> Option<&String> {
+        Family::ALL
+            .iter()
+            .find(|f| f.status_names().contains(&name))
+            .and_then(|f| self.failing.get(f))
+    }
+
+    /// Records the outcome of a read of `family`'s maps: a failure turns its status `Failed`
+    /// (logged once, when it starts), a success restores it.
+    pub fn read_outcome(&mut self, family: Family, outcome: Result<(), &ProbeError>) {
+        match outcome {
+            Ok(()) => {
+                if self.failing.remove(&family).is_some() {
+                    tracing::info!(family = family.name(), "probe maps readable again");
                 }
+            }
+            Err(e) => {
+                let why = error_text(e);
+                if !self.failing.contains_key(&family) {
+                    tracing::warn!(family = family.name(), "reading probe maps failed: {why}");
+                }
+                self.failing.insert(family, why);
             }
         }
     }
 
     /// Whether cgroup creation/removal events are flowing (both programs active).
     pub fn lifecycle_active(&self) -> bool {
-        self.events.is_some()
-            && self
-                .statuses
-                .iter()
-                .filter(|s| s.provides == LIFECYCLE_PROVIDES)
-                .all(ProbeStatus::is_active)
+        self.lifecycle.is_some()
     }
 
-    /// Run count and time of every loaded program, when bpf_stats could be enabled.
+    /// What the programs could not record, from each object's counters.
+    pub fn drops(&self) -> Drops {
+        let mut d = Drops::default();
+        for (family, map) in &self.counters {
+            let sum = |i| map.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
+            match family {
+                Family::Sched => {
+                    d.cgroup_inserts = sum(counter::CGROUP_INSERT_FAILED);
+                    d.runq_histograms = sum(counter::RUNQ_BUCKETS_INSERT_FAILED);
+                    d.untracked_runs = sum(counter::UNTRACKED_RUNS);
+                    d.task_baselines = sum(counter::TASK_BASELINE_FAILED);
+                }
+                Family::Oom => d.oom_events = sum(counter::EVENTS_DROPPED),
+                Family::Lifecycle => {
+                    d.lifecycle_events = sum(counter::EVENTS_DROPPED);
+                    d.truncated_paths = sum(counter::PATH_TRUNCATED);
+                }
+            }
+        }
+        d
+    }
+
+    /// Every map of the loaded objects, with its kernel memory.
+    pub fn map_memory(&self) -> &[MapMemory] {
+        &self.memory
+    }
+
+    /// Run count and time of every loaded program, when bpf_stats is on.
     pub fn run_stats(&self) -> Vec<ProgramRunStats> {
-        match (&self.run_stats, &self.ebpf) {
-            (Some(stats), Some(ebpf)) => stats.read(ebpf),
-            _ => Vec::new(),
+        match &self.run_stats {
+            Some(stats) => self
+                .loaded
+                .iter()
+                .flat_map(|(_, e)| stats.read(e))
+                .collect(),
+            None => Vec::new(),
         }
     }
 
-    fn push(&mut self, name: &'static str, provides: &'static str, state: ProbeState) {
+    fn push(&mut self, name: &'static str, family: Family, state: ProbeState) {
         self.statuses.retain(|s| s.name != name);
         self.statuses.push(ProbeStatus {
             name,
-            provides,
+            provides: family.provides(),
             state,
         });
     }
 
-    fn set_family(&mut self, provides: &'static str, state: ProbeState) {
-        for &(name, p) in ALL.iter().filter(|(_, p)| *p == provides) {
-            self.push(name, p, state.clone());
+    fn set_family(&mut self, family: Family, state: ProbeState) {
+        for &name in family.status_names() {
+            self.push(name, family, state.clone());
         }
     }
 
     fn set_all(&mut self, state: ProbeState) {
-        for &(name, provides) in ALL {
-            self.push(name, provides, state.clone());
+        for family in Family::ALL {
+            self.set_family(family, state.clone());
         }
     }
 }
@@ -385,9 +507,58 @@ fn take_map<T: TryFrom<Map, Error = aya::maps::MapError>>(
     T::try_from(map).map_err(ProbeError::map(name))
 }
 
-fn cpu_time_reader(ebpf: &mut Ebpf) -> Result<CpuTimeReader, ProbeError> {
-    Ok(CpuTimeReader::new(
-        take_map(ebpf, names::CPU_TIME_MAP)?,
-        take_map(ebpf, names::RUNNING_MAP)?,
-    ))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cgroupfs_only() -> Probes {
+        Probes::load(&ProbeConfig {
+            disabled: true,
+            ..ProbeConfig::default()
+        })
+    }
+
+    #[test]
+    fn every_program_reports_once_in_family_order() {
+        let names: Vec<_> = cgroupfs_only().statuses().iter().map(|s| s.name).collect();
+        assert_eq!(
+            names,
+            [
+                names::SCHED_SWITCH_PROG,
+                OOM_STATUS_NAME,
+                names::CGROUP_MKDIR_PROG,
+                names::CGROUP_RMDIR_PROG
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failing_read_turns_an_active_family_failed_until_it_reads_again() {
+        let mut probes = cgroupfs_only();
+        probes.push(
+            names::SCHED_SWITCH_PROG,
+            Family::Sched,
+            ProbeState::Active { note: None },
+        );
+        let error = ProbeError::MissingMap("CGROUP_COUNTERS");
+        probes.read_outcome(Family::Sched, Err(&error));
+        let sched = |p: &Probes| p.statuses().into_iter().find(|s| s.name == "sched_switch");
+        match sched(&probes).unwrap().state {
+            ProbeState::Failed(why) => assert!(why.contains("CGROUP_COUNTERS"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Families that were never active keep their load-time reason.
+        probes.read_outcome(Family::Oom, Err(&error));
+        assert!(matches!(
+            probes
+                .statuses()
+                .into_iter()
+                .find(|s| s.name == OOM_STATUS_NAME)
+                .unwrap()
+                .state,
+            ProbeState::Unsupported(_)
+        ));
+        probes.read_outcome(Family::Sched, Ok(()));
+        assert!(sched(&probes).unwrap().is_active());
+    }
 }

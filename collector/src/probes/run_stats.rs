@@ -26,14 +26,13 @@ pub struct RunStats {
 }
 
 impl RunStats {
-    /// `Err` with the reason when the kernel or our privileges do not allow it.
-    pub fn enable() -> Result<Self, String> {
-        sys::enable_stats(sys::Stats::RunTime)
-            .map(|fd| Self { _enabled: fd })
-            .map_err(|e| e.to_string())
+    /// `Err` when the kernel or our privileges do not allow it.
+    pub fn enable() -> Result<Self, sys::SyscallError> {
+        sys::enable_stats(sys::Stats::RunTime).map(|fd| Self { _enabled: fd })
     }
 
-    /// Counters of every loaded program of `ebpf`, by name.
+    /// Counters of every loaded program of `ebpf`, by name (programs of an object that are not
+    /// loaded, such as the OOM variant this kernel does not need, are left out).
     pub fn read(&self, ebpf: &Ebpf) -> Vec<ProgramRunStats> {
         let mut out: Vec<ProgramRunStats> = ebpf
             .programs()

@@ -4,13 +4,16 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
-use super::hierarchy::{CounterHierarchy, Totals};
+use super::hierarchy::CounterHierarchy;
 use crate::{
     cgroupfs::CgroupNode,
-    probes::{ProbeEvent, Probes, RUNQ_VALUES, cpu_time::monotonic_ns},
+    probes::{
+        CgroupEvent, Family, OomKillEvent, Probes, RUNQ_VALUES, SCHED_VALUES, SchedValues,
+        sched::{CPU_NS, MAJOR_FAULTS, MINOR_FAULTS, RUNQ},
+    },
 };
 
 /// A cgroup's eBPF values in one pass (hierarchical, like cgroupfs), each `None` when its probe
@@ -48,17 +51,18 @@ pub struct OomKill {
 /// Counts about the maps, for the collector's own stats.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct MapStats {
-    pub cpu_entries: u64,
-    pub fault_entries: u64,
-    pub runq_entries: u64,
+    /// Entries of the per-cgroup map.
+    pub entries: u64,
     pub read_errors: u64,
+    /// Running tasks topped up from /proc in this read.
+    pub live_tasks: u64,
+    /// Map entries of cgroups no walk ever found, credited to the root and freed.
+    pub unattributed: u64,
 }
 
 #[derive(Default)]
 pub struct EbpfMerge {
-    cpu: CounterHierarchy<1>,
-    faults: CounterHierarchy<2>,
-    runq: CounterHierarchy<RUNQ_VALUES>,
+    sched: CounterHierarchy<SCHED_VALUES>,
     /// Paths of the previous pass's nodes: removed cgroups are named by them.
     paths: HashMap<u64, Arc<str>>,
     /// Cgroups removed since the last pass that no pass ever saw (created and removed in
@@ -72,6 +76,8 @@ pub struct EbpfMerge {
 pub struct Lifecycle {
     pub created: Vec<(u64, Arc<str>)>,
     pub removed: HashSet<u64>,
+    /// An event named no usable path (cut, or not UTF-8): only a walk tells the tree now.
+    pub needs_walk: bool,
 }
 
 impl EbpfMerge {
@@ -79,42 +85,49 @@ impl EbpfMerge {
     /// creations/removals.
     pub fn take_events(
         &mut self,
-        events: Vec<ProbeEvent>,
+        oom: Vec<OomKillEvent>,
+        cgroups: Vec<CgroupEvent>,
         wall: SystemTime,
     ) -> (Vec<OomKill>, Lifecycle) {
-        let mono_now = monotonic_ns();
-        let mut kills = Vec::new();
         let mut lifecycle = Lifecycle::default();
-        for event in events {
-            match event {
-                ProbeEvent::CgroupCreated { cgroup_id, path } => {
-                    lifecycle.created.push((cgroup_id, Arc::from(path)));
+        for event in cgroups {
+            let Some(path) = event.path else {
+                lifecycle.needs_walk = true;
+                if !event.created {
+                    lifecycle.removed.insert(event.cgroup_id);
                 }
-                ProbeEvent::CgroupRemoved { cgroup_id, path } => {
-                    lifecycle.removed.insert(cgroup_id);
-                    if !self.paths.contains_key(&cgroup_id) && !path.is_empty() {
-                        self.unseen_removed.push((cgroup_id, Arc::from(path)));
-                    }
-                }
-                ProbeEvent::OomKill {
-                    time_ns,
-                    pid,
-                    comm,
-                    cgroup_id,
-                } => {
-                    *self.oom_own.entry(cgroup_id).or_default() += 1;
-                    let age = Duration::from_nanos(mono_now.saturating_sub(time_ns));
-                    kills.push(OomKill {
-                        time: wall.checked_sub(age).unwrap_or(wall),
-                        pid,
-                        comm,
-                        cgroup_id,
-                        path: Arc::from(""),
-                    });
+                continue;
+            };
+            if event.created {
+                lifecycle.created.push((event.cgroup_id, Arc::from(path)));
+            } else {
+                lifecycle.removed.insert(event.cgroup_id);
+                if !self.paths.contains_key(&event.cgroup_id) && !path.is_empty() {
+                    self.unseen_removed.push((event.cgroup_id, Arc::from(path)));
                 }
             }
         }
+        let mono_now = monotonic_ns();
+        let kills = oom
+            .into_iter()
+            .map(|k| {
+                *self.oom_own.entry(k.cgroup_id).or_default() += 1;
+                let age = Duration::from_nanos(mono_now.saturating_sub(k.time_ns));
+                OomKill {
+                    time: wall.checked_sub(age).unwrap_or(wall),
+                    pid: k.pid,
+                    comm: k.comm,
+                    cgroup_id: k.cgroup_id,
+                    path: Arc::from(""),
+                }
+            })
+            .collect();
         (kills, lifecycle)
+    }
+
+    /// Whether map entries of cgroups unknown to the tree wait for a walk to place them.
+    pub fn wants_walk(&self) -> bool {
+        self.sched.has_unknown()
     }
 
     /// Adds the removed-but-never-seen cgroups to `nodes` under their nearest present ancestor
@@ -130,11 +143,12 @@ impl EbpfMerge {
         nodes.len() - before
     }
 
-    /// Reads every active probe's map and merges it over `nodes`. Per-node values come back in
-    /// `nodes` order.
+    /// Reads the probes' maps and merges them over `nodes` (`walked`: they come from a walk of
+    /// the whole tree, not only from events). Per-node values come back in `nodes` order.
     pub fn merge(
         &mut self,
         nodes: &[CgroupNode],
+        walked: bool,
         probes: &mut Probes,
         oom_kills: &mut [OomKill],
         stats: &mut MapStats,
@@ -142,40 +156,38 @@ impl EbpfMerge {
         let mut values = vec![EbpfValues::default(); nodes.len()];
         let mut finals: HashMap<u64, EbpfValues> = HashMap::new();
 
-        if let Some(reader) = probes.cpu_time.as_mut() {
-            match reader.read() {
-                Ok(read) => {
-                    let own = read.own_ns.into_iter().map(|(k, v)| (k, [v])).collect();
-                    let t = self.cpu.update(nodes, own, &mut |id| [reader.take(id)]);
-                    stats.cpu_entries = reader.entries() as u64;
-                    apply(t, &mut values, &mut finals, |v, [ns]| v.cpu_ns = Some(ns));
+        let read = probes.sched.as_mut().map(|reader| {
+            let runq = reader.counts_runq();
+            (reader.read(), runq)
+        });
+        match read {
+            Some((Ok(read), runq)) => {
+                probes.read_outcome(Family::Sched, Ok(()));
+                stats.entries = read.entries as u64;
+                stats.live_tasks = read.live as u64;
+                let reader = probes.sched.as_mut().expect("read above");
+                let t = self.sched.update(
+                    nodes,
+                    read.own,
+                    &mut |id| reader.take(id),
+                    walked,
+                    Instant::now(),
+                );
+                stats.unattributed += t.unattributed;
+                for (v, total) in values.iter_mut().zip(&t.totals) {
+                    *v = sched_values(total, runq);
                 }
-                Err(e) => read_failed(stats, "sched_switch", &e),
-            }
-        }
-        if let Some(reader) = probes.faults.as_mut() {
-            match reader.read() {
-                Ok(own) => {
-                    let t = self.faults.update(nodes, own, &mut |id| reader.take(id));
-                    stats.fault_entries = reader.entries() as u64;
-                    apply(t, &mut values, &mut finals, |v, f| v.faults = Some(f));
+                for (id, total) in &t.terminated {
+                    finals.insert(*id, sched_values(total, runq));
                 }
-                Err(e) => read_failed(stats, "page fault", &e),
             }
-        }
-        if let Some(reader) = probes.runqueue.as_mut() {
-            match reader.read() {
-                Ok(own) => {
-                    let t = self.runq.update(nodes, own, &mut |id| reader.take(id));
-                    stats.runq_entries = reader.entries() as u64;
-                    apply(t, &mut values, &mut finals, |v, h| {
-                        v.runq = Some(Arc::new(h))
-                    });
-                }
-                Err(e) => read_failed(stats, "run-queue", &e),
+            Some((Err(e), _)) => {
+                stats.read_errors += 1;
+                probes.read_outcome(Family::Sched, Err(&e));
             }
+            None => {}
         }
-        if probes.events.is_some() {
+        if probes.oom.is_some() {
             for (node, v) in nodes.iter().zip(values.iter_mut()) {
                 v.oom_kills = Some(self.oom_own.get(&node.id).copied().unwrap_or(0));
             }
@@ -206,6 +218,32 @@ impl EbpfMerge {
         self.paths = nodes.iter().map(|n| (n.id, n.path.clone())).collect();
         (values, out)
     }
+}
+
+/// A cgroup's hierarchical sched totals as the fields of [`EbpfValues`]; no run-queue part when
+/// the kernel does not time waits.
+fn sched_values(total: &SchedValues, runq: bool) -> EbpfValues {
+    EbpfValues {
+        cpu_ns: Some(total[CPU_NS]),
+        faults: Some([total[MINOR_FAULTS], total[MAJOR_FAULTS]]),
+        runq: runq.then(|| {
+            let mut h = [0; RUNQ_VALUES];
+            h.copy_from_slice(&total[RUNQ..]);
+            Arc::new(h)
+        }),
+        oom_kills: None,
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns()` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The previous pass's nodes updated by creation/removal events, in pre-order with parent
@@ -292,25 +330,6 @@ fn graft(nodes: &mut Vec<CgroupNode>, mut new: Vec<(u64, Arc<str>)>, attach: Par
     }
 }
 
-fn apply<const N: usize>(
-    t: Totals<N>,
-    values: &mut [EbpfValues],
-    finals: &mut HashMap<u64, EbpfValues>,
-    set: impl Fn(&mut EbpfValues, [u64; N]),
-) {
-    for (v, total) in values.iter_mut().zip(t.totals) {
-        set(v, total);
-    }
-    for (id, total) in t.terminated {
-        set(finals.entry(id).or_default(), total);
-    }
-}
-
-fn read_failed(stats: &mut MapStats, what: &str, e: &dyn std::error::Error) {
-    stats.read_errors += 1;
-    tracing::warn!("reading the {what} maps failed: {e}");
-}
-
 /// `/a/b/c` -> `/a/b`, `/a`, `/`.
 fn ancestors(path: &str) -> impl Iterator<Item = &str> {
     let mut rest = Some(path);
@@ -353,25 +372,19 @@ mod tests {
         let mut merge = EbpfMerge::default();
         let mut nodes = vec![node(1, "/", None), node(2, "/pod", Some(0))];
         merge.paths = nodes.iter().map(|n| (n.id, n.path.clone())).collect();
+        let event = |created, cgroup_id, path: &str| CgroupEvent {
+            created,
+            cgroup_id,
+            path: Some(path.into()),
+        };
         let _ = merge.take_events(
+            Vec::new(),
             vec![
-                ProbeEvent::CgroupCreated {
-                    cgroup_id: 9,
-                    path: "/pod/short/inner".into(),
-                },
-                ProbeEvent::CgroupRemoved {
-                    cgroup_id: 9,
-                    path: "/pod/short/inner".into(),
-                },
-                ProbeEvent::CgroupRemoved {
-                    cgroup_id: 8,
-                    path: "/pod/short".into(),
-                },
+                event(true, 9, "/pod/short/inner"),
+                event(false, 9, "/pod/short/inner"),
+                event(false, 8, "/pod/short"),
                 // Seen by an earlier pass: the ordinary removal path handles it.
-                ProbeEvent::CgroupRemoved {
-                    cgroup_id: 2,
-                    path: "/pod".into(),
-                },
+                event(false, 2, "/pod"),
             ],
             SystemTime::now(),
         );
@@ -398,6 +411,7 @@ mod tests {
                 (8, Arc::from("/orphan/child")),
             ],
             removed: [3, 2, 7].into_iter().collect(),
+            needs_walk: false,
         };
         let nodes = apply_lifecycle(previous, &events);
         assert_eq!(
@@ -412,16 +426,47 @@ mod tests {
     }
 
     #[test]
+    fn an_event_without_a_usable_path_asks_for_a_walk() {
+        let mut merge = EbpfMerge::default();
+        let (_, lifecycle) = merge.take_events(
+            Vec::new(),
+            vec![
+                CgroupEvent {
+                    created: true,
+                    cgroup_id: 4,
+                    path: None,
+                },
+                CgroupEvent {
+                    created: false,
+                    cgroup_id: 5,
+                    path: None,
+                },
+            ],
+            SystemTime::now(),
+        );
+        assert!(lifecycle.needs_walk);
+        assert!(
+            lifecycle.created.is_empty(),
+            "never grafted at a guessed place"
+        );
+        assert!(
+            lifecycle.removed.contains(&5),
+            "a removal is still a removal"
+        );
+    }
+
+    #[test]
     fn oom_kills_are_counted_per_cgroup_and_dated_from_the_monotonic_clock() {
         let mut merge = EbpfMerge::default();
         let wall = SystemTime::now();
         let (kills, _) = merge.take_events(
-            vec![ProbeEvent::OomKill {
+            vec![OomKillEvent {
                 time_ns: monotonic_ns() - 2_000_000_000,
                 pid: 7,
                 comm: "hog".into(),
                 cgroup_id: 5,
             }],
+            Vec::new(),
             wall,
         );
         assert_eq!(kills.len(), 1);

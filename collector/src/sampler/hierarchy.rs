@@ -1,7 +1,10 @@
 //! Hierarchical, monotonic eBPF totals from per-cgroup own counts: CPU time, page faults and
-//! run-queue histograms all go through here, each as a fixed-size array of counters.
+//! run-queue histograms all go through here, as one fixed-size array of counters per cgroup.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
 
 use crate::cgroupfs::CgroupNode;
 
@@ -15,8 +18,14 @@ pub struct CounterHierarchy<const N: usize> {
     retired: HashMap<u64, [u64; N]>,
     /// Last reported total per cgroup: totals never go backwards.
     last_total: HashMap<u64, [u64; N]>,
-    /// Map entries of ids never seen in a pass, and for how many passes.
-    unknown_passes: HashMap<u64, u8>,
+    /// Map entries of ids in no pass yet: since when, and how many walks missed them.
+    unknown: HashMap<u64, Unknown>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Unknown {
+    since: Instant,
+    walks: u32,
 }
 
 impl<const N: usize> Default for CounterHierarchy<N> {
@@ -25,14 +34,19 @@ impl<const N: usize> Default for CounterHierarchy<N> {
             parent_of: HashMap::new(),
             retired: HashMap::new(),
             last_total: HashMap::new(),
-            unknown_passes: HashMap::new(),
+            unknown: HashMap::new(),
         }
     }
 }
 
-/// Passes an id may sit in the map without appearing in any pass before its entry is freed
-/// (cgroups outside our mount's view, or created and removed unseen).
-pub const UNKNOWN_ID_GRACE_PASSES: u8 = 3;
+/// How long an id may sit in the map without appearing in any pass; it must also have been
+/// missed by [`UNKNOWN_ID_GRACE_WALKS`] walks of the whole tree. A new cgroup whose creation event
+/// was lost is found by the next walk (the sampler walks early while unknown ids wait); one that
+/// no walk finds (created and removed unseen, or outside our mount's view) has its counts
+/// credited to the root and its entry freed, so node totals lose nothing and the map stays
+/// bounded.
+pub const UNKNOWN_ID_GRACE: Duration = Duration::from_secs(5);
+pub const UNKNOWN_ID_GRACE_WALKS: u32 = 2;
 
 /// One pass's result.
 pub struct Totals<const N: usize> {
@@ -40,6 +54,8 @@ pub struct Totals<const N: usize> {
     pub totals: Vec<[u64; N]>,
     /// Cgroups present last pass and gone now, with their final hierarchical totals.
     pub terminated: Vec<(u64, [u64; N])>,
+    /// Unknown ids whose counts went to the root this pass.
+    pub unattributed: u64,
 }
 
 fn add<const N: usize>(into: &mut [u64; N], from: &[u64; N]) {
@@ -56,15 +72,23 @@ fn max<const N: usize>(a: &mut [u64; N], b: &[u64; N]) {
 
 impl<const N: usize> CounterHierarchy<N> {
     /// `own` is each cgroup's own counts from the probe; `take` deletes a cgroup's map entry and
-    /// returns its final counts.
+    /// returns its final counts. `walked`: `nodes` come from a walk of the whole tree.
     pub fn update(
         &mut self,
         nodes: &[CgroupNode],
         mut own: HashMap<u64, [u64; N]>,
         take: &mut dyn FnMut(u64) -> [u64; N],
+        walked: bool,
+        now: Instant,
     ) -> Totals<N> {
         let present: HashSet<u64> = nodes.iter().map(|n| n.id).collect();
         let terminated = self.retire_removed(&present, &mut own, take);
+        let unattributed = match nodes.first() {
+            Some(root) if root.parent.is_none() => {
+                self.expire_unknown(&present, &own, take, walked, now, root.id)
+            }
+            _ => 0,
+        };
 
         // Own + retired, then children into parents (pre-order reversed = children first).
         let mut totals: Vec<[u64; N]> = nodes
@@ -92,7 +116,54 @@ impl<const N: usize> CounterHierarchy<N> {
             .iter()
             .map(|n| (n.id, n.parent.map(|p| nodes[p].id)))
             .collect();
-        Totals { totals, terminated }
+        Totals {
+            totals,
+            terminated,
+            unattributed,
+        }
+    }
+
+    /// Whether map entries wait for a walk to place them.
+    pub fn has_unknown(&self) -> bool {
+        !self.unknown.is_empty()
+    }
+
+    /// Tracks ids in the map but in no pass; credits those past the grace to the root (whose
+    /// totals include every descendant anyway) and frees their entries.
+    fn expire_unknown(
+        &mut self,
+        present: &HashSet<u64>,
+        own: &HashMap<u64, [u64; N]>,
+        take: &mut dyn FnMut(u64) -> [u64; N],
+        walked: bool,
+        now: Instant,
+        root: u64,
+    ) -> u64 {
+        self.unknown
+            .retain(|id, _| own.contains_key(id) && !present.contains(id));
+        for id in own.keys().filter(|id| !present.contains(id)) {
+            let u = self.unknown.entry(*id).or_insert(Unknown {
+                since: now,
+                walks: 0,
+            });
+            if walked {
+                u.walks += 1;
+            }
+        }
+        let expired: Vec<u64> = self
+            .unknown
+            .iter()
+            .filter(|(_, u)| {
+                u.walks >= UNKNOWN_ID_GRACE_WALKS && now.duration_since(u.since) >= UNKNOWN_ID_GRACE
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &expired {
+            let last = take(*id);
+            add(self.retired.entry(root).or_insert([0; N]), &last);
+            self.unknown.remove(id);
+        }
+        expired.len() as u64
     }
 
     fn retire_removed(
@@ -125,24 +196,6 @@ impl<const N: usize> CounterHierarchy<N> {
             }
             terminated.push((id, total));
         }
-        for id in own.keys() {
-            if present.contains(id) {
-                self.unknown_passes.remove(id);
-            } else {
-                *self.unknown_passes.entry(*id).or_default() += 1;
-            }
-        }
-        let expired: Vec<u64> = self
-            .unknown_passes
-            .iter()
-            .filter(|(_, n)| **n > UNKNOWN_ID_GRACE_PASSES)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            take(id);
-            self.unknown_passes.remove(&id);
-        }
-        self.unknown_passes.retain(|id, _| own.contains_key(id));
         terminated
     }
 
@@ -191,56 +244,164 @@ mod tests {
     #[test]
     fn totals_include_descendants_like_cpu_stat() {
         let mut h = CounterHierarchy::<1>::default();
-        let totals = flat(h.update(&tree(true), own(&[(1, 5), (3, 100), (4, 20)]), &mut |_| [0]));
+        let totals = flat(h.update(
+            &tree(true),
+            own(&[(1, 5), (3, 100), (4, 20)]),
+            &mut |_| [0],
+            true,
+            Instant::now(),
+        ));
         assert_eq!(totals, vec![125, 120, 100, 20]);
     }
 
     #[test]
     fn removed_child_time_moves_into_its_parent_and_its_entry_is_freed() {
         let mut h = CounterHierarchy::<1>::default();
-        h.update(&tree(true), own(&[(3, 100), (4, 20)]), &mut |_| [0]);
+        h.update(
+            &tree(true),
+            own(&[(3, 100), (4, 20)]),
+            &mut |_| [0],
+            true,
+            Instant::now(),
+        );
         // /pod/b is gone; its final committed time in the map is 30.
         let mut taken = Vec::new();
-        let update = h.update(&tree(false), own(&[(3, 110), (4, 30)]), &mut |id| {
-            taken.push(id);
-            [30]
-        });
+        let update = h.update(
+            &tree(false),
+            own(&[(3, 110), (4, 30)]),
+            &mut |id| {
+                taken.push(id);
+                [30]
+            },
+            true,
+            Instant::now(),
+        );
         // Its one-time terminated record carries its final total.
         assert_eq!(update.terminated, vec![(4, [30])]);
         let totals = flat(update);
         assert_eq!(taken, vec![4]);
         assert_eq!(totals, vec![140, 140, 110]);
         // And it stays there on later passes, without the map entry.
-        let totals = flat(h.update(&tree(false), own(&[(3, 120)]), &mut |_| unreachable!()));
+        let totals = flat(h.update(
+            &tree(false),
+            own(&[(3, 120)]),
+            &mut |_| unreachable!(),
+            true,
+            Instant::now(),
+        ));
         assert_eq!(totals, vec![150, 150, 120]);
     }
 
     #[test]
     fn a_low_read_never_moves_a_counter_backwards() {
         let mut h = CounterHierarchy::<1>::default();
-        h.update(&tree(true), own(&[(3, 100)]), &mut |_| [0]);
+        h.update(
+            &tree(true),
+            own(&[(3, 100)]),
+            &mut |_| [0],
+            true,
+            Instant::now(),
+        );
         // A switch landed between reading the map and the running slots: this read is low.
-        let totals = flat(h.update(&tree(true), own(&[(3, 90)]), &mut |_| [0]));
+        let totals = flat(h.update(
+            &tree(true),
+            own(&[(3, 90)]),
+            &mut |_| [0],
+            true,
+            Instant::now(),
+        ));
         assert_eq!(totals[2], 100);
     }
 
     #[test]
-    fn ids_never_seen_in_a_walk_are_freed_after_a_grace_period() {
+    fn ids_no_walk_finds_go_to_the_root_after_the_grace_in_time_and_walks() {
         let mut h = CounterHierarchy::<1>::default();
+        let t0 = Instant::now();
         let mut freed = Vec::new();
-        for _ in 0..=UNKNOWN_ID_GRACE_PASSES {
-            h.update(&tree(true), own(&[(99, 1)]), &mut |id| {
-                freed.push(id);
-                [0]
-            });
+        let mut take = |id| {
+            freed.push(id);
+            [7]
+        };
+        // Many quick passes (a 100 ms pace) without walks: nothing is given up.
+        for i in 0..20 {
+            let t = h.update(
+                &tree(true),
+                own(&[(99, 7)]),
+                &mut take,
+                false,
+                t0 + i * Duration::from_millis(100),
+            );
+            assert_eq!(t.unattributed, 0);
         }
+        assert!(h.has_unknown(), "the sampler walks early while ids wait");
+        // Two walks later but before the grace: still waiting.
+        h.update(
+            &tree(true),
+            own(&[(99, 7)]),
+            &mut take,
+            true,
+            t0 + Duration::from_secs(3),
+        );
+        h.update(
+            &tree(true),
+            own(&[(99, 7)]),
+            &mut take,
+            true,
+            t0 + Duration::from_secs(4),
+        );
+        let t = h.update(
+            &tree(true),
+            own(&[(1, 5), (99, 7)]),
+            &mut take,
+            false,
+            t0 + UNKNOWN_ID_GRACE,
+        );
+        assert_eq!(t.unattributed, 1);
         assert_eq!(freed, vec![99]);
+        // Its 7 ns are the root's from now on (the root's total holds every descendant's).
+        assert_eq!(flat(t)[0], 12);
+        let totals = flat(h.update(
+            &tree(true),
+            own(&[(1, 5)]),
+            &mut |_| [0],
+            true,
+            t0 + UNKNOWN_ID_GRACE,
+        ));
+        assert_eq!(totals[0], 12);
+        assert!(!h.has_unknown());
+    }
+
+    #[test]
+    fn an_id_a_walk_finds_is_never_given_up() {
+        let mut h = CounterHierarchy::<1>::default();
+        let t0 = Instant::now();
+        h.update(
+            &tree(false),
+            own(&[(4, 3)]),
+            &mut |_| unreachable!(),
+            true,
+            t0,
+        );
+        let totals = flat(h.update(
+            &tree(true),
+            own(&[(4, 3)]),
+            &mut |_| unreachable!(),
+            true,
+            t0 + UNKNOWN_ID_GRACE * 2,
+        ));
+        assert_eq!(totals, vec![3, 3, 0, 3]);
     }
 
     #[test]
     fn a_removed_subtree_folds_up_to_the_live_ancestor() {
         let mut h = CounterHierarchy::<1>::default();
-        h.update(&tree(true), own(&[(3, 100), (4, 20)]), &mut |_| [0]);
+        h.update(
+            &tree(true),
+            own(&[(3, 100), (4, 20)]),
+            &mut |_| [0],
+            true,
+            Instant::now(),
+        );
         let root_only = &tree(false)[..1];
         let totals = flat(h.update(
             root_only,
@@ -250,6 +411,8 @@ mod tests {
                 4 => [20],
                 _ => [0],
             },
+            true,
+            Instant::now(),
         ));
         assert_eq!(totals, vec![120]);
     }

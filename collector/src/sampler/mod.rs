@@ -17,10 +17,14 @@ use host::HostReader;
 pub use host::{HostReading, NetworkReading};
 
 use crate::{
-    cgroupfs::{self, CgroupMounts, reader::CgroupReader, reading::CgroupReading},
+    cgroupfs::{
+        self, CgroupMounts,
+        reader::{CgroupReader, ReadError},
+        reading::CgroupReading,
+    },
     cri::CriNames,
     k8s::identity::{self, Identity},
-    probes::Probes,
+    probes::{Drops, Probes},
 };
 
 /// Both sources for one cgroup, as distinct fields: neither ever stands in for the other.
@@ -72,19 +76,25 @@ pub struct Sample {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SamplerStats {
     pub passes: u64,
+    /// Passes that failed as a whole (the tree or a cgroup could not be read for a reason other
+    /// than removal, e.g. out of file descriptors): nothing was published for them.
+    pub failed_passes: u64,
     /// Values in cgroup files that did not parse.
     pub parse_errors: u64,
     /// cgroup files that could not be read for a reason other than the cgroup vanishing.
     pub read_errors: u64,
     pub probe_read_errors: u64,
+    /// Entries of the per-cgroup eBPF map right now.
     pub ebpf_map_entries: u64,
-    pub ebpf_dropped_intervals: u64,
-    pub ebpf_running_read_failures: u64,
-    pub ebpf_fault_map_entries: u64,
-    pub ebpf_runq_map_entries: u64,
-    pub ebpf_dropped_faults: u64,
-    pub ebpf_dropped_runq_waits: u64,
-    pub ebpf_dropped_events: u64,
+    /// What the programs could not record (cumulative, from their counters).
+    pub ebpf_drops: Drops,
+    /// Map entries of cgroups no walk found, credited to the root (cumulative).
+    pub ebpf_unattributed_cgroups: u64,
+    /// Tasks on a CPU whose run so far was added from /proc at the last pass.
+    pub ebpf_running_tasks: u64,
+    /// Walks of the whole tree, and those made early (lost or cut events, unknown map entries).
+    pub walks: u64,
+    pub early_walks: u64,
     /// Reads outside cgroupfs that failed (net/dev, statfs), the process having not vanished.
     pub host_read_errors: u64,
 }
@@ -100,6 +110,11 @@ struct Known {
     network: Option<Arc<NetworkReading>>,
 }
 
+/// The shortest gap between two early walks (made for lost events or unknown map entries): a
+/// walk costs about as much as reading one file per cgroup, so a flood of events cannot turn
+/// every pass into one.
+const EARLY_WALK_GAP: Duration = Duration::from_secs(1);
+
 /// Default pace of full cgroupfs reads while the eBPF CPU probe is active (kubelet's
 /// housekeeping pace).
 pub const DEFAULT_CGROUPFS_INTERVAL: Duration = Duration::from_secs(10);
@@ -112,6 +127,7 @@ pub struct Sampler {
     known: HashMap<u64, Known>,
     cgroupfs_interval: Duration,
     last_full: Option<Instant>,
+    last_walk: Option<Instant>,
     /// The tree as of the last pass (walked or updated from lifecycle events).
     last_nodes: Vec<cgroupfs::CgroupNode>,
     host: HostReader,
@@ -119,6 +135,8 @@ pub struct Sampler {
     last_host: HostReading,
     /// Which containers are sandboxes (whose process a pod's network is read through).
     names: Option<Arc<CriNames>>,
+    /// OOM kills drained by a pass that then failed: the next pass reports them.
+    pending_oom_kills: Vec<OomKill>,
     pub stats: SamplerStats,
 }
 
@@ -133,10 +151,12 @@ impl Sampler {
             known: HashMap::new(),
             cgroupfs_interval: DEFAULT_CGROUPFS_INTERVAL,
             last_full: None,
+            last_walk: None,
             last_nodes: Vec::new(),
             host: HostReader::new(PathBuf::from("/proc"), None),
             last_host: HostReading::default(),
             names: None,
+            pending_oom_kills: Vec::new(),
             stats: SamplerStats::default(),
         }
     }
@@ -174,7 +194,7 @@ impl Sampler {
     fn full_pass(&self, now: Instant) -> bool {
         // A pass that lands a little early still counts (passes drift by scheduling jitter).
         let slack = self.cgroupfs_interval / 20;
-        self.probes.cpu_time.is_none()
+        self.probes.sched.is_none()
             || self
                 .last_full
                 .is_none_or(|t| now.saturating_duration_since(t) + slack >= self.cgroupfs_interval)
@@ -188,20 +208,41 @@ impl Sampler {
         let taken_at = Instant::now();
         let wall = SystemTime::now();
         // Events first: a cgroup removed after the drain is still in this walk.
-        let events = self
+        let oom = self
             .probes
-            .events
+            .oom
             .as_mut()
-            .map(|e| e.drain())
+            .map(|r| r.drain())
             .unwrap_or_default();
-        let (mut oom_kills, lifecycle) = self.ebpf.take_events(events, wall);
+        let created_removed = (self.probes.lifecycle.as_mut())
+            .map(|r| r.drain())
+            .unwrap_or_default();
+        let (mut oom_kills, lifecycle) = self.ebpf.take_events(oom, created_removed, wall);
+        oom_kills.splice(0..0, std::mem::take(&mut self.pending_oom_kills));
+        let drops = self.probes.drops();
+        let lost_events = drops.lifecycle_events > self.stats.ebpf_drops.lifecycle_events
+            || drops.truncated_paths > self.stats.ebpf_drops.truncated_paths;
+        self.stats.ebpf_drops = drops;
         let full = self.full_pass(taken_at);
-        // Between full passes, creation/removal events keep the tree current; the walk on full
-        // passes is the safety net (lost events, cgroups outside the events' view).
-        let mut nodes = if !full && self.probes.lifecycle_active() && !self.last_nodes.is_empty() {
-            ebpf::apply_lifecycle(std::mem::take(&mut self.last_nodes), &lifecycle)
+        // Between full passes, creation/removal events keep the tree current; a walk is the
+        // safety net: on full passes, and at once when events were lost or named no usable
+        // path, or when map entries wait for a walk to place them (at most once a second).
+        let walk_due = self
+            .last_walk
+            .is_none_or(|t| taken_at.duration_since(t) >= EARLY_WALK_GAP);
+        let early = lifecycle.needs_walk || lost_events || (self.ebpf.wants_walk() && walk_due);
+        let events_suffice = !full && !early && self.probes.lifecycle_active();
+        let walked_tree = !events_suffice || self.last_nodes.is_empty();
+        let mut nodes = if walked_tree {
+            self.stats.walks += 1;
+            self.stats.early_walks += u64::from(early && !full);
+            self.last_walk = Some(taken_at);
+            match cgroupfs::walk(&self.mount) {
+                Ok(nodes) => nodes,
+                Err(e) => return Err(self.failed_pass(oom_kills, e)),
+            }
         } else {
-            cgroupfs::walk(&self.mount)?
+            ebpf::apply_lifecycle(std::mem::take(&mut self.last_nodes), &lifecycle)
         };
         let walked = nodes.len();
         self.ebpf.add_unseen(&mut nodes);
@@ -219,9 +260,21 @@ impl Sampler {
             let known = match seen_before.remove(&node.id) {
                 Some(known) if !full => known,
                 earlier => {
-                    // Removed since the walk: it leaves this pass; nobody else is affected.
-                    let Ok(reading) = self.reader.read(&node.path) else {
-                        continue;
+                    let reading = match self.reader.read(&node.path) {
+                        Ok(reading) => reading,
+                        // Removed since the walk: it leaves this pass; nobody else is affected.
+                        Err(ReadError::Vanished) => continue,
+                        // We could not look: fail the pass rather than announce a removal.
+                        Err(ReadError::Fault { what, source }) => {
+                            self.known.extend(seen_before);
+                            if let Some(earlier) = earlier {
+                                self.known.insert(node.id, earlier);
+                            }
+                            // The tree and the full read are retried from scratch.
+                            self.last_full = None;
+                            let e = std::io::Error::new(source.kind(), format!("{what}: {source}"));
+                            return Err(self.failed_pass(oom_kills, e));
+                        }
                     };
                     self.stats.parse_errors += u64::from(reading.malformed);
                     self.stats.read_errors += u64::from(reading.read_errors);
@@ -262,9 +315,13 @@ impl Sampler {
             self.stats.host_read_errors = self.host.errors;
         }
         let mut map_stats = MapStats::default();
-        let (mut values, terminated) =
-            self.ebpf
-                .merge(&nodes, &mut self.probes, &mut oom_kills, &mut map_stats);
+        let (mut values, terminated) = self.ebpf.merge(
+            &nodes,
+            walked_tree,
+            &mut self.probes,
+            &mut oom_kills,
+            &mut map_stats,
+        );
         self.record_probe_stats(map_stats);
         for (sample, &index) in cgroups.iter_mut().zip(&node_of) {
             sample.ebpf = std::mem::take(&mut values[index]);
@@ -317,19 +374,22 @@ impl Sampler {
         }
     }
 
+    /// Counts a pass that could not complete and keeps what it already took from the kernel.
+    /// A pass that fails keeps its OOM kills for the next one; that one walks the tree, since
+    /// this pass's creation and removal events were drained and are gone.
+    fn failed_pass(&mut self, oom_kills: Vec<OomKill>, e: std::io::Error) -> std::io::Error {
+        self.pending_oom_kills = oom_kills;
+        self.last_nodes.clear();
+        self.stats.failed_passes += 1;
+        e
+    }
+
     fn record_probe_stats(&mut self, maps: MapStats) {
         let s = &mut self.stats;
         s.probe_read_errors += maps.read_errors;
-        s.ebpf_map_entries = maps.cpu_entries;
-        s.ebpf_fault_map_entries = maps.fault_entries;
-        s.ebpf_runq_map_entries = maps.runq_entries;
-        if let Some(drops) = self.probes.drops.as_ref().map(|d| d.read()) {
-            s.ebpf_dropped_intervals = drops.cpu_intervals;
-            s.ebpf_running_read_failures = drops.running_reads;
-            s.ebpf_dropped_faults = drops.faults;
-            s.ebpf_dropped_runq_waits = drops.runq_waits;
-            s.ebpf_dropped_events = drops.events;
-        }
+        s.ebpf_map_entries = maps.entries;
+        s.ebpf_running_tasks = maps.live_tasks;
+        s.ebpf_unattributed_cgroups += maps.unattributed;
     }
 }
 

@@ -39,9 +39,14 @@ const CHUNK_PATIENCE: Duration = Duration::from_secs(10);
 /// What a Watch subscriber receives: its queued messages, then, if it was dropped, why.
 pub type WatchStream = SubscriberStream<proto::WatchResponse>;
 
-/// A Watch subscriber's queue, and its stream for tonic.
-pub fn channel() -> (Outbox<proto::WatchResponse>, WatchStream) {
-    outbox::channel(SUBSCRIBER_BUFFER)
+/// A Watch subscriber's queue, sharing `budget` with the server's other subscribers, and its
+/// stream for tonic.
+pub fn channel(budget: Arc<outbox::Budget>) -> (Outbox<proto::WatchResponse>, WatchStream) {
+    outbox::channel(outbox::Bounds {
+        messages: SUBSCRIBER_BUFFER,
+        bytes: outbox::SUBSCRIBER_QUEUE_BYTES,
+        budget,
+    })
 }
 
 /// What a subscriber asked for.
@@ -95,7 +100,13 @@ async fn stream(
     out: &Outbox<proto::WatchResponse>,
 ) -> End {
     let interval = opts.interval;
-    let Some(first) = wait_for_snapshot(sub).await else {
+    // A client that leaves before the first sample ends this task (no leak while every pass
+    // fails).
+    let first = tokio::select! {
+        first = wait_for_snapshot(sub) => first,
+        _ = out.closed() => None,
+    };
+    let Some(first) = first else {
         return End::Closed;
     };
     let mut state = SubscriberState::new(opts.clone());

@@ -253,14 +253,8 @@ pub async fn run_aggregator(channel: Channel, config: &TopConfig) -> anyhow::Res
                     stale: n.stale,
                 })
                 .collect(),
-            _ => client
-                .list_pod_metrics(ListPodMetricsRequest {
-                    namespace: config.namespace.clone().unwrap_or_default(),
-                })
-                .await
-                .context("ListPodMetrics")?
-                .into_inner()
-                .pods
+            _ => list_all_pods(&mut client, config.namespace.clone().unwrap_or_default())
+                .await?
                 .into_iter()
                 .map(|p| Row {
                     name: pod_name(&p.name, &p.uid),
@@ -284,6 +278,31 @@ pub async fn run_aggregator(channel: Channel, config: &TopConfig) -> anyhow::Res
         if show(config, &render(config, rows)) {
             return Ok(());
         }
+    }
+}
+
+/// Every pod of the aggregator's list, page by page.
+async fn list_all_pods(
+    client: &mut AggregatorClient<Channel>,
+    namespace: String,
+) -> anyhow::Result<Vec<crate::proto::PodMetrics>> {
+    let mut pods = Vec::new();
+    let mut continue_token = String::new();
+    loop {
+        let page = client
+            .list_pod_metrics(ListPodMetricsRequest {
+                namespace: namespace.clone(),
+                continue_token,
+                ..Default::default()
+            })
+            .await
+            .context("ListPodMetrics")?
+            .into_inner();
+        pods.extend(page.pods);
+        if page.continue_token.is_empty() {
+            return Ok(pods);
+        }
+        continue_token = page.continue_token;
     }
 }
 

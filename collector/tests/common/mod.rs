@@ -3,17 +3,33 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
+pub mod https;
+pub mod kube_api;
+
 use std::{
+    collections::BTreeMap,
     fs,
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
+pub mod engines;
+pub mod receivers;
+
 use collector::{
+    aggregate::{self, AggregateConfig, RunningAggregator, cluster::Freshness, discovery::Targets},
     app::{self, Running, ServeConfig},
     probes::ProbeConfig,
-    proto::{WatchRequest, WatchResponse, collector_client::CollectorClient},
+    proto::{
+        ListNodeMetricsRequest, ListNodeMetricsResponse, NodeMetrics, WatchRequest, WatchResponse,
+        aggregator_client::AggregatorClient, collector_client::CollectorClient,
+    },
 };
 
 pub fn testdata(name: &str) -> PathBuf {
@@ -69,6 +85,43 @@ pub fn set_usage_usec(dir: &Path, usec: u64) {
     )
     .unwrap();
     fs::rename(tmp, dir.join("cpu.stat")).unwrap();
+}
+
+/// Moves every cpu.stat of the trees forward with wall time: containers at 0.5 core, everything
+/// else at 1. Each step adds the time that really passed (not a fixed step per nap), so a
+/// loaded machine that wakes this thread late does not slow the clock down.
+pub fn spawn_clock(trees: Vec<PathBuf>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let dirs: Vec<(PathBuf, f64)> = trees
+            .iter()
+            .flat_map(|t| cpu_stat_dirs(t))
+            .map(|d| {
+                let container = d.file_name().unwrap().len() == 64;
+                (d, if container { 0.5 } else { 1.0 })
+            })
+            .collect();
+        let mut usage: BTreeMap<PathBuf, u64> = dirs.iter().map(|(d, _)| (d.clone(), 0)).collect();
+        let mut last = std::time::Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let now = std::time::Instant::now();
+            let elapsed_us = (now - last).as_micros() as f64;
+            last = now;
+            for (dir, cores) in &dirs {
+                let u = usage.get_mut(dir).unwrap();
+                // A reset requested by the test: the file says less than we last wrote.
+                let on_disk = std::fs::read_to_string(dir.join("cpu.stat"))
+                    .ok()
+                    .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .unwrap_or(*u);
+                if on_disk < *u {
+                    *u = on_disk;
+                }
+                *u += (elapsed_us * cores) as u64;
+                set_usage_usec(dir, *u);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
 }
 
 /// A collector without probes over the cgroup2 tree at `mount`, on a free loopback port,
@@ -188,4 +241,56 @@ pub async fn start_watching(
         .unwrap()
         .into_inner();
     (running, stream)
+}
+
+/// An aggregator over `collectors` on free loopback ports, asking every 200 ms.
+pub async fn start_aggregator_with(
+    collectors: &[SocketAddr],
+    freshness: Freshness,
+) -> RunningAggregator {
+    aggregate::start(AggregateConfig {
+        targets: Targets {
+            static_addresses: collectors.iter().map(|a| a.to_string()).collect(),
+            dns_names: Vec::new(),
+            resolve_every: Duration::from_secs(30),
+        },
+        interval: Duration::from_millis(200),
+        freshness,
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(200),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..AggregateConfig::default()
+    })
+    .await
+    .unwrap()
+}
+pub async fn node_list(
+    mut client: AggregatorClient<tonic::transport::Channel>,
+) -> ListNodeMetricsResponse {
+    client
+        .list_node_metrics(ListNodeMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+/// Polls the node list until `node` is there and `check` holds for it.
+pub async fn until_node(
+    client: &AggregatorClient<tonic::transport::Channel>,
+    node: &str,
+    limit: Duration,
+    what: &str,
+    check: fn(&NodeMetrics) -> bool,
+) {
+    eventually(limit, what, || {
+        let client = client.clone();
+        async move {
+            let list = node_list(client).await;
+            list.nodes
+                .iter()
+                .any(|n| n.name == node && check(n))
+                .then_some(())
+        }
+    })
+    .await;
 }

@@ -1,10 +1,11 @@
-//! Test workload: touches `MIB` MiB of fresh anonymous memory, spins for `MS` milliseconds,
-//! prints `ready`, then keeps the memory until stdin closes or it is killed.
+//! Test workload: touches `MIB` MiB of fresh anonymous memory, spins until it has used `MS`
+//! milliseconds of CPU time, prints `ready`, then keeps the memory until stdin closes or it is
+//! killed.
 //!
 //! Usage: hold MIB MS
 
 use std::io::{BufRead as _, Write as _};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn main() {
     let mut args = std::env::args()
@@ -33,9 +34,18 @@ fn main() {
     for page in memory.chunks_mut(PAGE) {
         page[0] = 1;
     }
-    let end = Instant::now() + Duration::from_millis(ms);
+    let target = Duration::from_millis(ms);
+    let cpu_time = || {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid pointer; the process CPU clock always exists.
+        unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    };
     let mut x: u64 = 0;
-    while Instant::now() < end {
+    while cpu_time() < target {
         for _ in 0..10_000 {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
         }

@@ -3,13 +3,18 @@
 //! `cost.svg` to `--out`.
 //!
 //! Sections: collection cost against real cgroups (baseline / cgroupfs / eBPF, and the real
-//! daemon), probe overhead, Watch fan-out, aggregation. A section that fails is reported as
-//! such and the others still run; the command then exits non-zero.
+//! daemon), probe overhead, Watch fan-out, aggregation, push export against a scrape. A section
+//! that fails is reported as such and the others still run; the command then exits non-zero.
 
+mod baseline;
+mod compare;
 mod plot;
 mod report;
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::Context as _;
 use serde_json::Value;
@@ -28,6 +33,8 @@ pub struct Plan {
     pub subscribers: Vec<u64>,
     pub aggregate_seconds: u64,
     pub nodes: Vec<u64>,
+    /// Rotations of the push-vs-scrape modes (one 10 s window per mode each).
+    pub export_repeats: u64,
 }
 
 impl Plan {
@@ -46,6 +53,7 @@ impl Plan {
                 subscribers: vec![0, 1, 10, 100],
                 aggregate_seconds: 10,
                 nodes: vec![1000],
+                export_repeats: 2,
             }
         } else {
             Self {
@@ -61,6 +69,7 @@ impl Plan {
                 subscribers: vec![0, 1, 10, 100],
                 aggregate_seconds: 30,
                 nodes: vec![100, 1000, 5000],
+                export_repeats: 3,
             }
         }
     }
@@ -69,15 +78,16 @@ impl Plan {
 /// One section's rows, or why it has none.
 pub type Section = Result<Vec<Value>, String>;
 
-/// Runs `target/release/examples/PROGRAM WORDS... NUMBERS...`, one JSON value per stdout line.
-fn run_program(program: &str, words: &[&str], numbers: &[u64]) -> Section {
+/// Runs `EXAMPLES/PROGRAM WORDS... NUMBERS...`, one JSON value per stdout line.
+fn run_program(examples: &Path, program: &str, words: &[&str], numbers: &[u64]) -> Section {
     let args: Vec<String> = words
         .iter()
         .map(|w| w.to_string())
         .chain(numbers.iter().map(u64::to_string))
         .collect();
-    eprintln!("{program} {}", args.join(" "));
-    let path = format!("target/release/examples/{program}");
+    let path = examples.join(program);
+    eprintln!("{} {}", path.display(), args.join(" "));
+    let path = path.display().to_string();
     let output = Command::new(&path)
         .args(&args)
         .stderr(std::process::Stdio::inherit())
@@ -114,53 +124,107 @@ pub struct Results {
     pub probes: Section,
     pub stream: Section,
     pub aggregate: Section,
+    pub export: Section,
 }
 
-pub fn run(quick: bool, out: PathBuf) -> anyhow::Result<()> {
+/// One section: runs against the directory that holds the bench programs.
+type Measure<'a> = Box<dyn Fn(&Path) -> Section + 'a>;
+
+/// The sections, in report order.
+fn sections(plan: &Plan) -> [Measure<'_>; 6] {
+    [
+        Box::new(move |ex| {
+            let args = [&[plan.cost_repeats][..], &plan.cost_counts].concat();
+            needs_root(|| run_program(ex, "collect_bench", &["cost"], &args))
+        }),
+        Box::new(move |ex| {
+            needs_root(|| {
+                let mut rows = Vec::new();
+                let windows = (plan.daemon_seconds / 10).max(1);
+                for &n in &plan.daemon_counts {
+                    let numbers = [n, plan.daemon_seconds, windows];
+                    rows.extend(run_program(ex, "collect_bench", &["daemon"], &numbers)?);
+                }
+                Ok(rows)
+            })
+        }),
+        Box::new(move |ex| {
+            let numbers = [plan.probe_repeats, plan.roundtrips, plan.pages];
+            needs_root(|| run_program(ex, "probe_bench", &[], &numbers))
+        }),
+        Box::new(move |ex| {
+            let numbers = [&[1000, plan.stream_seconds][..], &plan.subscribers].concat();
+            run_program(ex, "api_bench", &["stream"], &numbers)
+        }),
+        Box::new(move |ex| {
+            let numbers = [&[plan.aggregate_seconds, 10_000][..], &plan.nodes].concat();
+            run_program(ex, "api_bench", &["aggregate"], &numbers)
+        }),
+        Box::new(move |ex| run_program(ex, "export_bench", &[], &[1000, plan.export_repeats])),
+    ]
+}
+
+fn results([cost, daemon, probes, stream, aggregate, export]: [Section; 6]) -> Results {
+    Results {
+        cost,
+        daemon,
+        probes,
+        stream,
+        aggregate,
+        export,
+    }
+}
+
+/// Measures this tree, and with `baseline` that commit's programs too: each section runs the
+/// baseline's program, then this tree's, back to back, so both see the same machine.
+pub fn run(quick: bool, out: PathBuf, baseline: Option<String>) -> anyhow::Result<()> {
     let plan = Plan::new(quick);
     super::build_release_with_examples()?;
+    let old = baseline.as_deref().map(baseline::build).transpose()?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let cost_args = [&[plan.cost_repeats][..], &plan.cost_counts].concat();
-    let results = Results {
-        cost: needs_root(|| run_program("collect_bench", &["cost"], &cost_args)),
-        daemon: needs_root(|| {
-            let mut rows = Vec::new();
-            let windows = (plan.daemon_seconds / 10).max(1);
-            for &n in &plan.daemon_counts {
-                let numbers = [n, plan.daemon_seconds, windows];
-                rows.extend(run_program("collect_bench", &["daemon"], &numbers)?);
-            }
-            Ok(rows)
-        }),
-        probes: needs_root(|| {
-            let numbers = [plan.probe_repeats, plan.roundtrips, plan.pages];
-            run_program("probe_bench", &[], &numbers)
-        }),
-        stream: {
-            let numbers = [&[1000, plan.stream_seconds][..], &plan.subscribers].concat();
-            run_program("api_bench", &["stream"], &numbers)
-        },
-        aggregate: {
-            let numbers = [&[plan.aggregate_seconds, 10_000][..], &plan.nodes].concat();
-            run_program("api_bench", &["aggregate"], &numbers)
-        },
-    };
+    let current = baseline::current();
+    let mut new_sections = Vec::new();
+    let mut old_sections = Vec::new();
+    for section in sections(&plan) {
+        if let Some((_, examples)) = &old {
+            old_sections.push(section(examples));
+        }
+        new_sections.push(section(&current));
+    }
+    let results = results(new_sections.try_into().expect("six sections"));
+    let old_results = old.map(|(rev, _)| {
+        (
+            rev,
+            self::results(old_sections.try_into().expect("six sections")),
+        )
+    });
     let (cores, kernel) = machine();
     let plot_note = match &results.cost {
         Ok(rows) => plot::cost_per_pass(rows, &out.join("cost.svg"))
             .map_or_else(|e| format!("plot failed: {e}"), |()| "cost.svg".into()),
         Err(e) => format!("no plot: {e}"),
     };
-    let md = report::markdown(&plan, &results, cores, &kernel, &plot_note);
+    let mut md = report::markdown(&plan, &results, cores, &kernel, &plot_note);
+    if let Some((rev, old)) = &old_results {
+        md.push_str(&compare::comparison(rev, old, &results));
+        md.push_str(&format!("\n# Baseline {rev}, measured in the same run\n"));
+        md.push_str(&report::markdown(&plan, old, cores, &kernel, "see above"));
+    }
     let section = |s: &Section| match s {
         Ok(rows) => Value::Array(rows.clone()),
         Err(e) => serde_json::json!({ "error": e }),
     };
+    let sections = |r: &Results| {
+        serde_json::json!({
+            "cost": section(&r.cost), "daemon": section(&r.daemon),
+            "probes": section(&r.probes), "stream": section(&r.stream),
+            "aggregate": section(&r.aggregate), "export": section(&r.export),
+        })
+    };
     let json = serde_json::json!({
         "quick": quick, "cores": cores, "kernel": kernel,
-        "cost": section(&results.cost), "daemon": section(&results.daemon),
-        "probes": section(&results.probes), "stream": section(&results.stream),
-        "aggregate": section(&results.aggregate),
+        "this_tree": sections(&results),
+        "baseline": old_results.as_ref().map(|(rev, r)| serde_json::json!({ "rev": rev, "results": sections(r) })),
     });
     std::fs::write(out.join("bench.md"), &md)?;
     std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&json)?)?;
@@ -172,6 +236,7 @@ pub fn run(quick: bool, out: PathBuf) -> anyhow::Result<()> {
         &results.probes,
         &results.stream,
         &results.aggregate,
+        &results.export,
     ]
     .into_iter()
     .filter_map(|s| s.as_ref().err())

@@ -28,21 +28,19 @@ cat /proc/kallsyms > @SCRATCH@/kallsyms && sync
 # QEMU 7.2's multi-threaded TCG can leave a vCPU running its old translation of kernel text
 # that another vCPU just patched: it then loops forever on the int3 of a finished live patch,
 # with interrupts off (seen at the bpf_stats jump label in bpf_trace_run4). Each collector the
-# tests start and stop flips such sites: the bpf_stats key, the static keys and static calls of
-# the tracepoints it attaches to, and the page-fault software events' keys. Hold all of them
-# for the whole run so that they never flip: bpf_stats on, two ftrace probes on every
-# tracepoint (a static call changes only between one probe and two; tracing stays off), and
-# the fault events open on every CPU.
+# tests start and stop flips such sites: the static keys and static calls of the tracepoints it
+# attaches to, and the bpf_stats key when a test turns it on. Hold all of them for the whole
+# run so that they never flip: bpf_stats on, and two ftrace probes on every tracepoint (a
+# static call changes only between one probe and two; tracing stays off).
 echo 1 > /proc/sys/kernel/bpf_stats_enabled || echo "COLLECTOR-VM: cannot hold bpf_stats on"
 mkdir -p /sys/kernel/tracing/instances/hold
 for dir in /sys/kernel/tracing /sys/kernel/tracing/instances/hold; do
     echo 0 > "$dir/tracing_on"
-    for e in sched/sched_switch sched/sched_wakeup sched/sched_wakeup_new \
+    for e in sched/sched_switch sched/sched_process_fork \
         cgroup/cgroup_mkdir cgroup/cgroup_rmdir oom/mark_victim; do
         echo 1 > "$dir/events/$e/enable" || echo "COLLECTOR-VM: cannot hold tracepoint $e"
     done
 done
-@HOLD_FAULT_EVENTS@ &
 echo "COLLECTOR-VM: kernel $(uname -r); cgroup2 subtree_control: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
 passed=0
 failed=0

@@ -1,6 +1,6 @@
-//! `cargo xtask test --vm`: the root/BPF integration tests in a QEMU guest on another kernel
-//! (Debian's 6.1 LTS by default) with pure cgroup v2 and every controller enabled, which our
-//! hosts (6.18, hybrid cgroups) cannot show.
+//! `cargo xtask test --vm`: the root/BPF integration tests in QEMU guests on Debian's LTS
+//! kernels (5.10, 6.1 and 6.12 by default) with pure cgroup v2 and every controller enabled,
+//! which our hosts (6.18, hybrid cgroups) cannot show.
 
 mod artifacts;
 mod hang;
@@ -14,7 +14,10 @@ use anyhow::{Context as _, bail};
 
 use crate::cmd;
 
-pub const DEFAULT_KERNEL: &str = "6.1";
+/// The kernels the suite runs on by default: the oldest we support (bullseye's 5.10, the first
+/// with everything the probes need: tp_btf, ring buffers, task iterators), bookworm's 6.1 and
+/// trixie's 6.12.
+pub const DEFAULT_KERNELS: &[&str] = &["5.10", "6.1", "6.12"];
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 /// For the scratch disk: the virtio PCI transport, the block driver and ext4 (whose crc32c is
 /// a crypto-API soft dependency, not in its `depends=`).
@@ -29,19 +32,50 @@ pub struct Summary {
     pub total: Duration,
 }
 
-/// Builds, packs, boots and runs; fails unless every test binary passed in the guest.
-pub fn run(kernel_series: &str, test_args: &[String]) -> anyhow::Result<Summary> {
+/// Builds once, then packs, boots and runs the suite on each kernel in turn; fails unless every
+/// test binary passed in every guest (after trying them all, naming each failure).
+pub fn run(kernels: &[String], test_args: &[String]) -> anyhow::Result<Vec<Summary>> {
     for (program, package) in [
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("busybox", "busybox-static"),
         ("mkfs.ext4", "e2fsprogs"),
+        ("xz", "xz-utils"),
     ] {
         if cmd::find(program).is_none() && !Path::new("/usr/sbin").join(program).exists() {
             bail!("{program} not found (Debian: apt-get install {package})");
         }
     }
-    let kernel = kernel::fetch(kernel_series)?;
+    let fetched = kernels
+        .iter()
+        .map(|series| kernel::fetch(series))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let artifacts = artifacts::build()?;
+    let mut summaries = Vec::new();
+    let mut failures = Vec::new();
+    for kernel in &fetched {
+        match run_one(kernel, &artifacts, test_args) {
+            Ok(summary) => summaries.push(summary),
+            Err(e) => {
+                eprintln!("==> VM suite on {} failed: {e:#}", kernel.release);
+                failures.push(format!("{}: {e:#}", kernel.release));
+            }
+        }
+    }
+    if !failures.is_empty() {
+        bail!(
+            "VM suite failed on {} kernel(s):\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
+    Ok(summaries)
+}
+
+fn run_one(
+    kernel: &kernel::Kernel,
+    artifacts: &artifacts::Artifacts,
+    test_args: &[String],
+) -> anyhow::Result<Summary> {
     let work = kernel::cache_dir()?.join("run");
     fs::create_dir_all(&work)?;
 
@@ -65,7 +99,7 @@ pub fn run(kernel_series: &str, test_args: &[String]) -> anyhow::Result<Summary>
         test_args,
         rounds,
     };
-    pack(&initramfs, &artifacts, &modules, &guest)?;
+    pack(&initramfs, artifacts, &modules, &guest)?;
     let disk = work.join("scratch.img");
     make_scratch_disk(&disk)?;
 
@@ -90,14 +124,13 @@ pub fn run(kernel_series: &str, test_args: &[String]) -> anyhow::Result<Summary>
     let runs = artifacts.tests.len() * rounds;
     if outcome.failed > 0 || outcome.passed as usize != runs {
         bail!(
-            "VM suite on {}: {} test binary runs passed, {} failed (of {runs})",
-            kernel.release,
+            "{} test binary runs passed, {} failed (of {runs})",
             outcome.passed,
             outcome.failed,
         );
     }
     Ok(Summary {
-        kernel: kernel.release,
+        kernel: kernel.release.clone(),
         passed: outcome.passed,
         boot: outcome.boot,
         total: outcome.total,
@@ -143,13 +176,7 @@ fn pack(
         .iter()
         .map(|t| path_str(t))
         .collect::<anyhow::Result<_>>()?;
-    let hold_fault_events = artifacts
-        .helpers
-        .iter()
-        .find(|h| h.file_name().is_some_and(|n| n == "hold_fault_events"))
-        .context("the hold_fault_events helper was not built")?;
     let init = include_str!("init.sh")
-        .replace("@HOLD_FAULT_EVENTS@", &path_str(hold_fault_events)?)
         .replace("@MODULES@", &guest_modules.join(" "))
         .replace("@SCRATCH@", &path_str(guest.scratch_mount)?)
         .replace("@ROUNDS@", &guest.rounds.to_string())
