@@ -216,7 +216,7 @@ fn daemonset_runs_the_agent_on_every_node_with_what_it_needs() {
     let sc = &c["securityContext"];
     let mut caps = strings(&sc["capabilities"]["add"]);
     caps.sort();
-    assert_eq!(caps, ["BPF", "PERFMON", "SYS_RESOURCE"]);
+    assert_eq!(caps, ["BPF", "PERFMON", "SYS_RESOURCE", "NET_ADMIN"]);
     assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
     assert_ne!(sc["privileged"], true);
     // bpf_stats needs CAP_SYS_ADMIN and taxes every BPF program on the node: off (the
