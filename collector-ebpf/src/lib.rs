@@ -2,14 +2,16 @@
 //! generation): the drop counters every object keeps, the kernel reads they make, and the
 //! `sched` family's logic.
 #![no_std]
-// The shared run-queue histogram needs an atomic add, which core's atomics do not offer on this
-// target; the intrinsic lowers to BPF's `lock +=` (XADD, every kernel since 4.x).
+// The shared run-queue histogram and the net counters need an atomic add, which core's atomics
+// do not offer on this target; the intrinsic lowers to BPF's `lock +=` (XADD, every kernel since
+// 4.x) when its result is unused.
 #![feature(core_intrinsics)]
 #![expect(
     internal_features,
     reason = "core_intrinsics for atomic_xadd, see above"
 )]
 
+pub mod atomic;
 pub mod counters;
 pub mod kernel;
 pub mod sched;

@@ -15,8 +15,6 @@
 //! on each CPU for user space, which tops up a run still in progress (a CPU hog) from
 //! `/proc/<tid>/schedstat`.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
 use aya_ebpf::{
     Global,
     bindings::BPF_NOEXIST,
@@ -268,7 +266,7 @@ fn record_wait(cgroup_id: u64, wait_ns: u64) {
     // SAFETY: a map value shared by all CPUs, valid for this program's run: counted atomically.
     if let Some(b) = unsafe { (*buckets).buckets.get_mut(bucket) } {
         // SAFETY: an aligned u64 inside the map value.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(b, 1) };
+        unsafe { crate::atomic::add(b, 1) };
     }
 }
 

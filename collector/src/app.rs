@@ -271,7 +271,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         })
         .transpose()?;
 
-    let probe_config = config.probes.clone();
+    let mut probe_config = config.probes.clone();
+    probe_config
+        .cgroup2_root
+        .get_or_insert_with(|| mount.clone());
     let probes = tokio::task::spawn_blocking(move || {
         let probes = Probes::load(&probe_config);
         release_freed_memory();

@@ -216,7 +216,10 @@ fn daemonset_runs_the_agent_on_every_node_with_what_it_needs() {
     let sc = &c["securityContext"];
     let mut caps = strings(&sc["capabilities"]["add"]);
     caps.sort();
-    assert_eq!(caps, ["BPF", "DAC_READ_SEARCH", "PERFMON", "SYS_RESOURCE"]);
+    assert_eq!(
+        caps,
+        ["BPF", "DAC_READ_SEARCH", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"]
+    );
     assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
     assert_ne!(sc["privileged"], true);
     // bpf_stats needs CAP_SYS_ADMIN and taxes every BPF program on the node: off (the

@@ -101,6 +101,8 @@ async fn snapshot_then_updates_with_changes_only() {
             "oom_mark_victim",
             "cgroup_mkdir",
             "cgroup_rmdir",
+            "net_ingress",
+            "net_egress",
             "cri"
         ]
     );
