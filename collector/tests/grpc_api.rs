@@ -103,7 +103,9 @@ async fn snapshot_then_updates_with_changes_only() {
             "cgroup_rmdir",
             "net_ingress",
             "net_egress",
-            "cri"
+            "cri",
+            "cri_stats",
+            "disk_usage"
         ]
     );
     for probe in &snapshot.probes {
