@@ -218,7 +218,13 @@ fn daemonset_runs_the_agent_on_every_node_with_what_it_needs() {
     caps.sort();
     assert_eq!(
         caps,
-        ["BPF", "DAC_READ_SEARCH", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"]
+        [
+            "BPF",
+            "DAC_READ_SEARCH",
+            "NET_ADMIN",
+            "PERFMON",
+            "SYS_RESOURCE"
+        ]
     );
     assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
     assert_ne!(sc["privileged"], true);
