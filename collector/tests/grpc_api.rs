@@ -101,7 +101,9 @@ async fn snapshot_then_updates_with_changes_only() {
             "oom_mark_victim",
             "cgroup_mkdir",
             "cgroup_rmdir",
-            "cri"
+            "cri",
+            "cri_stats",
+            "disk_usage"
         ]
     );
     for probe in &snapshot.probes {
