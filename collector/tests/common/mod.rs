@@ -163,14 +163,19 @@ pub fn cgroupfs_only(mount: &Path) -> ServeConfig {
 
 /// A fixture node: every controller read from the tree, under `node_name`.
 pub async fn start_collector(root: &Path, node_name: &str, listen: SocketAddr) -> Running {
-    app::start(ServeConfig {
+    app::start(collector_config(root, node_name, listen))
+        .await
+        .unwrap()
+}
+
+/// What [`start_collector`] starts.
+pub fn collector_config(root: &Path, node_name: &str, listen: SocketAddr) -> ServeConfig {
+    ServeConfig {
         listen,
         ignore_cgroup1: true,
         node_name: Some(node_name.into()),
         ..cgroupfs_only(root)
-    })
-    .await
-    .unwrap()
+    }
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `limit`.
