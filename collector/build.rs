@@ -63,7 +63,7 @@ fn build_proto() -> anyhow::Result<()> {
 }
 
 /// The binaries of collector-ebpf, one object per probe family (`collector-ebpf/src/bin/`).
-const EBPF_OBJECTS: [&str; 4] = ["sched", "sched_slot", "oom", "lifecycle"];
+const EBPF_OBJECTS: [&str; 5] = ["sched", "sched_slot", "oom", "lifecycle", "net"];
 
 fn build_ebpf() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");

@@ -1,8 +1,11 @@
 //! Collection cost against real cgroups (run by `cargo xtask bench`; needs root).
 //!
 //! `collect_bench cost REPEATS N...`: for each N, creates N cgroups under the cgroup2 mount and
-//! in every v1 hierarchy (as a container runtime does on a hybrid host), 20 of them holding a
-//! live process, then measures in a fresh child process per measurement, the modes alternated:
+//! in every v1 hierarchy (as a container runtime does on a hybrid host), laid out as kubelet's
+//! cgroupfs driver does: N/2 pods (`kubepods/besteffort/pod<uid>`) of one container each, every
+//! container holding a sleeping process (its pod's sandbox, whose network the collector reads)
+//! and 20 of them also a live process that touches memory; then measures in a fresh child
+//! process per measurement, the modes alternated:
 //! - `baseline`: a cAdvisor-style pass, reading and parsing every readable file of every cgroup
 //!   directory of every hierarchy, each pass;
 //! - `cgroupfs`: the collector's sampler with no probes (cgroupfs read every pass) plus the
@@ -71,10 +74,21 @@ fn main() -> anyhow::Result<()> {
 
 // ---- the cgroup tree -------------------------------------------------------------------------
 
-/// N cgroups in cgroup2 and every v1 hierarchy, some with a live process; all removed on drop.
+/// N cgroups in cgroup2 and every v1 hierarchy, shaped as kubelet's pods, each container with a
+/// sleeping process and some with a live one; all removed on drop.
 struct Workload {
     dirs: Vec<PathBuf>,
     live: Vec<Process>,
+}
+
+/// The cgroup of pod `k`'s only container, relative to a hierarchy's bench directory.
+fn container_cgroup(k: usize) -> String {
+    format!("kubepods/besteffort/pod{}/{k:064x}", pod_uid(k))
+}
+
+/// A uid shaped like the API server's, unique per pod.
+fn pod_uid(k: usize) -> String {
+    format!("00000000-0000-4000-8000-{k:012x}")
 }
 
 impl Workload {
@@ -90,6 +104,7 @@ impl Workload {
             live: Vec::new(),
         };
         let parent = format!("collect-bench-{}", std::process::id());
+        let pods = (count / 2).max(1);
         let mut hierarchies = Vec::new();
         for root in roots {
             let dir = root.join(&parent);
@@ -97,10 +112,18 @@ impl Workload {
                 continue; // a named hierarchy we may not write to
             }
             workload.dirs.push(dir.clone());
-            for i in 0..count {
-                let child = dir.join(format!("c{i}"));
-                fs::create_dir(&child).with_context(|| format!("creating {}", child.display()))?;
-                workload.dirs.push(child);
+            for level in ["kubepods", "kubepods/besteffort"] {
+                let d = dir.join(level);
+                fs::create_dir(&d).with_context(|| format!("creating {}", d.display()))?;
+                workload.dirs.push(d);
+            }
+            for k in 0..pods {
+                let container = dir.join(container_cgroup(k));
+                let pod = container.parent().expect("a pod above the container");
+                for d in [pod, container.as_path()] {
+                    fs::create_dir(d).with_context(|| format!("creating {}", d.display()))?;
+                    workload.dirs.push(d.to_path_buf());
+                }
             }
             hierarchies.push(dir);
         }
@@ -108,8 +131,29 @@ impl Workload {
             !hierarchies.is_empty(),
             "could not create any cgroup (root?)"
         );
+        let join = |child: &Process, k: usize| {
+            for dir in &hierarchies {
+                // Join the cgroup in every hierarchy, as a container's process would.
+                let _ = fs::write(
+                    dir.join(container_cgroup(k)).join("cgroup.procs"),
+                    child.0.id().to_string(),
+                );
+            }
+        };
+        for k in 0..pods {
+            let sandbox = Process(
+                Command::new("sleep")
+                    .arg("infinity")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .context("spawning sleep")?,
+            );
+            join(&sandbox, k);
+            workload.live.push(sandbox);
+        }
         let me = std::env::current_exe()?;
-        for k in 0..LIVE_PROCESSES.min(count) {
+        for k in 0..LIVE_PROCESSES.min(pods) {
             let child = Process(
                 Command::new(&me)
                     .arg("idle")
@@ -117,14 +161,7 @@ impl Workload {
                     .stdout(Stdio::null())
                     .spawn()?,
             );
-            let cgroup = format!("c{}", k * count / LIVE_PROCESSES.min(count));
-            for dir in &hierarchies {
-                // Join the cgroup in every hierarchy, as a container's process would.
-                let _ = fs::write(
-                    dir.join(&cgroup).join("cgroup.procs"),
-                    child.0.id().to_string(),
-                );
-            }
+            join(&child, k * pods / LIVE_PROCESSES.min(pods));
             workload.live.push(child);
         }
         Ok((workload, started.elapsed()))
@@ -301,7 +338,7 @@ fn cost(count: usize, repeats: usize) -> anyhow::Result<()> {
     let (workload, created_in) = Workload::create(count)?;
     eprintln!(
         "  {count} cgroups x {} hierarchies created in {:.1} s",
-        workload.dirs.len() / (count + 1),
+        workload.dirs.len() / (count + 3),
         created_in.as_secs_f64()
     );
     // Enough passes to dwarf timer resolution, few enough that 5,000 cgroups stay quick.

@@ -9,6 +9,7 @@ use crate::{
     cgroupfs::CgroupMounts,
     cri::{self, CriSetting},
     export::{ExportMetrics, Exporter, config::ExportConfig},
+    host_scan::{self, ScanConfig, Scanner},
     http,
     net::{
         accept,
@@ -21,7 +22,7 @@ use crate::{
     probes::{ProbeConfig, Probes},
     sampler::{self, Sampler},
     server::{self, CollectorService, ServerStats, chunk},
-    store::{self, StoreHandle},
+    store::{self, StoreHandle, SystemCgroups},
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -57,6 +58,18 @@ pub struct ServeConfig {
     pub cri_refresh: Duration,
     /// Span of the pod and container usage percentiles.
     pub percentile_window: Duration,
+    /// Pace of the runtime's filesystem usage (image fs, writable layers).
+    pub cri_stats_interval: Duration,
+    /// kubelet's root dir: its filesystem is the node fs, and pods/<uid>/ holds volumes and
+    /// etc-hosts. Off by default in the library (tests never see the host's); the CLI defaults
+    /// to /var/lib/kubelet.
+    pub kubelet_root_dir: Option<PathBuf>,
+    /// kubelet's pod logs dir (the CLI's default /var/log/pods).
+    pub pod_logs_dir: Option<PathBuf>,
+    /// Pace of the du walks of volumes, logs and etc-hosts.
+    pub volume_stats_interval: Duration,
+    /// Where kubelet's system containers are, when given.
+    pub system_cgroups: SystemCgroups,
     /// Health turns NOT_SERVING when the newest sample is older than this; `None` derives it
     /// from `base_period` ([`store::stale_after`]).
     pub stale_after: Option<Duration>,
@@ -85,6 +98,11 @@ impl Default for ServeConfig {
             cri: CriSetting::Off,
             cri_refresh: cri::resolver::DEFAULT_REFRESH,
             percentile_window: percentiles::DEFAULT_WINDOW,
+            cri_stats_interval: cri::stats::DEFAULT_STATS_PERIOD,
+            kubelet_root_dir: None,
+            pod_logs_dir: None,
+            volume_stats_interval: host_scan::DEFAULT_PERIOD,
+            system_cgroups: SystemCgroups::default(),
             stale_after: None,
             limits: server::Limits::default(),
             auth: AuthSettings::default(),
@@ -103,6 +121,7 @@ pub struct Running {
     pub http_addr: Option<SocketAddr>,
     pub store: StoreHandle,
     pub server_stats: Arc<ServerStats>,
+    scanner: Option<Scanner>,
     /// The exporters' delivery counters (also on `/metrics`), readable after `stop`.
     pub export_metrics: Option<Arc<ExportMetrics>>,
     store_task: tokio::task::AbortHandle,
@@ -131,6 +150,8 @@ impl Running {
         if let Some(cri) = &self.cri_task {
             cri.abort();
         }
+        // Ends after its current walk; nothing waits on it.
+        drop(self.scanner.take());
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -250,7 +271,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         })
         .transpose()?;
 
-    let probe_config = config.probes.clone();
+    let mut probe_config = config.probes.clone();
+    probe_config
+        .cgroup2_root
+        .get_or_insert_with(|| mount.clone());
     let probes = tokio::task::spawn_blocking(move || {
         let probes = Probes::load(&probe_config);
         release_freed_memory();
@@ -261,12 +285,42 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let probes_since = std::time::SystemTime::now();
     report_probes(&probes);
 
+    // A node without kubelet (a laptop running `cargo xtask run`) has neither directory.
+    let present = |dir: &Option<PathBuf>, flag: &str| {
+        dir.clone().filter(|d| {
+            let exists = d.is_dir();
+            if !exists {
+                tracing::info!(
+                    "{flag} {}: no such directory; its stats are off",
+                    d.display()
+                );
+            }
+            exists
+        })
+    };
+    let kubelet_root_dir = present(&config.kubelet_root_dir, "--kubelet-root-dir");
+    let pod_logs_dir = present(&config.pod_logs_dir, "--pod-logs-dir");
+    let (names, cri_task) = cri::resolver::spawn(
+        config.cri.clone(),
+        config.cri_refresh,
+        config.cri_stats_interval,
+    );
     let sampler = Sampler::new(mount.clone(), &mounts, probes)
-        .with_cgroupfs_interval(config.cgroupfs_interval);
-    let (names, cri_task) = cri::resolver::spawn(config.cri.clone(), config.cri_refresh);
+        .with_cgroupfs_interval(config.cgroupfs_interval)
+        .with_kubelet_root(kubelet_root_dir.clone())
+        .with_names(names.clone());
+    let (disk, scanner) = host_scan::spawn(ScanConfig {
+        kubelet_root: kubelet_root_dir,
+        pod_logs: pod_logs_dir,
+        find_kubelet: config.system_cgroups.kubelet.is_none(),
+        period: config.volume_stats_interval,
+        ..ScanConfig::default()
+    });
     let extras = store::Extras {
         names,
         windows: UsageWindows::new(config.percentile_window),
+        disk,
+        system: config.system_cgroups.clone(),
     };
     let stale_after = config
         .stale_after
@@ -325,6 +379,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         http,
         store,
         server_stats,
+        scanner,
         store_task: store_abort,
         cri_task: cri_abort,
         supervisor,

@@ -49,6 +49,7 @@ pub fn cgroup_stats(c: &CgroupSample, rates: CgroupRates, histograms: bool) -> p
             r
         }),
         ebpf_oom_kills: c.ebpf.oom_kills,
+        ebpf_network: formulas::ebpf_network(&c.ebpf, Some(&rates)),
     }
 }
 
@@ -117,6 +118,7 @@ pub fn collector_stats(
         ebpf_dropped_oom_events: drops.oom_events,
         ebpf_dropped_lifecycle_events: drops.lifecycle_events,
         ebpf_truncated_paths: drops.truncated_paths,
+        ebpf_uncounted_packets: drops.net_inserts,
         ebpf_unattributed_cgroups: sampler.ebpf_unattributed_cgroups,
         ebpf_running_tasks: sampler.ebpf_running_tasks,
         ebpf_maps: maps.iter().map(map_memory).collect(),
@@ -148,6 +150,7 @@ pub fn terminated(t: &Terminated, time_unix_nano: u64) -> proto::TerminatedCgrou
         faults: formulas::ebpf_faults(&t.values, None),
         runq_latency: formulas::runq_latency(&t.values, None),
         oom_kills: t.values.oom_kills,
+        network: formulas::ebpf_network(&t.values, None),
     }
 }
 

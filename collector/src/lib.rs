@@ -18,20 +18,22 @@
 //! | 4 | [`cgroupfs`] | reading and parsing the kernel's cgroup files, v1 and v2 |
 //! | 5 | [`k8s`] | Kubernetes identities from cgroup paths |
 //! | 6 | [`node`] | facts about this node (name, kernel, mounts, CPUs) |
-//! | 7 | [`probes`] | loading the eBPF programs and reading their maps |
-//! | 8 | [`cri`] | pod and container names from the container runtime |
-//! | 9 | [`sampler`] | one pass: cgroupfs and probes merged per cgroup |
-//! | 10 | [`rate`] | counter rates and run-queue windows with kubelet's rules |
-//! | 11 | [`summary`] | the kubelet Summary model and its formulas |
-//! | 12 | [`percentiles`] | sliding-window usage percentiles of pods and containers |
-//! | 13 | [`convert`] | samples -> protobuf records (statuses, stats, events) |
-//! | 14 | [`store`] | the task that owns the samples and publishes snapshots |
-//! | 15 | [`server`] | the gRPC API: Collector, Watch fan-out, health, reflection |
-//! | 16 | [`http`] | kubelet's HTTP endpoints and Prometheus metrics |
-//! | 17 | [`export`] | pushing snapshots to Prometheus remote-write and OTLP receivers |
-//! | 18 | [`aggregate`] | the cluster aggregator fed by many collectors |
-//! | 19 | [`top`] | `collector top`, a client of either |
-//! | 20 | [`app`] | assembling a running collector from its configuration |
+//! | 7 | [`hostfs`] | procfs and filesystem reads: net/dev, statfs, du walks, rlimit |
+//! | 8 | [`probes`] | loading the eBPF programs and reading their maps |
+//! | 9 | [`cri`] | pod and container names, and filesystem usage, from the container runtime |
+//! | 10 | [`host_scan`] | the slow du walks (volumes, logs, etc-hosts) and kubelet's cgroup |
+//! | 11 | [`sampler`] | one pass: cgroupfs and probes merged per cgroup |
+//! | 12 | [`rate`] | counter rates and run-queue windows with kubelet's rules |
+//! | 13 | [`summary`] | the kubelet Summary model and its formulas |
+//! | 14 | [`percentiles`] | sliding-window usage percentiles of pods and containers |
+//! | 15 | [`convert`] | samples -> protobuf records (statuses, stats, events) |
+//! | 16 | [`store`] | the task that owns the samples and publishes snapshots |
+//! | 17 | [`server`] | the gRPC API: Collector, Watch fan-out, health, reflection |
+//! | 18 | [`http`] | kubelet's HTTP endpoints and Prometheus metrics |
+//! | 19 | [`export`] | pushing snapshots to Prometheus remote-write and OTLP receivers |
+//! | 20 | [`aggregate`] | the cluster aggregator fed by many collectors |
+//! | 21 | [`top`] | `collector top`, a client of either |
+//! | 22 | [`app`] | assembling a running collector from its configuration |
 
 pub mod aggregate;
 pub mod app;
@@ -39,6 +41,8 @@ pub mod cgroupfs;
 pub mod convert;
 pub mod cri;
 pub mod export;
+pub mod host_scan;
+pub mod hostfs;
 pub mod http;
 pub mod k8s;
 pub mod net;

@@ -12,6 +12,7 @@ use tokio::sync::{Notify, watch};
 use crate::{
     convert,
     cri::CriNames,
+    host_scan::{DiskScan, RoundFigures},
     node::NodeInfo,
     percentiles::UsageWindows,
     probes::{MapMemory, ProbeStatus, ProgramRunStats},
@@ -21,7 +22,7 @@ use crate::{
         cgroup::{RateState, rates_since},
     },
     sampler::{Sample, Sampler, SamplerStats},
-    summary,
+    summary::{self, Inputs},
     unix_time::unix_nanos,
 };
 
@@ -112,6 +113,8 @@ pub struct Snapshot {
     pub pods: Vec<proto::PodStats>,
     /// Each probe program's run count and time (bpf_stats).
     pub program_stats: Vec<ProgramRunStats>,
+    /// How the slow disk scans' last round went.
+    pub disk_scan: RoundFigures,
     /// Kernel memory of the probes' maps (fixed at load).
     pub maps: Arc<[MapMemory]>,
     /// Removals and OOM kills of recent samples, each tagged with its snapshot's `seq`, so a
@@ -258,10 +261,13 @@ fn unnamed_containers(pods: &[proto::PodStats]) -> impl Iterator<Item = &str> {
         .map(|c| c.container_id.as_str())
 }
 
-/// The probes' statuses and the CRI names' status, in one list for every reader.
-fn statuses(sampler: &Sampler, names: &CriNames) -> Vec<ProbeStatus> {
+/// The probes' statuses, the runtime's (names, filesystem usage) and the disk scans', in one
+/// list for every reader.
+fn statuses(sampler: &Sampler, extras: &Extras) -> Vec<ProbeStatus> {
     let mut statuses = sampler.probes().statuses();
-    statuses.push(names.status());
+    statuses.push(extras.names.status());
+    statuses.push(extras.names.fs_status());
+    statuses.push(extras.disk.status());
     statuses
 }
 
@@ -270,12 +276,51 @@ fn lock(m: &Mutex<Intervals>) -> std::sync::MutexGuard<'_, Intervals> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// What the store adds to each summary beyond the sample; it owns both.
+/// What the store adds to each summary beyond the sample.
 pub struct Extras {
-    /// Pod and container names from the runtime (CRI).
+    /// Pod and container names and filesystem usage from the runtime (CRI).
     pub names: Arc<CriNames>,
     /// Sliding-window percentiles of pod and container usage.
     pub windows: UsageWindows,
+    /// Volumes, logs and etc-hosts (du walks) and the kubelet process.
+    pub disk: Arc<DiskScan>,
+    /// Where kubelet's system containers are, when given (else found).
+    pub system: SystemCgroups,
+}
+
+/// kubelet's `--kubelet-cgroups`, `--runtime-cgroups` and `--system-cgroups`. Without the first
+/// two the kubelet's and the runtime's cgroups are found (the kubelet process, the CRI socket's
+/// peer); the "misc" container exists only when named.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SystemCgroups {
+    pub kubelet: Option<String>,
+    pub runtime: Option<String>,
+    pub misc: Option<String>,
+}
+
+impl Extras {
+    /// The Summary's inputs as of now.
+    fn inputs(&self) -> Inputs {
+        let disk = self.disk.table();
+        let kubelet = disk.kubelet.as_ref();
+        Inputs {
+            names: self.names.table(),
+            runtime_fs: self.names.runtime_fs(),
+            kubelet_cgroup: self
+                .system
+                .kubelet
+                .clone()
+                .or_else(|| kubelet.map(|k| k.cgroup.clone())),
+            kubelet_start: kubelet.and_then(|k| k.start_unix_nano),
+            runtime_cgroup: self
+                .system
+                .runtime
+                .clone()
+                .or_else(|| self.names.runtime_cgroup()),
+            misc_cgroup: self.system.misc.clone(),
+            disk,
+        }
+    }
 }
 
 /// Starts the store task. `base_period` is the pace without faster subscribers; health is stale
@@ -349,9 +394,9 @@ async fn run(
                     failing = 0;
                 }
                 let rates = rates_since(&mut previous, &sample);
-                let names = &extras.names;
-                let (node_stats, mut pods) = summary::build(&sample, &rates, &node, &names.table());
-                names.request(unnamed_containers(&pods));
+                let inputs = extras.inputs();
+                let (node_stats, mut pods) = summary::build(&sample, &rates, &node, &inputs);
+                extras.names.request(unnamed_containers(&pods));
                 extras.windows.observe(&mut pods, unix_nanos(sample.wall));
                 if !sample.terminated.is_empty() || !sample.oom_kills.is_empty() {
                     Arc::make_mut(&mut recent).push(seq, &sample);
@@ -359,12 +404,13 @@ async fn run(
                 let snapshot = Snapshot {
                     records: Default::default(),
                     program_stats: sampler.probes().run_stats(),
+                    disk_scan: inputs.disk.figures,
                     maps: maps.clone(),
                     recent: recent.clone(),
                     seq,
                     sample,
                     rates,
-                    probes: statuses(&sampler, &extras.names),
+                    probes: statuses(&sampler, &extras),
                     stats: sampler.stats,
                     node_stats,
                     pods,
@@ -425,9 +471,15 @@ mod tests {
         let sampler = Sampler::new(dir.path().into(), &CgroupMounts::default(), probes);
         let node = NodeInfo::discover(CgroupMounts::default(), Some("n".into()));
         let extras = Extras {
-            names: crate::cri::resolver::spawn(crate::cri::CriSetting::Off, Duration::from_secs(1))
-                .0,
+            names: crate::cri::resolver::spawn(
+                crate::cri::CriSetting::Off,
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+            )
+            .0,
             windows: UsageWindows::new(crate::percentiles::DEFAULT_WINDOW),
+            disk: DiskScan::disabled(),
+            system: SystemCgroups::default(),
         };
         let period = Duration::from_millis(50);
         let (store, task) = spawn(sampler, node, extras, period, Duration::from_secs(5));

@@ -216,7 +216,16 @@ fn daemonset_runs_the_agent_on_every_node_with_what_it_needs() {
     let sc = &c["securityContext"];
     let mut caps = strings(&sc["capabilities"]["add"]);
     caps.sort();
-    assert_eq!(caps, ["BPF", "PERFMON", "SYS_RESOURCE"]);
+    assert_eq!(
+        caps,
+        [
+            "BPF",
+            "DAC_READ_SEARCH",
+            "NET_ADMIN",
+            "PERFMON",
+            "SYS_RESOURCE"
+        ]
+    );
     assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
     assert_ne!(sc["privileged"], true);
     // bpf_stats needs CAP_SYS_ADMIN and taxes every BPF program on the node: off (the
@@ -246,9 +255,23 @@ fn daemonset_runs_the_agent_on_every_node_with_what_it_needs() {
         .iter()
         .map(|m| m["mountPath"].as_str().unwrap().to_owned())
         .collect();
-    for path in ["/sys/fs/cgroup", "/sys/kernel/btf"] {
+    for path in [
+        "/sys/fs/cgroup",
+        "/sys/kernel/btf",
+        "/var/lib/kubelet",
+        "/var/log/pods",
+        "/var/lib/containerd",
+    ] {
         assert!(mounted.iter().any(|m| m == path), "{path} not mounted");
     }
+    // Volumes kubelet mounts after the collector started reach it too.
+    let kubelet = c["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == "/var/lib/kubelet")
+        .unwrap();
+    assert_eq!(kubelet["mountPropagation"], "HostToContainer");
     // Nothing the collector does not use: no bpffs (nothing is pinned), no tracefs (tp_btf and
     // perf events need none), not the runtime's whole directory (the full containerd API and
     // the shims' sockets are there).

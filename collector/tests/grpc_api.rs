@@ -101,15 +101,19 @@ async fn snapshot_then_updates_with_changes_only() {
             "oom_mark_victim",
             "cgroup_mkdir",
             "cgroup_rmdir",
-            "cri"
+            "net_ingress",
+            "net_egress",
+            "cri",
+            "cri_stats",
+            "disk_usage"
         ]
     );
     for probe in &snapshot.probes {
         assert_eq!(probe.state(), State::Unsupported, "{probe:?}");
-        let flag = if probe.name == "cri" {
-            "--cri-socket off"
-        } else {
-            "--no-ebpf"
+        let flag = match probe.name.as_str() {
+            "cri" | "cri_stats" => "--cri-socket off",
+            "disk_usage" => "--kubelet-root-dir",
+            _ => "--no-ebpf",
         };
         assert!(probe.reason.contains(flag), "{probe:?}");
     }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use collector::app::{self, Running, ServeConfig};
-use common::{cgroupfs_only, eventually, http_get, node_tree, try_http_get};
+use common::{cgroupfs_only, eventually, http_get, http_post_form, node_tree, try_http_get};
 use serde_json::Value;
 
 const POD_UID: &str = "11111111-2222-3333-4444-555555555555";
@@ -53,10 +53,25 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// The fixture's container, given a swap limit (memory.swap.max) and some swap in use.
+const SWAP_MAX: u64 = 64 << 20;
+const SWAP_USED: u64 = 40_960;
+
+fn with_swap(root: &Path) -> &Path {
+    let container = root.join(format!("kubepods/burstable/pod{POD_UID}/{CONTAINER}"));
+    std::fs::write(container.join("memory.swap.max"), format!("{SWAP_MAX}\n")).unwrap();
+    std::fs::write(
+        container.join("memory.swap.current"),
+        format!("{SWAP_USED}\n"),
+    )
+    .unwrap();
+    root
+}
+
 #[tokio::test]
 async fn metrics_resource_has_kubelets_names_labels_and_the_fixtures_values() {
     let dir = tempfile::tempdir().unwrap();
-    let (running, http) = start(&node_tree(dir.path())).await;
+    let (running, http) = start(with_swap(&node_tree(dir.path()))).await;
     let (status, body) = http_get(http, "/metrics/resource").await;
     assert_eq!(status, 200);
 
@@ -78,8 +93,15 @@ async fn metrics_resource_has_kubelets_names_labels_and_the_fixtures_values() {
         &format!("container_memory_working_set_bytes{container}"),
     );
     assert_eq!(ws, 26_214_400.0);
+    // kubelet sends the start time without a timestamp (an old one would be out of bounds).
     let (start, start_ts) = sample(&body, &format!("container_start_time_seconds{container}"));
-    assert!(start > 1e9 && start_ts == Some((start * 1000.0) as i64));
+    assert!(start > 1e9 && start_ts.is_none(), "{start} {start_ts:?}");
+    // kubelet's swap limit: available + usage, i.e. memory.swap.max.
+    let (limit, limit_ts) = sample(&body, &format!("container_swap_limit_bytes{container}"));
+    assert_eq!(limit, SWAP_MAX as f64);
+    assert!(limit_ts.is_some(), "stamped with the reading's time");
+    let (used, _) = sample(&body, &format!("container_swap_usage_bytes{container}"));
+    assert_eq!(used, SWAP_USED as f64);
     let pod = format!("{{namespace=\"\",pod=\"{POD_UID}\"}}");
     assert_eq!(
         sample(&body, &format!("pod_cpu_usage_seconds_total{pod}")).0,
@@ -96,6 +118,7 @@ async fn metrics_resource_has_kubelets_names_labels_and_the_fixtures_values() {
         "# HELP container_cpu_usage_seconds_total [STABLE] Cumulative cpu time consumed by the container in core-seconds",
         "# TYPE container_cpu_usage_seconds_total counter",
         "# TYPE container_memory_working_set_bytes gauge",
+        "# HELP container_swap_limit_bytes [ALPHA] Current amount of the container swap limit in bytes. Reported only on non-windows systems",
         "# TYPE pod_cpu_usage_seconds_total counter",
         "# TYPE node_cpu_usage_seconds_total counter",
         "# TYPE resource_scrape_error gauge",
@@ -128,6 +151,8 @@ async fn stats_summary_is_kubelets_json() {
         "not RFC 3339 seconds: {time}"
     );
     let pod = find_pod(&summary, POD_UID);
+    // No runtime to name it: the name stays empty (kubelet never puts the uid there).
+    assert_eq!(pod["podRef"]["name"], "");
     assert_eq!(pod["cpu"]["usageCoreNanoSeconds"], 1_000_000_000u64);
     assert_eq!(pod["memory"]["workingSetBytes"], 26_214_400u64);
     let container = &pod["containers"][0];
@@ -154,9 +179,26 @@ async fn stats_summary_is_kubelets_json() {
         900_000_000u64
     );
 
-    let (status, body) = http_get(http, "/stats/summary?only_cpu_and_memory=yes").await;
-    assert_eq!(status, 400);
-    assert!(body.contains("only_cpu_and_memory"), "{body}");
+    // kubelet keeps the node's swap when trimming.
+    let node: Vec<&String> = slim["node"].as_object().unwrap().keys().collect();
+    assert!(slim["node"].get("swap").is_some(), "{node:?}");
+
+    // kubelet trims only on exactly "true": anything else is the full summary, never a 400.
+    for query in ["yes", "1", "TRUE", "true&only_cpu_and_memory=true"] {
+        let (status, body) =
+            http_get(http, &format!("/stats/summary?only_cpu_and_memory={query}")).await;
+        assert_eq!(status, 200, "{query}: {body}");
+        let full: Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            find_pod(&full, POD_UID).get("process_stats").is_some(),
+            "{query}"
+        );
+    }
+    // POST too, with the flag in a form body.
+    let (status, body) = http_post_form(http, "/stats/summary", "only_cpu_and_memory=true").await;
+    assert_eq!(status, 200, "{body}");
+    let posted: Value = serde_json::from_str(&body).unwrap();
+    assert!(find_pod(&posted, POD_UID).get("process_stats").is_none());
     running.stop().await.unwrap();
 }
 
@@ -203,7 +245,7 @@ fn tool(name: &str) -> String {
 async fn promtool_accepts_both_expositions() {
     let promtool = tool("promtool");
     let dir = tempfile::tempdir().unwrap();
-    let (running, http) = start(&node_tree(dir.path())).await;
+    let (running, http) = start(with_swap(&node_tree(dir.path()))).await;
     for path in ["/metrics/resource", "/metrics"] {
         let (_, body) = http_get(http, path).await;
         let mut child = Command::new(&promtool)
@@ -245,7 +287,7 @@ impl Drop for Prometheus {
 async fn a_real_prometheus_scrapes_both_endpoints() {
     let prometheus = tool("prometheus");
     let dir = tempfile::tempdir().unwrap();
-    let (running, http) = start(&node_tree(dir.path())).await;
+    let (running, http) = start(with_swap(&node_tree(dir.path()))).await;
     let web = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -303,6 +345,23 @@ async fn a_real_prometheus_scrapes_both_endpoints() {
         .expect("the fixture container");
     assert_eq!(ours["metric"]["pod"], POD_UID);
     assert_eq!(ours["value"][1], "0.9");
+    // Stored, not rejected: the start time (no timestamp) and the swap limit.
+    for (family, check) in [
+        ("container_swap_limit_bytes", Some(SWAP_MAX.to_string())),
+        ("container_start_time_seconds", None),
+    ] {
+        let found = eventually(Duration::from_secs(30), family, || async move {
+            query(family).await
+        })
+        .await;
+        let ours = found
+            .iter()
+            .find(|r| r["metric"]["container"] == CONTAINER)
+            .unwrap_or_else(|| panic!("{family}: {found:?}"));
+        if let Some(value) = check {
+            assert_eq!(ours["value"][1], value.as_str(), "{family}");
+        }
+    }
     let passes = eventually(
         Duration::from_secs(30),
         "own metrics in Prometheus",

@@ -64,6 +64,7 @@ fn summarize(
         program_stats: Vec::new(),
         maps: Vec::new().into(),
         recent: Default::default(),
+        disk_scan: Default::default(),
     };
     (node_stats, pods, snap)
 }
@@ -109,6 +110,19 @@ fn v2_systemd_node_stats() {
     assert_eq!((io.read_bytes, io.write_bytes), (Some(4000), Some(6000)));
     assert_eq!((io.read_ops, io.write_ops), (Some(40), Some(60)));
     assert_eq!(node.process_stats.unwrap().process_count, Some(3));
+    // /proc/1/net/dev: lo, veth* and docker* left out; no eth0, so no default interface.
+    let net = node.network.unwrap();
+    let names: Vec<&str> = net.interfaces.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["ens5", "cni0"]);
+    assert_eq!(net.default_interface, None);
+    assert_eq!(net.interfaces[0].rx_bytes, Some(9_188_465_332));
+    let rlimit = node.rlimit.unwrap();
+    assert_eq!(
+        (rlimit.max_pid, rlimit.cur_proc),
+        (Some(192_730), Some(1834))
+    );
+    assert_eq!(node.fs, None, "no kubelet root dir given");
+    assert_eq!(node.runtime, None, "no runtime");
     assert_eq!(
         node.ebpf, None,
         "no probes: eBPF absent, never filled from cgroupfs"
@@ -154,11 +168,26 @@ fn v2_systemd_burstable_pod_with_two_containers() {
         (io.read_bytes, io.write_bytes, io.read_ops),
         (Some(8192), Some(8192), Some(2))
     );
+    // kubelet's process count is the containers' sum (2 + 1); tasks are the pod cgroup's own.
     let procs = pod.process_stats.unwrap();
     assert_eq!(
         (procs.process_count, procs.task_count, procs.task_limit),
-        (Some(0), Some(12), None)
+        (Some(3), Some(12), None)
     );
+    // The pod's network namespace, read through its first process (pid 101): lo left out,
+    // eth0 the default interface.
+    let net = pod
+        .network
+        .as_ref()
+        .expect("pod network from proc/101/net/dev");
+    let names: Vec<&str> = net.interfaces.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["eth0"]);
+    let eth0 = net.default_interface.as_ref().unwrap();
+    assert_eq!(
+        (eth0.rx_bytes, eth0.rx_errors, eth0.tx_bytes, eth0.tx_errors),
+        (Some(123_456_789), Some(3), Some(987_654_321), Some(1))
+    );
+    assert_eq!((eth0.rx_packets, eth0.rx_dropped), (Some(98_765), Some(7)));
 
     assert_eq!(pod.containers.len(), 2);
     let a = &pod.containers[0];
@@ -203,8 +232,15 @@ fn v2_systemd_guaranteed_and_besteffort_pods() {
     assert_eq!(m.psi, None);
     assert_eq!(g.cpu.unwrap().psi, None);
     assert_eq!(g.swap.unwrap().swap_usage_bytes, None);
-    // crio-conmon is part of the pod, not a container.
+    // crio-conmon is part of the pod, not a container: neither listed nor counted.
     assert_eq!(g.containers.len(), 1);
+    assert_eq!(g.process_stats.unwrap().process_count, Some(1));
+    let net = g.network.as_ref().unwrap();
+    assert_eq!(net.interfaces.len(), 2, "eth0 and net1");
+    assert_eq!(
+        net.default_interface.as_ref().unwrap().tx_bytes,
+        Some(60_000)
+    );
     assert_eq!(g.containers[0].runtime, "cri-o");
     assert_eq!(g.containers[0].container_id, "c".repeat(64));
 
@@ -213,6 +249,10 @@ fn v2_systemd_guaranteed_and_besteffort_pods() {
     assert_eq!(be.containers.len(), 1);
     assert_eq!(be.containers[0].runtime, "docker");
     assert_eq!(be.memory.unwrap().working_set_bytes, Some(15 * MIB));
+    assert_eq!(
+        be.network, None,
+        "no net/dev for its processes: absent, not zero"
+    );
 }
 
 #[test]

@@ -1,6 +1,10 @@
 //! A private containerd for tests: its own socket, root and state directory, the native
 //! snapshotter (works on any filesystem), and a sandbox image built here from busybox-static,
 //! since nothing can be pulled. Everything it started is killed and removed on drop.
+//!
+//! Pods with their own network namespace need a CNI plugin: [`Veth`] installs two small shell
+//! plugins (iproute2 and nsenter) that give each sandbox `lo` and an `eth0` whose veth peer
+//! sits in the host's namespace with a /30 of its own.
 
 use std::{
     fs,
@@ -24,6 +28,29 @@ pub struct Containerd {
     pub socket: PathBuf,
 }
 
+/// The network the veth plugin gives a sandbox: `eth0` at `pod_ip`/30 in its namespace,
+/// `host_if` at `host_ip`/30 in the host's.
+#[derive(Debug, Clone)]
+pub struct Veth {
+    pub host_if: String,
+    pub host_ip: String,
+    pub pod_ip: String,
+}
+
+impl Veth {
+    /// Names and addresses unique to this test process.
+    pub fn for_this_process() -> Self {
+        let pid = std::process::id();
+        // veth* is an interface kubelet leaves out of the node's network, as it should here.
+        let subnet = (pid % 60) * 4;
+        Self {
+            host_if: format!("veth-ct{}", pid % 100_000),
+            host_ip: format!("10.213.{}.{}", (pid / 60) % 250, subnet + 1),
+            pod_ip: format!("10.213.{}.{}", (pid / 60) % 250, subnet + 2),
+        }
+    }
+}
+
 /// Set to keep containerd's directory (config, log, state, OCI specs) after the test.
 const KEEP_ENV: &str = "COLLECTOR_KEEP_CONTAINERD";
 
@@ -31,7 +58,16 @@ impl Containerd {
     /// Starts containerd and waits for its socket. `Err` says why it could not start (missing
     /// binaries, or containerd's own last log lines).
     pub fn start() -> Result<Self, String> {
-        for tool in ["containerd", "containerd-shim-runc-v2", "runc", "ctr"] {
+        Self::start_with(None)
+    }
+
+    /// [`Containerd::start`], with sandboxes networked by the veth plugin when given.
+    pub fn start_with(veth: Option<&Veth>) -> Result<Self, String> {
+        let mut tools = vec!["containerd", "containerd-shim-runc-v2", "runc", "ctr"];
+        if veth.is_some() {
+            tools.extend(["ip", "nsenter"]);
+        }
+        for tool in tools {
             which(tool).ok_or_else(|| {
                 format!("{tool} not found (Debian: apt-get install containerd runc)")
             })?;
@@ -54,6 +90,9 @@ impl Containerd {
         let socket = dir.path().join("containerd.sock");
         let config = dir.path().join("config.toml");
         fs::write(&config, config_toml(dir.path(), &socket)).map_err(|e| e.to_string())?;
+        if let Some(veth) = veth {
+            install_cni(dir.path(), veth).map_err(|e| format!("installing the CNI plugin: {e}"))?;
+        }
         let log = fs::File::create(dir.path().join("containerd.log")).map_err(|e| e.to_string())?;
         let child = Command::new("containerd")
             .arg("--config")
@@ -117,6 +156,17 @@ impl Containerd {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The network namespace the veth plugin last set up (its path, e.g. /var/run/netns/cni-…).
+    pub fn netns(&self) -> Option<PathBuf> {
+        let text = fs::read_to_string(self.dir.path().join("netns-path")).ok()?;
+        Some(PathBuf::from(text.trim()))
+    }
+
+    /// containerd's root directory (where its snapshotters keep their data).
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
     /// The last lines of containerd's log, for failure messages.
     pub fn log_tail(&self) -> String {
         let mut text = String::new();
@@ -171,6 +221,72 @@ state = "{d}/state"
 "#,
         socket = socket.display()
     )
+}
+
+/// The CNI configuration and two plugins: `loopback`, which containerd always runs first, and
+/// the veth plugin for the pod network.
+fn install_cni(dir: &Path, veth: &Veth) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bin = dir.join("cni-bin");
+    let conf = dir.join("cni-conf");
+    fs::create_dir_all(&bin)?;
+    fs::create_dir_all(&conf)?;
+    fs::write(
+        conf.join("10-collector-test.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"collector-test","plugins":[{"type":"collector-test-veth"}]}"#,
+    )?;
+    let Veth {
+        host_if,
+        host_ip,
+        pod_ip,
+    } = veth;
+    let record = dir.join("netns-path");
+    let in_pod = r#"nsenter --net="$CNI_NETNS""#;
+    let plugins = [
+        (
+            "loopback",
+            format!(
+                r#"#!/bin/sh
+case "$CNI_COMMAND" in
+VERSION) echo '{{"cniVersion":"0.3.1","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0"]}}' ;;
+ADD) cat >/dev/null; {in_pod} ip link set lo up || exit 1
+  printf '{{"cniVersion":"0.3.1","interfaces":[{{"name":"lo","sandbox":"%s"}}],"ips":[{{"version":"4","address":"127.0.0.1/8","interface":0}}],"dns":{{}}}}' "$CNI_NETNS" ;;
+*) cat >/dev/null; exit 0 ;;
+esac
+"#
+            ),
+        ),
+        (
+            "collector-test-veth",
+            format!(
+                r#"#!/bin/sh
+fail() {{ printf '{{"cniVersion":"1.0.0","code":999,"msg":"%s"}}' "$1"; exit 1; }}
+case "$CNI_COMMAND" in
+VERSION) echo '{{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}}' ;;
+ADD) cat >/dev/null
+  echo "$CNI_NETNS" > {record}
+  {in_pod} ip link add eth0 type veth peer name {host_if} netns 1 || fail "veth pair"
+  {in_pod} sysctl -qw net.ipv6.conf.eth0.disable_ipv6=1
+  {in_pod} ip addr add {pod_ip}/30 dev eth0 || fail "pod address"
+  {in_pod} ip link set eth0 up || fail "eth0 up"
+  ip addr add {host_ip}/30 dev {host_if} || fail "host address"
+  sysctl -qw net.ipv6.conf.{host_if}.disable_ipv6=1
+  ip link set {host_if} up || fail "host end up"
+  printf '{{"cniVersion":"1.0.0","interfaces":[{{"name":"eth0","sandbox":"%s"}}],"ips":[{{"address":"{pod_ip}/30","interface":0}}]}}' "$CNI_NETNS" ;;
+DEL) cat >/dev/null; ip link del {host_if} 2>/dev/null; exit 0 ;;
+*) cat >/dev/null; exit 0 ;;
+esac
+"#,
+                record = record.display()
+            ),
+        ),
+    ];
+    for (name, script) in plugins {
+        let path = bin.join(name);
+        fs::write(&path, script)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
 }
 
 /// An OCI image layout archive: one layer holding busybox and the applets the tests call.

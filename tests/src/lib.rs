@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 pub mod containerd;
+pub mod cri;
 pub mod watch;
 pub mod workload;
 
@@ -276,13 +277,28 @@ pub fn relative_diff(a: u64, b: u64, reference: u64) -> f64 {
 /// Drops every capability of the calling thread (Linux capabilities are per thread), so the
 /// thread behaves like an unprivileged agent even when the test runs as root.
 pub fn drop_thread_capabilities() -> io::Result<()> {
+    keep_thread_capabilities(&[])
+}
+
+/// Capability numbers (linux/capability.h) the DaemonSet grants or may grant.
+pub mod cap {
+    pub const NET_ADMIN: u32 = 12;
+    pub const SYS_RESOURCE: u32 = 24;
+    pub const PERFMON: u32 = 38;
+    pub const BPF: u32 = 39;
+}
+
+/// Leaves the calling thread with `keep` (effective and permitted), like a container granted only
+/// those; a capability the test process itself lacks stays absent (a sandbox may withhold
+/// CAP_SYS_RESOURCE, which kernels since 5.11 no longer need for BPF memory).
+pub fn keep_thread_capabilities(keep: &[u32]) -> io::Result<()> {
     #[repr(C)]
     struct Header {
         version: u32,
         pid: i32,
     }
     #[repr(C)]
-    #[derive(Clone, Copy)]
+    #[derive(Clone, Copy, Default)]
     struct Data {
         effective: u32,
         permitted: u32,
@@ -293,11 +309,18 @@ pub fn drop_thread_capabilities() -> io::Result<()> {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
     };
-    let data = [Data {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
+    let mut held = [Data::default(); 2];
+    // SAFETY: capget with a v3 header and room for two data words, as the ABI requires.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, held.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut data = [Data::default(); 2];
+    for &c in keep {
+        let (word, bit) = ((c / 32) as usize, 1 << (c % 32));
+        data[word].effective |= bit & held[word].permitted;
+        data[word].permitted |= bit & held[word].permitted;
+    }
     // SAFETY: capset with a v3 header and two data words, as the ABI requires.
     let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
     if rc != 0 {

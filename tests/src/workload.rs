@@ -290,11 +290,16 @@ impl Process {
 
     /// Waits for the line the workload prints when its work is done (`hold`, `touch_file`).
     pub fn ready(&mut self) -> anyhow::Result<()> {
+        self.read_line().map(drop)
+    }
+
+    /// The next line the workload prints, without its newline (`udp recv` prints its port).
+    pub fn read_line(&mut self) -> anyhow::Result<String> {
         let stdout = self.stdout.as_mut().context("stdout not piped")?;
         let mut line = String::new();
         stdout.read_line(&mut line)?;
-        anyhow::ensure!(!line.is_empty(), "workload exited before it was ready");
-        Ok(())
+        anyhow::ensure!(!line.is_empty(), "workload exited before it printed a line");
+        Ok(line.trim_end().to_owned())
     }
 
     /// Closes its stdin (which ends the `hold`-style workloads) and waits for it.

@@ -4,35 +4,23 @@
 //! runtime (on demand, not by waiting for the periodic re-list), leave the sandbox out as
 //! kubelet does, and report CPU time that matches the container cgroup's own counter.
 
-use std::{
-    collections::HashMap,
-    fs,
-    path::Path,
-    time::{Duration, Instant, SystemTime},
-};
+#[path = "cri_containerd/storage.rs"]
+mod storage;
+
+use std::{fs, path::Path, time::Duration, time::SystemTime};
 
 use collector::{
     app::ServeConfig,
-    cri::{
-        CriSetting,
-        endpoint::{self, Client},
-        names::{CONTAINER_NAME_LABEL, POD_NAME_LABEL, POD_NAMESPACE_LABEL, POD_UID_LABEL},
-        proto::{
-            ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec,
-            LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-            PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
-            StartContainerRequest, StopPodSandboxRequest,
-        },
-    },
-    proto::{GetSummaryRequest, PodStats, collector_client::CollectorClient},
+    cri::{CriSetting, proto::NamespaceMode},
+    proto::GetSummaryRequest,
 };
 use collector_integration_tests::{
     can_run, cgroup2_mount,
-    containerd::{Containerd, IMAGE},
+    containerd::Containerd,
+    cri::{self, PodCgroups, PodSpec, http_get, stop_pod, wait_for},
     skip,
     watch::{start_local, unix_ns},
 };
-use tonic::transport::Channel;
 
 const TEST: &str = "containerd_pod_is_named_from_cri_with_its_cpu";
 const POD: &str = "cpu-burner";
@@ -44,6 +32,7 @@ async fn containerd_pod_is_named_from_cri_with_its_cpu() {
     if !can_run(TEST) {
         return;
     }
+    let _turn = cri::ONE_CONTAINERD_AT_A_TIME.lock().await;
     let containerd = match Containerd::start() {
         Ok(c) => c,
         Err(why) => return skip(TEST, &format!("containerd cannot start: {why}")),
@@ -64,13 +53,18 @@ async fn containerd_pod_is_named_from_cri_with_its_cpu() {
     .await;
     let http = running.http_addr.expect("HTTP on");
 
-    let uid = fresh_uid();
-    let _cgroups = PodCgroups(format!("kubepods/besteffort/pod{uid}"));
-    let mut cri = endpoint::connect(&containerd.socket).await.unwrap();
-    let sandbox_id = run_pod(&mut cri, &uid)
+    // Host network: no CNI plugin needed.
+    let spec = PodSpec::new(POD, NAMESPACE, NamespaceMode::Node, None);
+    let uid = spec.uid.clone();
+    let _cgroups = PodCgroups(spec.cgroup_parent());
+    let mut cri = cri::connect(&containerd.socket).await.runtime;
+    let sandbox_id = spec
+        .run(&mut cri)
         .await
         .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", containerd.log_tail()));
-    let container_id = run_burner(&mut cri, &sandbox_id, &uid)
+    let burner = ["/bin/sh", "-c", "while :; do :; done"];
+    let container_id = spec
+        .start_container(&mut cri, &sandbox_id, CONTAINER, &burner)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", containerd.log_tail()));
 
@@ -175,142 +169,6 @@ async fn containerd_pod_is_named_from_cri_with_its_cpu() {
     running.stop().await.unwrap();
 }
 
-async fn run_pod(cri: &mut Client, uid: &str) -> Result<String, tonic::Status> {
-    Ok(cri
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sandbox_config(uid)),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id)
-}
-
-async fn run_burner(cri: &mut Client, sandbox_id: &str, uid: &str) -> Result<String, String> {
-    let mut labels = pod_labels(uid);
-    labels.insert(CONTAINER_NAME_LABEL.into(), CONTAINER.into());
-    let id = cri
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: sandbox_id.into(),
-            config: Some(ContainerConfig {
-                metadata: Some(ContainerMetadata {
-                    name: CONTAINER.into(),
-                    attempt: 0,
-                }),
-                image: Some(ImageSpec {
-                    image: IMAGE.into(),
-                    ..Default::default()
-                }),
-                command: ["/bin/sh", "-c", "while :; do :; done"]
-                    .map(String::from)
-                    .to_vec(),
-                labels,
-                log_path: format!("{CONTAINER}.log"),
-                ..Default::default()
-            }),
-            sandbox_config: Some(sandbox_config(uid)),
-        })
-        .await
-        .map_err(|e| format!("CreateContainer: {e}"))?
-        .into_inner()
-        .container_id;
-    cri.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .map_err(|e| format!("StartContainer: {e}"))?;
-    Ok(id)
-}
-
-async fn stop_pod(cri: &mut Client, sandbox_id: &str) {
-    let id = sandbox_id.to_owned();
-    cri.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: id.clone(),
-    })
-    .await
-    .unwrap();
-    cri.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
-        .await
-        .unwrap();
-}
-
-/// What kubelet sends for a besteffort pod with the cgroupfs driver, host network (no CNI here).
-fn sandbox_config(uid: &str) -> PodSandboxConfig {
-    let dir = std::env::temp_dir().join(format!("collector-cri-logs-{uid}"));
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: POD.into(),
-            uid: uid.into(),
-            namespace: NAMESPACE.into(),
-            attempt: 0,
-        }),
-        log_directory: dir.display().to_string(),
-        labels: pod_labels(uid),
-        linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: format!("/kubepods/besteffort/pod{uid}"),
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Node as i32,
-                    pid: NamespaceMode::Pod as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn pod_labels(uid: &str) -> HashMap<String, String> {
-    [
-        (POD_NAME_LABEL, POD),
-        (POD_NAMESPACE_LABEL, NAMESPACE),
-        (POD_UID_LABEL, uid),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect()
-}
-
-/// A uid shaped like the API server's, unique per run.
-fn fresh_uid() -> String {
-    let n = unix_ns(SystemTime::now()) ^ (u64::from(std::process::id()) << 40);
-    format!(
-        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-        (n >> 32) as u32,
-        (n >> 16) as u16,
-        n & 0xfff,
-        (n >> 12) & 0xfff,
-        n & 0xffff_ffff_ffff
-    )
-}
-
-/// Polls GetSummary until a pod satisfies `ok`; `Err` carries the last summary's pods.
-async fn wait_for(
-    collector: &mut CollectorClient<Channel>,
-    limit: Duration,
-    ok: impl Fn(&PodStats) -> bool,
-) -> Result<PodStats, Vec<PodStats>> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let pods = collector
-            .get_summary(GetSummaryRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .pods;
-        if let Some(pod) = pods.iter().find(|p| ok(p)) {
-            return Ok(pod.clone());
-        }
-        if Instant::now() > deadline {
-            return Err(pods);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn usage_ns(cpu_stat: &Path) -> u64 {
     let text =
         fs::read_to_string(cpu_stat).unwrap_or_else(|e| panic!("{}: {e}", cpu_stat.display()));
@@ -320,39 +178,4 @@ fn usage_ns(cpu_stat: &Path) -> u64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap();
     usec * 1000
-}
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: collector\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
-    body
-}
-
-/// Removes what runc leaves of the pod's cgroups (kubelet would) in every hierarchy, leaves
-/// first; a directory still in use or not empty is left alone.
-struct PodCgroups(String);
-
-impl Drop for PodCgroups {
-    fn drop(&mut self) {
-        let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
-            return;
-        };
-        let mut roots: Vec<_> = hierarchies.flatten().map(|e| e.path()).collect();
-        roots.push("/sys/fs/cgroup".into());
-        for root in roots {
-            let pod = root.join(&self.0);
-            if let Ok(children) = fs::read_dir(&pod) {
-                for child in children.flatten().filter(|c| c.path().is_dir()) {
-                    let _ = fs::remove_dir(child.path());
-                }
-            }
-            for dir in pod.ancestors().take(3) {
-                let _ = fs::remove_dir(dir);
-            }
-        }
-    }
 }

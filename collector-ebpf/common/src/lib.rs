@@ -3,10 +3,10 @@
 //! Every map key/value and global is defined once here: `#[repr(C)]`, `Copy`, no implicit padding
 //! (checked by the size assertions), so both sides agree on the layout byte for byte.
 //!
-//! The programs come as three objects, one per probe family, so that a map or program one
-//! kernel refuses takes down only its own family: `sched` (one `sched_switch` program: CPU time,
-//! page faults and run-queue wait, from the kernel's own per-task counters), `oom` (OOM kills) and
-//! `lifecycle` (cgroup creation and removal).
+//! The programs come as one object per probe family, so that a map or program one kernel
+//! refuses takes down only its own family: `sched` (one `sched_switch` program: CPU time, page
+//! faults and run-queue wait, from the kernel's own per-task counters), `oom` (OOM kills),
+//! `lifecycle` (cgroup creation and removal) and `net` (bytes and packets by socket cgroup).
 #![no_std]
 
 use core::mem::size_of;
@@ -57,6 +57,14 @@ pub mod names {
     /// Global [`super::CgroupOffsets`] patched in at load time.
     pub const LIFECYCLE_OFFSETS_GLOBAL: &str = "LIFECYCLE_OFFSETS";
 
+    /// The object of the `net` family: a `cgroup_skb` ingress/egress pair attached at the cgroup2
+    /// root, counting every packet a socket sends or receives by the socket's cgroup.
+    pub const NET_OBJECT: &str = "net";
+    pub const NET_INGRESS_PROG: &str = "net_ingress";
+    pub const NET_EGRESS_PROG: &str = "net_egress";
+    /// Per-CPU hash, allocated as entries appear: cgroup id -> [`super::NetCounters`].
+    pub const NET_COUNTERS_MAP: &str = "NET_COUNTERS";
+
     /// Per-CPU array of u64 counters indexed by [`super::counter`] (one per object).
     pub const COUNTERS_MAP: &str = "COUNTERS";
 }
@@ -77,7 +85,9 @@ pub mod counter {
     pub const UNTRACKED_RUNS: u32 = 4;
     /// `sched`: a task's baseline could not be created (task storage allocation failed).
     pub const TASK_BASELINE_FAILED: u32 = 5;
-    pub const LEN: u32 = 6;
+    /// `net`: a cgroup's first packet found the map full (or no memory): that packet uncounted.
+    pub const NET_INSERT_FAILED: u32 = 6;
+    pub const LEN: u32 = 7;
 }
 
 /// What a cgroup's own tasks did, summed at each switch-out from the kernel's per-task counters
@@ -97,6 +107,18 @@ pub struct CgroupCounters {
     pub waits: u64,
 }
 const _: () = assert!(size_of::<CgroupCounters>() == 40);
+
+/// Packets and bytes of one cgroup's sockets, at L3 (the IP header and everything after it:
+/// what `skb->len` is at the cgroup hooks). One value per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetCounters {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+}
+const _: () = assert!(size_of::<NetCounters>() == 32);
 
 /// log2 buckets of run-queue wait: bucket `i` counts waits in [2^i, 2^(i+1)) ns (bucket 0 also
 /// takes 0 and 1 ns); the last bucket takes everything from 2^(RUNQ_BUCKETS-1) ns (~9 minutes).
@@ -239,6 +261,7 @@ mod user {
     // SAFETY (every impl below): plain #[repr(C)] integers and byte arrays with no padding
     // (sizes asserted above): every bit pattern is a valid value.
     unsafe impl aya::Pod for super::CgroupCounters {}
+    unsafe impl aya::Pod for super::NetCounters {}
     unsafe impl aya::Pod for super::RunqBuckets {}
     unsafe impl aya::Pod for super::OnCpu {}
     unsafe impl aya::Pod for super::SchedOffsets {}

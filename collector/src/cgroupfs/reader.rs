@@ -180,7 +180,7 @@ impl CgroupReader {
         r.cpu_psi = self.psi(c"cpu.pressure", &mut r.read_errors);
         r.memory_psi = self.psi(c"memory.pressure", &mut r.read_errors);
         r.io_psi = self.psi(c"io.pressure", &mut r.read_errors);
-        r.processes = self.process_list(&mut r.read_errors);
+        (r.processes, r.first_pid) = self.process_list(&mut r.read_errors);
         self.dirs = Dirs::default();
         match self.fault.take() {
             Some((file, source)) => Err(ReadError::Fault {
@@ -191,15 +191,22 @@ impl CgroupReader {
         }
     }
 
-    /// How many processes `cgroup.procs` lists: read to EOF, since the kernel hands out one
+    /// How many processes `cgroup.procs` lists, and the first of them (whose start time and
+    /// network namespace stand for the cgroup's): read to EOF, since the kernel hands out one
     /// page (~500 PIDs) per `read`.
-    fn process_list(&mut self, errors: &mut u32) -> Option<u64> {
-        let dir = self.dirs.0[Hierarchy::V2 as usize].as_ref()?;
+    fn process_list(&mut self, errors: &mut u32) -> (Option<u64>, Option<u32>) {
+        let Some(dir) = self.dirs.0[Hierarchy::V2 as usize].as_ref() else {
+            return (None, None);
+        };
         match self.buf.read_list(dir, c"cgroup.procs") {
-            Ok(text) => text.map(parse::count_lines),
+            Ok(Some(text)) => (
+                Some(parse::count_lines(text)),
+                text.lines().find_map(|l| l.trim().parse().ok()),
+            ),
+            Ok(None) => (None, None),
             Err(e) => {
                 note_error(&mut self.fault, c"cgroup.procs", e, errors);
-                None
+                (None, None)
             }
         }
     }

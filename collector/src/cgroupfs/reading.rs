@@ -71,6 +71,9 @@ pub struct CgroupReading {
     pub io_psi: Option<Psi>,
     /// Processes directly in this cgroup (`cgroup.procs` lines).
     pub processes: Option<u64>,
+    /// The first of them (the lowest pid the kernel lists first), for reads that need any
+    /// process of the cgroup, such as its network namespace.
+    pub first_pid: Option<u32>,
     /// Values that did not parse in this reading.
     pub malformed: u32,
     /// Files that exist but could not be read.

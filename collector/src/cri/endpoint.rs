@@ -4,6 +4,7 @@ use std::{
     fmt,
     path::{Path, PathBuf},
     str::FromStr,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -11,7 +12,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use super::proto::runtime_service_client::RuntimeServiceClient;
+use super::proto::{
+    image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
+};
 
 /// Default sockets, in the order kubelet's documentation lists the runtimes.
 pub const DEFAULT_SOCKETS: &[&str] = &[
@@ -83,20 +86,60 @@ impl fmt::Display for CriSetting {
 }
 
 pub type Client = RuntimeServiceClient<Channel>;
+pub type ImageClient = ImageServiceClient<Channel>;
+
+/// Both CRI services of one runtime, over one connection.
+pub struct Connection {
+    pub runtime: Client,
+    pub images: ImageClient,
+    /// The runtime's process, from the socket's peer credentials (SO_PEERCRED): which cgroup
+    /// the runtime runs in, for kubelet's "runtime" system container.
+    pub peer_pid: Option<u32>,
+}
 
 /// A client on `socket`, with per-call timeouts so a wedged runtime cannot stall the refresher.
 pub async fn connect(socket: &Path) -> Result<Client, tonic::transport::Error> {
+    Ok(connect_both(socket).await?.runtime)
+}
+
+/// The RuntimeService and ImageService clients on `socket`, and who serves it.
+pub async fn connect_both(socket: &Path) -> Result<Connection, tonic::transport::Error> {
+    connect_with_timeout(socket, CALL_TIMEOUT).await
+}
+
+/// [`connect_both`] with another per-call timeout: what drives pods, as kubelet does, needs
+/// kubelet's (`--runtime-request-timeout`, 2 min): a sandbox can take long to start on a busy
+/// node, where the collector's reads of names and usage must not wait.
+pub async fn connect_with_timeout(
+    socket: &Path,
+    call_timeout: Duration,
+) -> Result<Connection, tonic::transport::Error> {
     let socket = socket.to_owned();
+    let peer = Arc::new(Mutex::new(None));
+    let seen = peer.clone();
     // The URI is required by the API and ignored by the connector.
     let channel = Endpoint::from_static("http://cri.invalid")
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
+        .timeout(call_timeout)
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let socket = socket.clone();
-            async move { UnixStream::connect(socket).await.map(TokioIo::new) }
+            let seen = seen.clone();
+            async move {
+                let stream = UnixStream::connect(socket).await?;
+                let pid = stream.peer_cred().ok().and_then(|c| c.pid());
+                *seen.lock().unwrap_or_else(|e| e.into_inner()) =
+                    pid.and_then(|p| u32::try_from(p).ok());
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
         }))
         .await?;
-    Ok(RuntimeServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES))
+    let peer_pid = *peer.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(Connection {
+        runtime: RuntimeServiceClient::new(channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        images: ImageServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        peer_pid,
+    })
 }
 
 #[cfg(test)]

@@ -4,11 +4,13 @@
 //! `io.kubernetes.*` labels it puts on every sandbox and container it asks the runtime to run,
 //! so we read those back with `ListPodSandbox` / `ListContainers`: the same source kubelet's
 //! own Summary uses. When no runtime answers, pods stay named by uid and containers by id, and
-//! the `cri` entry of the probe statuses says why.
+//! the `cri` entry of the probe statuses says why. The same runtime reports filesystem usage
+//! (image filesystem, each container's writable layer): the `cri_stats` entry.
 
 pub mod endpoint;
 pub mod names;
 pub mod resolver;
+pub mod stats;
 
 pub use endpoint::CriSetting;
 pub use names::NameTable;

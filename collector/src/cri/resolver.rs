@@ -6,10 +6,13 @@
 //! runtime is asked once per period, never in a loop. An id the runtime does not know (a
 //! container started behind its back, or one listed a moment before it registered) asks at
 //! most [`ON_DEMAND_TRIES`] times per period.
+//!
+//! The same connection asks for filesystem usage (image filesystem, writable layers) every
+//! stats period, and tells which cgroup the runtime runs in (its socket's peer).
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
@@ -17,11 +20,15 @@ use std::{
 use tokio::{sync::Notify, task::JoinHandle, time::Instant};
 
 use super::{
-    endpoint::{self, Client, CriSetting},
+    endpoint::{self, Client, Connection, CriSetting},
     names::NameTable,
     proto::{ListContainersRequest, ListPodSandboxRequest, VersionRequest},
+    stats::{self, RuntimeFs},
 };
-use crate::probes::{ProbeState, ProbeStatus};
+use crate::{
+    hostfs::process,
+    probes::{ProbeState, ProbeStatus},
+};
 
 /// Default pace of full re-lists; new containers are named sooner, on demand.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(30);
@@ -32,11 +39,17 @@ pub const ON_DEMAND_TRIES: u8 = 3;
 
 const STATUS_NAME: &str = "cri";
 const PROVIDES: &str = "pod_and_container_names";
+const STATS_STATUS_NAME: &str = "cri_stats";
+const STATS_PROVIDES: &str = "image_fs_and_container_rootfs";
 
 /// Shared between the refresher (writer) and every summary build (readers).
 pub struct CriNames {
     table: RwLock<Arc<NameTable>>,
     status: Mutex<ProbeStatus>,
+    fs: RwLock<Arc<RuntimeFs>>,
+    fs_status: Mutex<ProbeStatus>,
+    /// The cgroup2 path the runtime's process runs in, once a connection says who it is.
+    runtime_cgroup: RwLock<Option<String>>,
     /// Container ids asked about since the last periodic refresh.
     asked: Mutex<HashMap<String, Asked>>,
     wake: Notify,
@@ -46,11 +59,18 @@ impl CriNames {
     fn new(state: ProbeState) -> Self {
         Self {
             table: RwLock::new(Arc::default()),
+            fs_status: Mutex::new(ProbeStatus {
+                name: STATS_STATUS_NAME,
+                provides: STATS_PROVIDES,
+                state: state.clone(),
+            }),
             status: Mutex::new(ProbeStatus {
                 name: STATUS_NAME,
                 provides: PROVIDES,
                 state,
             }),
+            fs: RwLock::new(Arc::default()),
+            runtime_cgroup: RwLock::new(None),
             asked: Mutex::default(),
             wake: Notify::new(),
         }
@@ -70,6 +90,24 @@ impl CriNames {
 
     pub fn status(&self) -> ProbeStatus {
         lock(&self.status).clone()
+    }
+
+    /// The latest filesystem usage from the runtime (empty until the first answer, and again
+    /// after a failed one: never stale numbers).
+    pub fn runtime_fs(&self) -> Arc<RuntimeFs> {
+        self.fs.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn fs_status(&self) -> ProbeStatus {
+        lock(&self.fs_status).clone()
+    }
+
+    /// Which cgroup the runtime runs in (kubelet's "runtime" system container).
+    pub fn runtime_cgroup(&self) -> Option<String> {
+        self.runtime_cgroup
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Asks for a refresh for containers the table cannot name (bounded per id, see the
@@ -120,6 +158,17 @@ impl CriNames {
     fn publish(&self, table: NameTable) {
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
     }
+
+    fn publish_fs(&self, fs: RuntimeFs, state: ProbeState) {
+        *self.fs.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fs);
+        let mut status = lock(&self.fs_status);
+        if status.state != state {
+            if let ProbeState::Unsupported(why) | ProbeState::Failed(why) = &state {
+                tracing::warn!("CRI filesystem stats unavailable: {why}");
+            }
+            status.state = state;
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -130,34 +179,53 @@ struct Asked {
     waiting: bool,
 }
 
-/// Starts the refresher; `CriSetting::Off` starts nothing.
-pub fn spawn(setting: CriSetting, period: Duration) -> (Arc<CriNames>, Option<JoinHandle<()>>) {
+/// Starts the refresher; `CriSetting::Off` starts nothing. Names are re-listed every `period`,
+/// filesystem usage asked for every `stats_period`.
+pub fn spawn(
+    setting: CriSetting,
+    period: Duration,
+    stats_period: Duration,
+) -> (Arc<CriNames>, Option<JoinHandle<()>>) {
     if setting == CriSetting::Off {
         return (CriNames::disabled(), None);
     }
     let names = Arc::new(CriNames::new(ProbeState::Unsupported(
         "not listed yet".into(),
     )));
-    let task = tokio::spawn(refresh_loop(names.clone(), setting, period));
+    let task = tokio::spawn(refresh_loop(names.clone(), setting, period, stats_period));
     (names, Some(task))
 }
 
-/// A runtime that answered: its client, socket and self-description (asked once).
+/// A runtime that answered: its clients, socket and self-description (asked once).
 struct Connected {
-    client: Client,
+    conn: Connection,
     socket: PathBuf,
     version: String,
 }
 
-async fn refresh_loop(names: Arc<CriNames>, setting: CriSetting, period: Duration) {
+async fn refresh_loop(
+    names: Arc<CriNames>,
+    setting: CriSetting,
+    period: Duration,
+    stats_period: Duration,
+) {
     // Some while the runtime answers: a failed list drops the connection.
     let mut runtime: Option<Connected> = None;
     let mut next_periodic = Instant::now();
+    let mut next_stats = Instant::now();
     let mut last_attempt: Option<Instant> = None;
     loop {
         let periodic = tokio::select! {
             _ = tokio::time::sleep_until(next_periodic) => true,
             _ = names.wake.notified() => false,
+            _ = tokio::time::sleep_until(next_stats) => {
+                // Until a connection exists, look again soon rather than a period later.
+                next_stats = Instant::now() + if runtime.is_some() { stats_period } else { MIN_GAP };
+                if let Some(c) = runtime.as_mut() {
+                    refresh_stats(&names, c).await;
+                }
+                continue;
+            }
         };
         if !periodic {
             // On demand: only while the runtime answers, and not faster than MIN_GAP.
@@ -177,9 +245,21 @@ async fn refresh_loop(names: Arc<CriNames>, setting: CriSetting, period: Duratio
         let connected = match runtime.take() {
             Some(c) => c,
             None => match find_runtime(&setting).await {
-                Ok(c) => c,
+                Ok(c) => {
+                    let cgroup = c
+                        .conn
+                        .peer_pid
+                        .and_then(|pid| process::cgroup2_path(Path::new("/proc"), pid).ok())
+                        .flatten();
+                    *names
+                        .runtime_cgroup
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner()) = cgroup;
+                    c
+                }
                 Err(state) => {
-                    names.set_state(state);
+                    names.set_state(state.clone());
+                    names.publish_fs(RuntimeFs::default(), state);
                     continue;
                 }
             },
@@ -188,9 +268,35 @@ async fn refresh_loop(names: Arc<CriNames>, setting: CriSetting, period: Duratio
     }
 }
 
+/// Asks for filesystem usage; a failure empties the table rather than leaving old numbers.
+async fn refresh_stats(names: &CriNames, c: &mut Connected) {
+    match stats::fetch(&mut c.conn).await {
+        Ok(fs) => names.publish_fs(
+            fs,
+            ProbeState::Active {
+                note: Some(format!("{} at {}", c.version, c.socket.display())),
+            },
+        ),
+        Err(status) => {
+            let why = format!(
+                "{} did not answer ImageFsInfo/ListContainerStats ({}: {})",
+                c.socket.display(),
+                status.code(),
+                status.message()
+            );
+            let state = if status.code() == tonic::Code::Unimplemented {
+                ProbeState::Unsupported(why)
+            } else {
+                ProbeState::Failed(why)
+            };
+            names.publish_fs(RuntimeFs::default(), state);
+        }
+    }
+}
+
 /// Lists and publishes; the connection back while the runtime answers.
 async fn refresh(names: &CriNames, mut c: Connected) -> Option<Connected> {
-    match list(&mut c.client).await {
+    match list(&mut c.conn.runtime).await {
         Ok(table) => {
             names.publish(table);
             names.set_state(ProbeState::Active {
@@ -220,11 +326,11 @@ async fn find_runtime(setting: &CriSetting) -> Result<Connected, ProbeState> {
         if !socket.exists() {
             continue;
         }
-        match endpoint::connect(socket).await {
-            Ok(mut client) => {
-                let version = version(&mut client).await;
+        match endpoint::connect_both(socket).await {
+            Ok(mut conn) => {
+                let version = version(&mut conn.runtime).await;
                 return Ok(Connected {
-                    client,
+                    conn,
                     socket: socket.clone(),
                     version,
                 });
@@ -305,7 +411,11 @@ mod tests {
     async fn missing_socket_is_reported_and_names_fall_back() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("absent.sock");
-        let (names, task) = spawn(CriSetting::Socket(socket.clone()), Duration::from_secs(60));
+        let (names, task) = spawn(
+            CriSetting::Socket(socket.clone()),
+            Duration::from_secs(60),
+            stats::DEFAULT_STATS_PERIOD,
+        );
         let deadline = Instant::now() + Duration::from_secs(5);
         while names.status().state == ProbeState::Unsupported("not listed yet".into()) {
             assert!(Instant::now() < deadline, "no status after 5 s");
@@ -326,7 +436,11 @@ mod tests {
         let socket = dir.path().join("dead.sock");
         // Bound then dropped: the file exists, connections are refused.
         drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
-        let (names, task) = spawn(CriSetting::Socket(socket), Duration::from_secs(60));
+        let (names, task) = spawn(
+            CriSetting::Socket(socket),
+            Duration::from_secs(60),
+            stats::DEFAULT_STATS_PERIOD,
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let ProbeState::Failed(why) = names.status().state {

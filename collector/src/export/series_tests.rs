@@ -80,6 +80,7 @@ fn snapshot(seq: u64, wall_ms: u64, pods: Vec<proto::PodStats>, ebpf_ns: u64) ->
                 ..Default::default()
             },
             created_unix_nano: None,
+            network: None,
         })
         .collect();
     cgroups.sort_by_key(|c| c.id);
@@ -90,12 +91,14 @@ fn snapshot(seq: u64, wall_ms: u64, pods: Vec<proto::PodStats>, ebpf_ns: u64) ->
             wall: at(wall_ms),
             cgroups,
             meminfo: None,
+            host: Default::default(),
             terminated: Vec::new(),
             oom_kills: Vec::new(),
         },
         rates: Vec::new(),
         probes: Vec::new(),
         maps: Arc::new([]),
+        disk_scan: Default::default(),
         stats: Default::default(),
         node_stats: proto::NodeStats {
             cpu: cpu(9_000_000_000, wall_ms),

@@ -1,5 +1,5 @@
 //! The collector's HTTP endpoints, for what speaks kubelet or Prometheus rather than gRPC:
-//! - `/stats/summary[?only_cpu_and_memory=true]`: kubelet's Summary API JSON;
+//! - `/stats/summary[?only_cpu_and_memory=true]` (GET or POST): kubelet's Summary API JSON;
 //! - `/metrics/resource`: kubelet's resource metrics, which metrics-server scrapes;
 //! - `/metrics`: the collector's own metrics and the eBPF extras;
 //! - `/healthz` and `/readyz`: 200 while the newest sample is fresh; 503 with the reason before
@@ -12,15 +12,18 @@ pub mod prom;
 pub mod resource;
 mod summary_json;
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::{Query, State},
-    http::{StatusCode, header},
+    body::Bytes,
+    extract::{RawQuery, State},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
+
+pub use summary_json::render as summary_document;
 
 use crate::{
     net::auth::{self, Attributes, AttributesOf, Auth, Target},
@@ -54,7 +57,7 @@ pub fn router(
 ) -> Router {
     let node = store.node.node_name.clone();
     Router::new()
-        .route("/stats/summary", get(stats_summary))
+        .route("/stats/summary", get(stats_summary).post(stats_summary))
         .route("/metrics/resource", get(metrics_resource))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -109,22 +112,28 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, message).into_response()
 }
 
+/// kubelet reads `only_cpu_and_memory` with Go's `ParseForm`: from the query string and, for a
+/// form-encoded POST, from the body as well; the flag holds only when it appears once, as
+/// exactly "true".
 async fn stats_summary(
     State(app): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
-    let only = match query.get("only_cpu_and_memory").map(String::as_str) {
-        None | Some("") => false,
-        Some(v) => match summary_json::parse_bool(v) {
-            Some(b) => b,
-            None => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("invalid only_cpu_and_memory {v:?}: want true or false\n"),
-                );
-            }
-        },
-    };
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let body: &[u8] = if form { &body } else { &[] };
+    let values: Vec<String> = form_urlencoded::parse(body)
+        .chain(form_urlencoded::parse(
+            query.as_deref().unwrap_or("").as_bytes(),
+        ))
+        .filter(|(k, _)| k == "only_cpu_and_memory")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    let only = summary_json::only_cpu_and_memory(values.iter().map(String::as_str));
     match app.store.latest() {
         Some(snapshot) => Json(summary_json::render(&snapshot, only)).into_response(),
         None => error(

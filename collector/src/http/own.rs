@@ -1,7 +1,8 @@
 //! `/metrics`: the collector's own health and cost, and what only the probes can tell (eBPF CPU
-//! time, page faults, run-queue wait histograms, OOM kills) per container and pod, with the same
-//! container/pod/namespace labels as `/metrics/resource`. The remote-write exporter sends the
-//! eBPF families under the same names.
+//! time, page faults, run-queue wait histograms, OOM kills, socket traffic) per container and
+//! pod, with the same container/pod/namespace labels as `/metrics/resource`. The remote-write
+//! exporter sends the eBPF families under the same names, socket traffic excepted (it is not
+//! pushed yet).
 
 use std::sync::{LazyLock, atomic::Ordering};
 
@@ -30,7 +31,7 @@ pub static RUNQ_EDGES: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
 });
 
 fn declare(e: &mut Exposition) {
-    let families: [(&'static str, Kind, &'static str); 33] = [
+    let families: [(&'static str, Kind, &'static str); 45] = [
         (
             "collector_sampler_passes_total",
             Kind::Counter,
@@ -142,6 +143,16 @@ fn declare(e: &mut Exposition) {
             "Page faults of the container's tasks seen by the perf probes since they attached, by type.",
         ),
         (
+            "container_ebpf_network_bytes_total",
+            Kind::Counter,
+            "L3 bytes (IP header included) of the container's sockets seen by the cgroup_skb probe since it attached, by direction.",
+        ),
+        (
+            "container_ebpf_network_packets_total",
+            Kind::Counter,
+            "Packets of the container's sockets seen by the cgroup_skb probe since it attached, by direction.",
+        ),
+        (
             "container_ebpf_oom_kills_total",
             Kind::Counter,
             "OOM kills of the container's tasks seen by the mark_victim probe since it attached.",
@@ -160,6 +171,16 @@ fn declare(e: &mut Exposition) {
             "pod_ebpf_page_faults_total",
             Kind::Counter,
             "Page faults of the pod's tasks seen by the perf probes since they attached, by type.",
+        ),
+        (
+            "pod_ebpf_network_bytes_total",
+            Kind::Counter,
+            "L3 bytes (IP header included) of the pod's sockets seen by the cgroup_skb probe since it attached, by direction.",
+        ),
+        (
+            "pod_ebpf_network_packets_total",
+            Kind::Counter,
+            "Packets of the pod's sockets seen by the cgroup_skb probe since it attached, by direction.",
         ),
         (
             "pod_ebpf_oom_kills_total",
@@ -182,6 +203,16 @@ fn declare(e: &mut Exposition) {
             "Page faults seen by the perf probes since they attached, by type.",
         ),
         (
+            "node_ebpf_network_bytes_total",
+            Kind::Counter,
+            "L3 bytes (IP header included) of every local socket seen by the cgroup_skb probe since it attached, by direction.",
+        ),
+        (
+            "node_ebpf_network_packets_total",
+            Kind::Counter,
+            "Packets of every local socket seen by the cgroup_skb probe since it attached, by direction.",
+        ),
+        (
             "node_runqueue_wait_seconds",
             Kind::Histogram,
             "Time runnable tasks waited for a CPU, since the probes attached.",
@@ -195,6 +226,36 @@ fn declare(e: &mut Exposition) {
             "collector_oom_kills_recent",
             Kind::Gauge,
             "OOM kills kept for late subscribers.",
+        ),
+        (
+            "collector_host_read_errors_total",
+            Kind::Counter,
+            "Reads outside cgroupfs (net/dev, statfs) that failed for a process that still existed.",
+        ),
+        (
+            "collector_disk_scan_rounds_total",
+            Kind::Counter,
+            "Rounds of du walks over volumes, logs and etc-hosts.",
+        ),
+        (
+            "collector_disk_scan_round_seconds",
+            Kind::Gauge,
+            "Wall time of the last round, its duty-cycle pauses included.",
+        ),
+        (
+            "collector_disk_scan_walk_seconds",
+            Kind::Gauge,
+            "Time the last round spent walking (its cost, without the pauses).",
+        ),
+        (
+            "collector_disk_scan_entries",
+            Kind::Gauge,
+            "Files and directories the last round visited.",
+        ),
+        (
+            "collector_disk_scan_errors_total",
+            Kind::Counter,
+            "Paths the rounds could not measure (left out of the Summary, as kubelet does).",
         ),
     ];
     for (name, kind, help) in families {
@@ -242,6 +303,7 @@ fn collector(e: &mut Exposition, s: &Snapshot, server: &ServerStats) {
         ("oom_events", d.oom_events),
         ("lifecycle_events", d.lifecycle_events),
         ("truncated_paths", d.truncated_paths),
+        ("network_packets", d.net_inserts),
     ] {
         int(e, "collector_ebpf_dropped_total", &[("what", what)], v);
     }
@@ -329,6 +391,22 @@ fn collector(e: &mut Exposition, s: &Snapshot, server: &ServerStats) {
         &[],
         s.recent.oom_kills.len() as u64,
     );
+    int(
+        e,
+        "collector_host_read_errors_total",
+        &[],
+        st.host_read_errors,
+    );
+    let scan = &s.disk_scan;
+    int(e, "collector_disk_scan_rounds_total", &[], scan.rounds);
+    for (name, v) in [
+        ("collector_disk_scan_round_seconds", scan.last_round_seconds),
+        ("collector_disk_scan_walk_seconds", scan.last_walk_seconds),
+    ] {
+        e.sample(name, "", &[], v, None);
+    }
+    int(e, "collector_disk_scan_entries", &[], scan.last_entries);
+    int(e, "collector_disk_scan_errors_total", &[], scan.errors);
 }
 
 /// The eBPF families of one level ("node", "pod" or "container") for one cgroup's sample.
@@ -342,6 +420,18 @@ fn ebpf(e: &mut Exposition, level: Level, labels: &[(&str, &str)], c: &CgroupSam
             let mut l = labels.to_vec();
             l.push(("type", kind));
             e.sample(level.faults, "", &l, n as f64, None);
+        }
+    }
+    if let Some(n) = v.network {
+        use crate::probes::net::{RX_BYTES, RX_PACKETS, TX_BYTES, TX_PACKETS};
+        for (direction, bytes, packets) in [
+            ("receive", n[RX_BYTES], n[RX_PACKETS]),
+            ("transmit", n[TX_BYTES], n[TX_PACKETS]),
+        ] {
+            let mut l = labels.to_vec();
+            l.push(("direction", direction));
+            e.sample(level.network_bytes, "", &l, bytes as f64, None);
+            e.sample(level.network_packets, "", &l, packets as f64, None);
         }
     }
     if let (Some(name), Some(n)) = (level.oom, v.oom_kills) {
@@ -380,6 +470,8 @@ pub fn runq_buckets(h: &[u64; RUNQ_VALUES]) -> impl Iterator<Item = (&'static st
 pub struct Level {
     pub cpu: &'static str,
     pub faults: &'static str,
+    pub network_bytes: &'static str,
+    pub network_packets: &'static str,
     pub oom: Option<&'static str>,
     pub runq: &'static str,
 }
@@ -387,18 +479,24 @@ pub struct Level {
 pub const NODE: Level = Level {
     cpu: "node_ebpf_cpu_usage_seconds_total",
     faults: "node_ebpf_page_faults_total",
+    network_bytes: "node_ebpf_network_bytes_total",
+    network_packets: "node_ebpf_network_packets_total",
     oom: None,
     runq: "node_runqueue_wait_seconds",
 };
 pub const POD: Level = Level {
     cpu: "pod_ebpf_cpu_usage_seconds_total",
     faults: "pod_ebpf_page_faults_total",
+    network_bytes: "pod_ebpf_network_bytes_total",
+    network_packets: "pod_ebpf_network_packets_total",
     oom: Some("pod_ebpf_oom_kills_total"),
     runq: "pod_runqueue_wait_seconds",
 };
 pub const CONTAINER: Level = Level {
     cpu: "container_ebpf_cpu_usage_seconds_total",
     faults: "container_ebpf_page_faults_total",
+    network_bytes: "container_ebpf_network_bytes_total",
+    network_packets: "container_ebpf_network_packets_total",
     oom: Some("container_ebpf_oom_kills_total"),
     runq: "container_runqueue_wait_seconds",
 };

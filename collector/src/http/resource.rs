@@ -1,7 +1,9 @@
 //! `/metrics/resource`: kubelet's resource metrics endpoint, name for name and label for label
 //! (pkg/kubelet/metrics/collectors/resource_metrics.go), so metrics-server can scrape us instead
-//! of the kubelet. Samples carry the timestamp of the reading they come from, in ms. The
-//! remote-write exporter sends the same families under the same names.
+//! of the kubelet. Samples carry the timestamp of the reading they come from, in ms, except
+//! `container_start_time_seconds`, which kubelet sends without one (a start hours ago would be
+//! a sample Prometheus rejects as too old). The remote-write exporter sends the same families
+//! under the same names.
 
 use super::prom::{Exposition, Kind, millis};
 use crate::{proto, store::Snapshot};
@@ -12,6 +14,7 @@ pub const NODE_SWAP: &str = "node_swap_usage_bytes";
 pub const CONTAINER_CPU: &str = "container_cpu_usage_seconds_total";
 pub const CONTAINER_MEMORY: &str = "container_memory_working_set_bytes";
 pub const CONTAINER_SWAP: &str = "container_swap_usage_bytes";
+pub const CONTAINER_SWAP_LIMIT: &str = "container_swap_limit_bytes";
 pub const CONTAINER_START: &str = "container_start_time_seconds";
 pub const POD_CPU: &str = "pod_cpu_usage_seconds_total";
 pub const POD_MEMORY: &str = "pod_memory_working_set_bytes";
@@ -25,6 +28,7 @@ fn declare(e: &mut Exposition) {
         .family(CONTAINER_CPU, Kind::Counter, "[STABLE] Cumulative cpu time consumed by the container in core-seconds")
         .family(CONTAINER_MEMORY, Kind::Gauge, "[STABLE] Current working set of the container in bytes")
         .family(CONTAINER_SWAP, Kind::Gauge, "[ALPHA] Current amount of the container swap usage in bytes. Reported only on non-windows systems")
+        .family(CONTAINER_SWAP_LIMIT, Kind::Gauge, "[ALPHA] Current amount of the container swap limit in bytes. Reported only on non-windows systems")
         .family(CONTAINER_START, Kind::Gauge, "[STABLE] Start time of the container since unix epoch in seconds")
         .family(POD_CPU, Kind::Counter, "[STABLE] Cumulative cpu time consumed by the pod in core-seconds")
         .family(POD_MEMORY, Kind::Gauge, "[STABLE] Current working set of the pod in bytes")
@@ -32,7 +36,8 @@ fn declare(e: &mut Exposition) {
         .family(SCRAPE_ERROR, Kind::Gauge, "[STABLE] 1 if there was an error while getting container metrics, 0 otherwise");
 }
 
-/// The pod's name label: its name, or its uid while names from the runtime are missing.
+/// The pod's name label: its name, or its uid while names from the runtime are missing (an
+/// empty label would merge every unnamed pod into one series; kubelet always has names).
 pub fn pod_name(pod: &proto::PodStats) -> &str {
     match &pod.pod_ref {
         Some(r) if !r.name.is_empty() => &r.name,
@@ -125,15 +130,22 @@ pub fn render(snapshot: Option<&Snapshot>) -> String {
                 c.memory.as_ref(),
                 c.swap.as_ref(),
             );
-            if c.start_time_unix_nano > 0 {
-                let start = c.start_time_unix_nano;
+            // kubelet: swap available + usage, when the limit is known.
+            if let Some(s) = &c.swap
+                && let Some(available) = s.swap_available_bytes
+            {
+                let limit = available.saturating_add(s.swap_usage_bytes.unwrap_or(0));
                 e.sample(
-                    CONTAINER_START,
+                    CONTAINER_SWAP_LIMIT,
                     "",
                     &labels,
-                    start as f64 / 1e9,
-                    millis(start),
+                    limit as f64,
+                    millis(s.time_unix_nano),
                 );
+            }
+            if c.start_time_unix_nano >= 1_000_000_000 {
+                let start = c.start_time_unix_nano;
+                e.sample(CONTAINER_START, "", &labels, start as f64 / 1e9, None);
             }
         }
     }

@@ -65,8 +65,21 @@ pub fn run_task_iterator(ebpf: &mut Ebpf, program: &str, btf: &aya::Btf) -> Resu
 /// Longest failure reason carried in the stream; verifier logs can run to megabytes.
 pub const MAX_REASON_LEN: usize = 1024;
 
+/// What the tracing programs need to load, said when the kernel refuses for lack of privilege.
+const TRACING_PERMISSION_HINT: &str = "run as root or with CAP_BPF + CAP_PERFMON, and \
+     CAP_SYS_RESOURCE on kernels before 5.11";
+
 /// EPERM/EACCES means "not allowed here" (Unsupported), anything else is a real failure.
 pub fn classify(error: &(dyn std::error::Error + 'static), doing: &str) -> ProbeState {
+    classify_with(error, doing, TRACING_PERMISSION_HINT)
+}
+
+/// [`classify`], naming what a refused program type needs in `permission_hint`.
+pub fn classify_with(
+    error: &(dyn std::error::Error + 'static),
+    doing: &str,
+    permission_hint: &str,
+) -> ProbeState {
     let mut text = format!("{doing}: {}", error_text(error));
     let mut permission = false;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
@@ -77,10 +90,7 @@ pub fn classify(error: &(dyn std::error::Error + 'static), doing: &str) -> Probe
         source = e.source();
     }
     if permission {
-        text.push_str(
-            " (not permitted: run as root or with CAP_BPF + CAP_PERFMON, and CAP_SYS_RESOURCE \
-             on kernels before 5.11)",
-        );
+        text.push_str(&format!(" (not permitted: {permission_hint})"));
         return ProbeState::Unsupported(text);
     }
     tracing::debug!("full probe error: {text}");

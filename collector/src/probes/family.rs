@@ -7,6 +7,7 @@ use collector_common::names;
 pub const SCHED_PROVIDES: &str = "ebpf_cpu,ebpf_faults,runq_latency";
 pub const OOM_PROVIDES: &str = "oom_kills";
 pub const LIFECYCLE_PROVIDES: &str = "cgroup_lifecycle";
+pub const NET_PROVIDES: &str = "ebpf_network";
 
 /// The status name of the OOM program, whichever variant this kernel needs.
 pub const OOM_STATUS_NAME: &str = "oom_mark_victim";
@@ -19,10 +20,12 @@ pub enum Family {
     Oom,
     /// `cgroup_mkdir` / `cgroup_rmdir`: cgroups appearing and leaving between walks.
     Lifecycle,
+    /// `cgroup_skb` ingress/egress: bytes and packets by socket cgroup.
+    Net,
 }
 
 impl Family {
-    pub const ALL: [Family; 3] = [Family::Sched, Family::Oom, Family::Lifecycle];
+    pub const ALL: [Family; 4] = [Family::Sched, Family::Oom, Family::Lifecycle, Family::Net];
 
     /// The family's objects in order of preference: the loader takes the first one this kernel
     /// accepts (the `sched` family has a variant for kernels without task storage in tracing
@@ -32,6 +35,7 @@ impl Family {
             Family::Sched => &[SCHED, SCHED_SLOT],
             Family::Oom => &[OOM],
             Family::Lifecycle => &[LIFECYCLE],
+            Family::Net => &[NET],
         }
     }
 
@@ -41,6 +45,7 @@ impl Family {
             Family::Sched => &[names::SCHED_SWITCH_PROG],
             Family::Oom => &[OOM_STATUS_NAME],
             Family::Lifecycle => &[names::CGROUP_MKDIR_PROG, names::CGROUP_RMDIR_PROG],
+            Family::Net => &[names::NET_INGRESS_PROG, names::NET_EGRESS_PROG],
         }
     }
 
@@ -49,6 +54,7 @@ impl Family {
             Family::Sched => SCHED_PROVIDES,
             Family::Oom => OOM_PROVIDES,
             Family::Lifecycle => LIFECYCLE_PROVIDES,
+            Family::Net => NET_PROVIDES,
         }
     }
 
@@ -58,6 +64,7 @@ impl Family {
             Family::Sched => "sched",
             Family::Oom => "oom",
             Family::Lifecycle => "lifecycle",
+            Family::Net => "net",
         }
     }
 }
@@ -70,8 +77,8 @@ pub struct Object {
     pub programs: &'static [&'static str],
     /// Every map in it, `COUNTERS` included.
     pub maps: &'static [&'static str],
-    /// The read-only global its offsets go into.
-    pub offsets_global: &'static str,
+    /// The read-only global its kernel struct offsets go into, if it reads kernel structs.
+    pub offsets_global: Option<&'static str>,
 }
 
 const SCHED_MAPS: &[&str] = &[
@@ -95,26 +102,33 @@ pub const SCHED: Object = Object {
         names::COUNTERS_MAP,
         names::TASK_BASELINES_MAP,
     ],
-    offsets_global: names::SCHED_OFFSETS_GLOBAL,
+    offsets_global: Some(names::SCHED_OFFSETS_GLOBAL),
 };
 
 pub const SCHED_SLOT: Object = Object {
     name: names::SCHED_SLOT_OBJECT,
     programs: &[names::SCHED_SWITCH_PROG],
     maps: SCHED_MAPS,
-    offsets_global: names::SCHED_OFFSETS_GLOBAL,
+    offsets_global: Some(names::SCHED_OFFSETS_GLOBAL),
 };
 
 pub const OOM: Object = Object {
     name: names::OOM_OBJECT,
     programs: &[names::OOM_VICTIM_TASK_PROG, names::OOM_VICTIM_PID_PROG],
     maps: &[names::OOM_EVENTS_MAP, names::COUNTERS_MAP],
-    offsets_global: names::OOM_OFFSETS_GLOBAL,
+    offsets_global: Some(names::OOM_OFFSETS_GLOBAL),
 };
 
 pub const LIFECYCLE: Object = Object {
     name: names::LIFECYCLE_OBJECT,
     programs: &[names::CGROUP_MKDIR_PROG, names::CGROUP_RMDIR_PROG],
     maps: &[names::LIFECYCLE_EVENTS_MAP, names::COUNTERS_MAP],
-    offsets_global: names::LIFECYCLE_OFFSETS_GLOBAL,
+    offsets_global: Some(names::LIFECYCLE_OFFSETS_GLOBAL),
+};
+
+pub const NET: Object = Object {
+    name: names::NET_OBJECT,
+    programs: &[names::NET_INGRESS_PROG, names::NET_EGRESS_PROG],
+    maps: &[names::NET_COUNTERS_MAP, names::COUNTERS_MAP],
+    offsets_global: None,
 };

@@ -1,12 +1,14 @@
 //! eBPF probes: loading, per-program status, and reading their maps.
 //!
-//! Three families, each its own eBPF object loaded and attached on its own, so the collector runs
+//! Four families, each its own eBPF object loaded and attached on its own, so the collector runs
 //! with any subset and what did not come up says why in its [`ProbeStatus`]:
 //! - [`Family::Sched`]: one `sched_switch` program charging each cgroup with the CPU time, page
 //!   faults and run-queue waits the kernel accounts per task ([`sched`]);
 //! - [`Family::Oom`]: OOM kills (`mark_victim`), through their own ring ([`events`]);
 //! - [`Family::Lifecycle`]: cgroup creation and removal (`cgroup_mkdir`/`cgroup_rmdir`,
-//!   cgroup2 only), through their own ring.
+//!   cgroup2 only), through their own ring;
+//! - [`Family::Net`]: bytes and packets by socket cgroup (`cgroup_skb` at the cgroup2 root,
+//!   needs CAP_NET_ADMIN) ([`net`]).
 //!
 //! A status follows what happens at run time too: a family whose maps cannot be read turns
 //! `Failed` until a read succeeds again.
@@ -16,6 +18,7 @@ pub mod btf;
 pub mod events;
 pub mod family;
 pub mod memory;
+pub mod net;
 pub mod object;
 pub mod offsets;
 pub mod run_stats;
@@ -33,6 +36,7 @@ use collector_common::{DEFAULT_MAX_CGROUPS, TaskOffsets, counter, names};
 pub use events::{CgroupEvent, EventRing, OomKillEvent};
 pub use family::{Family, OOM_STATUS_NAME};
 pub use memory::MapMemory;
+pub use net::{NET_VALUES, NetReader, NetValues};
 pub use run_stats::{ProgramRunStats, RunStats};
 pub use sched::{RUNQ_VALUES, SCHED_VALUES, SchedReader, SchedValues};
 pub use status::{ProbeState, ProbeStatus};
@@ -86,6 +90,8 @@ pub struct ProbeConfig {
     /// Turn on the kernel's bpf_stats for per-program run counts and time. While on, every BPF
     /// program on the machine pays two clock reads per run, so it is off unless asked for.
     pub run_stats: bool,
+    /// The cgroup2 root the `net` programs attach to; without it that family is Unsupported.
+    pub cgroup2_root: Option<PathBuf>,
 }
 
 impl Default for ProbeConfig {
@@ -95,6 +101,7 @@ impl Default for ProbeConfig {
             max_cgroups: DEFAULT_MAX_CGROUPS,
             btf_path: PathBuf::from(offsets::VMLINUX_BTF),
             run_stats: false,
+            cgroup2_root: None,
         }
     }
 }
@@ -116,6 +123,8 @@ pub struct Drops {
     pub untracked_runs: u64,
     /// Task baselines that could not be created (task storage allocation failed).
     pub task_baselines: u64,
+    /// Packets whose cgroup had no entry and got none (map full, or no memory): uncounted.
+    pub net_inserts: u64,
 }
 
 /// The loaded programs and the readers of their maps. Any subset may be missing; `statuses`
@@ -124,6 +133,7 @@ pub struct Probes {
     pub sched: Option<SchedReader>,
     pub oom: Option<EventRing<OomKillEvent>>,
     pub lifecycle: Option<EventRing<CgroupEvent>>,
+    pub net: Option<NetReader>,
     statuses: Vec<ProbeStatus>,
     /// Families whose maps failed their last read, with why.
     failing: HashMap<Family, String>,
@@ -140,6 +150,7 @@ impl Probes {
             sched: None,
             oom: None,
             lifecycle: None,
+            net: None,
             statuses: Vec::new(),
             failing: HashMap::new(),
             counters: Vec::new(),
@@ -190,6 +201,7 @@ impl Probes {
                 Family::Sched => probes.load_sched(&btf, &kernel, config),
                 Family::Oom => probes.load_oom(&btf, &kernel),
                 Family::Lifecycle => probes.load_lifecycle(&btf, &kernel),
+                Family::Net => probes.load_net(&btf, config),
             };
             match loaded {
                 Ok((mut ebpf, memory)) => {
@@ -284,7 +296,7 @@ impl Probes {
             (names::CGROUP_COUNTERS_MAP, config.max_cgroups),
             (names::RUNQ_HISTOGRAMS_MAP, config.max_cgroups),
         ];
-        let (mut ebpf, memory) = object::load(object, btf, offsets, &sizes)
+        let (mut ebpf, memory) = object::load(object, btf, Some(offsets), &sizes)
             .map_err(|e| attach::classify(&e, "loading"))?;
         let state =
             attach::btf_tracepoint(&mut ebpf, names::SCHED_SWITCH_PROG, "sched_switch", btf);
@@ -334,7 +346,7 @@ impl Probes {
         } else {
             TaskOffsets::default()
         };
-        let (mut ebpf, memory) = object::load(&family::OOM, btf, &offsets, &[])
+        let (mut ebpf, memory) = object::load(&family::OOM, btf, Some(&offsets), &[])
             .map_err(|e| attach::classify(&e, "loading"))?;
         let (program, note) = if takes_task {
             (names::OOM_VICTIM_TASK_PROG, None)
@@ -363,7 +375,7 @@ impl Probes {
         let offsets = offsets::cgroup_offsets(kernel).map_err(|e| {
             ProbeState::Unsupported(format!("needs kernel struct offsets: {}", error_text(&e)))
         })?;
-        let (mut ebpf, memory) = object::load(&family::LIFECYCLE, btf, &offsets, &[])
+        let (mut ebpf, memory) = object::load(&family::LIFECYCLE, btf, Some(&offsets), &[])
             .map_err(|e| attach::classify(&e, "loading"))?;
         let states = [
             (names::CGROUP_MKDIR_PROG, "cgroup_mkdir"),
@@ -384,6 +396,23 @@ impl Probes {
         self.lifecycle = Some(events::lifecycle_ring(ring));
         for (program, state) in states {
             self.push(program, Family::Lifecycle, state);
+        }
+        Ok((ebpf, memory))
+    }
+
+    fn load_net(
+        &mut self,
+        btf: &aya::Btf,
+        config: &ProbeConfig,
+    ) -> Result<(Ebpf, Vec<MapMemory>), ProbeState> {
+        let root = config
+            .cgroup2_root
+            .as_deref()
+            .ok_or_else(|| ProbeState::Unsupported("no cgroup2 mount to attach to".into()))?;
+        let (ebpf, memory, reader) = net::load(btf, root, config.max_cgroups)?;
+        self.net = Some(reader);
+        for name in net::STATUS_NAMES {
+            self.push(name, Family::Net, ProbeState::Active { note: None });
         }
         Ok((ebpf, memory))
     }
@@ -455,6 +484,7 @@ impl Probes {
                     d.lifecycle_events = sum(counter::EVENTS_DROPPED);
                     d.truncated_paths = sum(counter::PATH_TRUNCATED);
                 }
+                Family::Net => d.net_inserts = sum(counter::NET_INSERT_FAILED),
             }
         }
         d
@@ -499,7 +529,7 @@ impl Probes {
     }
 }
 
-fn take_map<T: TryFrom<Map, Error = aya::maps::MapError>>(
+pub(crate) fn take_map<T: TryFrom<Map, Error = aya::maps::MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, ProbeError> {
@@ -527,7 +557,9 @@ mod tests {
                 names::SCHED_SWITCH_PROG,
                 OOM_STATUS_NAME,
                 names::CGROUP_MKDIR_PROG,
-                names::CGROUP_RMDIR_PROG
+                names::CGROUP_RMDIR_PROG,
+                names::NET_INGRESS_PROG,
+                names::NET_EGRESS_PROG,
             ]
         );
     }

@@ -1,4 +1,4 @@
-//! The three eBPF objects (built by build.rs from `collector-ebpf/src/bin/*.rs`) and loading one
+//! The eBPF objects (built by build.rs from `collector-ebpf/src/bin/*.rs`) and loading one
 //! of them: its maps sized from the configuration, its offsets written into its read-only data.
 
 use aya::{Ebpf, EbpfLoader, Pod};
@@ -11,6 +11,7 @@ static SCHED: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sch
 static SCHED_SLOT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sched_slot"));
 static OOM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oom"));
 static LIFECYCLE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lifecycle"));
+static NET: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/net"));
 
 /// The compiled object; empty when built with `AYA_BUILD_SKIP=1`.
 pub fn bytes(object: &Object) -> &'static [u8] {
@@ -19,25 +20,28 @@ pub fn bytes(object: &Object) -> &'static [u8] {
         names::SCHED_SLOT_OBJECT => SCHED_SLOT,
         names::OOM_OBJECT => OOM,
         names::LIFECYCLE_OBJECT => LIFECYCLE,
+        names::NET_OBJECT => NET,
         _ => &[],
     }
 }
 
 /// Creates the maps of `object` (with `sizes` overriding `max_entries`) and writes `offsets`
-/// into its offsets global, and measures the maps' kernel memory. Programs are loaded and
+/// into its offsets global (for objects that have one), and measures the maps' kernel memory. Programs are loaded and
 /// attached one by one afterwards.
 pub fn load<T: Pod>(
     object: &Object,
     btf: &aya::Btf,
-    offsets: &T,
+    offsets: Option<&T>,
     sizes: &[(&'static str, u32)],
 ) -> Result<(Ebpf, Vec<MapMemory>), ProbeError> {
     let mut loader = EbpfLoader::new();
     loader
         .btf(Some(btf))
-        .override_global(object.offsets_global, offsets, true)
         // Task storage is a map type aya has no user-side wrapper for; only the programs use it.
         .allow_unsupported_maps();
+    if let (Some(global), Some(offsets)) = (object.offsets_global, offsets) {
+        loader.override_global(global, offsets, true);
+    }
     for &(map, max_entries) in sizes {
         loader.map_max_entries(map, max_entries);
     }
@@ -99,12 +103,14 @@ mod tests {
                 "{}: maps it does not use: {unused:?}",
                 object.name
             );
+            let Some(global) = object.offsets_global else {
+                continue;
+            };
             let elf = ::object::File::parse(bytes).unwrap();
             assert!(
-                elf.symbols().any(|s| s.name() == Ok(object.offsets_global)),
-                "{}: no global {}",
+                elf.symbols().any(|s| s.name() == Ok(global)),
+                "{}: no global {global}",
                 object.name,
-                object.offsets_global
             );
         }
     }

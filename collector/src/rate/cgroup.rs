@@ -1,5 +1,5 @@
-//! Per-cgroup rates over the last two samples: CPU (cgroupfs and eBPF), page faults and
-//! run-queue windows, each with kubelet's rules (see [`super::per_second`]).
+//! Per-cgroup rates over the last two samples: CPU (cgroupfs and eBPF), page faults, socket
+//! traffic and run-queue windows, each with kubelet's rules (see [`super::per_second`]).
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
@@ -7,7 +7,10 @@ use super::{
     Reading, per_second,
     runq::{RunqWindow, Summarizer},
 };
-use crate::{probes::RUNQ_VALUES, sampler::Sample};
+use crate::{
+    probes::{NET_VALUES, RUNQ_VALUES},
+    sampler::Sample,
+};
 
 /// Rates of one cgroup over the store's last two samples (absent per the rate rules).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -21,6 +24,8 @@ pub struct CgroupRates {
     pub ebpf_major_faults_per_second: Option<u64>,
     /// Run-queue waits between the last two samples.
     pub runq: Option<RunqWindow>,
+    /// From the net probe, in its layout (rx bytes, rx packets, tx bytes, tx packets).
+    pub ebpf_network_per_second: [Option<u64>; NET_VALUES],
 }
 
 /// The counters rates are computed from, as last read.
@@ -32,6 +37,7 @@ struct Counters {
     major_faults: Option<Reading>,
     ebpf_minor: Option<Reading>,
     ebpf_major: Option<Reading>,
+    network: [Option<Reading>; NET_VALUES],
     runq: Option<(Instant, Arc<[u64; RUNQ_VALUES]>)>,
     /// The rates last computed: a cgroupfs reading carried forward between full passes keeps
     /// its rates rather than losing them to a zero time delta.
@@ -68,12 +74,15 @@ pub fn rates_since(state: &mut RateState, sample: &Sample) -> Vec<CgroupRates> {
                 major_faults: reading(stat.pgmajfault, at),
                 ebpf_minor: reading(c.ebpf.faults.map(|[minor, _]| minor), now_at),
                 ebpf_major: reading(c.ebpf.faults.map(|[_, major]| major), now_at),
+                network: std::array::from_fn(|i| reading(c.ebpf.network.map(|n| n[i]), now_at)),
                 runq: c.ebpf.runq.clone().map(|h| (now_at, h)),
                 rates: prev.rates,
             };
             now.rates.ebpf_nano_cores = rate(prev.ebpf, now.ebpf);
             now.rates.ebpf_minor_faults_per_second = rate(prev.ebpf_minor, now.ebpf_minor);
             now.rates.ebpf_major_faults_per_second = rate(prev.ebpf_major, now.ebpf_major);
+            now.rates.ebpf_network_per_second =
+                std::array::from_fn(|i| rate(prev.network[i], now.network[i]));
             now.rates.runq = match (&prev.runq, &now.runq) {
                 (Some((t0, h0)), Some((t1, h1))) => {
                     let dt = t1.saturating_duration_since(*t0).as_nanos();
@@ -147,8 +156,10 @@ mod tests {
                     ..Default::default()
                 },
                 created_unix_nano: None,
+                network: None,
             }],
             meminfo: None,
+            host: Default::default(),
             terminated: Vec::new(),
             oom_kills: Vec::new(),
         }
@@ -181,6 +192,34 @@ mod tests {
         assert_eq!(r[0].cgroupfs_nano_cores, Some(1_000_000_000));
         assert_eq!(r[0].page_faults_per_second, Some(10));
         assert_eq!(r[0].ebpf_nano_cores, None, "probe not active: absent");
+    }
+
+    #[test]
+    fn socket_traffic_rates_follow_each_counter_of_the_net_probe() {
+        let t0 = Instant::now();
+        let half = Duration::from_millis(500);
+        let with_network = |at, n| {
+            let mut s = sample(at, 0, 0, None);
+            s.cgroups[0].ebpf.network = Some(n);
+            s
+        };
+        let mut previous = RateState::default();
+        let r = rates_since(&mut previous, &with_network(t0, [1_000, 10, 2_000, 20]));
+        assert_eq!(r[0].ebpf_network_per_second, [None; NET_VALUES]);
+        let r = rates_since(
+            &mut previous,
+            &with_network(t0 + half, [1_500, 15, 2_100, 21]),
+        );
+        // rx bytes, rx packets, tx bytes, tx packets per second over half a second.
+        assert_eq!(
+            r[0].ebpf_network_per_second,
+            [Some(1_000), Some(10), Some(200), Some(2)]
+        );
+        let r = rates_since(&mut previous, &sample(t0 + 2 * half, 0, 0, None));
+        assert_eq!(
+            r[0].ebpf_network_per_second, [None; NET_VALUES],
+            "probe gone: absent"
+        );
     }
 
     #[test]

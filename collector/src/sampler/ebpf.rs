@@ -11,7 +11,8 @@ use super::hierarchy::CounterHierarchy;
 use crate::{
     cgroupfs::CgroupNode,
     probes::{
-        CgroupEvent, Family, OomKillEvent, Probes, RUNQ_VALUES, SCHED_VALUES, SchedValues,
+        CgroupEvent, Family, NET_VALUES, NetValues, OomKillEvent, Probes, RUNQ_VALUES,
+        SCHED_VALUES, SchedValues,
         sched::{CPU_NS, MAJOR_FAULTS, MINOR_FAULTS, RUNQ},
     },
 };
@@ -27,6 +28,9 @@ pub struct EbpfValues {
     pub runq: Option<Arc<[u64; RUNQ_VALUES]>>,
     /// OOM kills of this cgroup's own tasks seen since the collector started.
     pub oom_kills: Option<u64>,
+    /// Socket traffic since the net probe attached, descendants included: rx bytes, rx packets,
+    /// tx bytes, tx packets (the layout of [`crate::probes::net`]).
+    pub network: Option<NetValues>,
 }
 
 /// The final eBPF counters of a cgroup that was removed, sent once.
@@ -63,6 +67,7 @@ pub struct MapStats {
 #[derive(Default)]
 pub struct EbpfMerge {
     sched: CounterHierarchy<SCHED_VALUES>,
+    net: CounterHierarchy<NET_VALUES>,
     /// Paths of the previous pass's nodes: removed cgroups are named by them.
     paths: HashMap<u64, Arc<str>>,
     /// Cgroups removed since the last pass that no pass ever saw (created and removed in
@@ -127,7 +132,7 @@ impl EbpfMerge {
 
     /// Whether map entries of cgroups unknown to the tree wait for a walk to place them.
     pub fn wants_walk(&self) -> bool {
-        self.sched.has_unknown()
+        self.sched.has_unknown() || self.net.has_unknown()
     }
 
     /// Adds the removed-but-never-seen cgroups to `nodes` under their nearest present ancestor
@@ -187,6 +192,7 @@ impl EbpfMerge {
             }
             None => {}
         }
+        self.merge_net(nodes, walked, probes, &mut values, &mut finals, stats);
         if probes.oom.is_some() {
             for (node, v) in nodes.iter().zip(values.iter_mut()) {
                 v.oom_kills = Some(self.oom_own.get(&node.id).copied().unwrap_or(0));
@@ -220,6 +226,47 @@ impl EbpfMerge {
     }
 }
 
+impl EbpfMerge {
+    /// The net probe's own counts as hierarchical totals per node, and the final totals of
+    /// removed cgroups (their own entries freed, their counts kept in their parents).
+    fn merge_net(
+        &mut self,
+        nodes: &[CgroupNode],
+        walked: bool,
+        probes: &mut Probes,
+        values: &mut [EbpfValues],
+        finals: &mut HashMap<u64, EbpfValues>,
+        stats: &mut MapStats,
+    ) {
+        let Some(reader) = probes.net.as_mut() else {
+            return;
+        };
+        match reader.read() {
+            Ok((own, _entries)) => {
+                let t = self.net.update(
+                    nodes,
+                    own,
+                    &mut |id| reader.take(id),
+                    walked,
+                    Instant::now(),
+                );
+                probes.read_outcome(Family::Net, Ok(()));
+                stats.unattributed += t.unattributed;
+                for (v, total) in values.iter_mut().zip(&t.totals) {
+                    v.network = Some(*total);
+                }
+                for (id, total) in t.terminated {
+                    finals.entry(id).or_default().network = Some(total);
+                }
+            }
+            Err(e) => {
+                stats.read_errors += 1;
+                probes.read_outcome(Family::Net, Err(&e));
+            }
+        }
+    }
+}
+
 /// A cgroup's hierarchical sched totals as the fields of [`EbpfValues`]; no run-queue part when
 /// the kernel does not time waits.
 fn sched_values(total: &SchedValues, runq: bool) -> EbpfValues {
@@ -232,6 +279,7 @@ fn sched_values(total: &SchedValues, runq: bool) -> EbpfValues {
             Arc::new(h)
         }),
         oom_kills: None,
+        network: None,
     }
 }
 

@@ -9,9 +9,12 @@ use std::{
 
 mod ebpf;
 mod hierarchy;
+pub mod host;
 
 use ebpf::EbpfMerge;
 pub use ebpf::{EbpfValues, MapStats, OomKill, Terminated};
+use host::HostReader;
+pub use host::{HostReading, NetworkReading};
 
 use crate::{
     cgroupfs::{
@@ -19,6 +22,8 @@ use crate::{
         reader::{CgroupReader, ReadError},
         reading::CgroupReading,
     },
+    cri::CriNames,
+    k8s::identity::{self, Identity},
     probes::{Drops, Probes},
 };
 
@@ -37,6 +42,9 @@ pub struct CgroupSample {
     pub ebpf: EbpfValues,
     /// When the cgroup was first seen (its directory's ctime then), Unix ns.
     pub created_unix_nano: Option<u64>,
+    /// The network namespace: the host's for the root cgroup, the pod's for a pod cgroup (read
+    /// on full passes, carried forward like `reading`); `None` elsewhere or when unreadable.
+    pub network: Option<Arc<NetworkReading>>,
 }
 
 /// /proc/meminfo figures the node stats need, in bytes.
@@ -56,6 +64,8 @@ pub struct Sample {
     pub cgroups: Vec<CgroupSample>,
     /// `None` when /proc/meminfo could not be read.
     pub meminfo: Option<MemInfo>,
+    /// Node-wide reads of the last full pass (rlimit, the kubelet root dir's filesystem).
+    pub host: HostReading,
     /// Cgroups removed since the last pass, with their final eBPF counters (sent once).
     pub terminated: Vec<Terminated>,
     /// OOM kills since the last pass.
@@ -85,6 +95,8 @@ pub struct SamplerStats {
     /// Walks of the whole tree, and those made early (lost or cut events, unknown map entries).
     pub walks: u64,
     pub early_walks: u64,
+    /// Reads outside cgroupfs that failed (net/dev, statfs), the process having not vanished.
+    pub host_read_errors: u64,
 }
 
 /// What the sampler remembers of a cgroup between passes.
@@ -93,6 +105,9 @@ struct Known {
     reading: CgroupReading,
     read_at: Instant,
     read_wall: SystemTime,
+    /// What the path is in Kubernetes terms, worked out once.
+    identity: Option<Identity>,
+    network: Option<Arc<NetworkReading>>,
 }
 
 /// The shortest gap between two early walks (made for lost events or unknown map entries): a
@@ -115,7 +130,11 @@ pub struct Sampler {
     last_walk: Option<Instant>,
     /// The tree as of the last pass (walked or updated from lifecycle events).
     last_nodes: Vec<cgroupfs::CgroupNode>,
-    proc_root: PathBuf,
+    host: HostReader,
+    /// The last full pass's node-wide reads, carried forward like cgroup readings.
+    last_host: HostReading,
+    /// Which containers are sandboxes (whose process a pod's network is read through).
+    names: Option<Arc<CriNames>>,
     /// OOM kills drained by a pass that then failed: the next pass reports them.
     pending_oom_kills: Vec<OomKill>,
     pub stats: SamplerStats,
@@ -134,15 +153,30 @@ impl Sampler {
             last_full: None,
             last_walk: None,
             last_nodes: Vec::new(),
-            proc_root: PathBuf::from("/proc"),
+            host: HostReader::new(PathBuf::from("/proc"), None),
+            last_host: HostReading::default(),
+            names: None,
             pending_oom_kills: Vec::new(),
             stats: SamplerStats::default(),
         }
     }
 
-    /// Reads meminfo from `proc_root` instead of /proc (fixtures).
+    /// Reads meminfo, rlimit and network namespaces from `proc_root` instead of /proc
+    /// (fixtures).
     pub fn with_proc_root(mut self, proc_root: PathBuf) -> Self {
-        self.proc_root = proc_root;
+        self.host.set_proc_root(proc_root);
+        self
+    }
+
+    /// The kubelet root dir, whose filesystem is kubelet's node fs (statfs on full passes).
+    pub fn with_kubelet_root(mut self, kubelet_root: Option<PathBuf>) -> Self {
+        self.host.set_kubelet_root(kubelet_root);
+        self
+    }
+
+    /// Names from the runtime, to read each pod's network through its sandbox's process.
+    pub fn with_names(mut self, names: Arc<CriNames>) -> Self {
+        self.names = Some(names);
         self
     }
 
@@ -220,7 +254,8 @@ impl Sampler {
         // The node each sample came from, to hand it its eBPF values without a lookup.
         let mut node_of = Vec::with_capacity(nodes.len());
         // Rebuilt each pass from the last one, so ids of removed cgroups drop out in O(n).
-        let mut seen_before = std::mem::take(&mut self.known);
+        // Sized up front: growing a map of large entries pass after pass is all memcpy.
+        let mut seen_before = std::mem::replace(&mut self.known, HashMap::with_capacity(walked));
         for (index, node) in nodes[..walked].iter().enumerate() {
             let known = match seen_before.remove(&node.id) {
                 Some(known) if !full => known,
@@ -243,14 +278,21 @@ impl Sampler {
                     };
                     self.stats.parse_errors += u64::from(reading.malformed);
                     self.stats.read_errors += u64::from(reading.read_errors);
-                    Known {
-                        created_unix_nano: earlier.map_or_else(
-                            || dir_ctime(&self.mount, &node.path),
-                            |k| k.created_unix_nano,
+                    let (created_unix_nano, identity, network) = match earlier {
+                        Some(k) => (k.created_unix_nano, k.identity, k.network),
+                        None => (
+                            dir_ctime(&self.mount, &node.path),
+                            identity::identify(&node.path),
+                            None,
                         ),
+                    };
+                    Known {
+                        created_unix_nano,
                         reading,
                         read_at: taken_at,
                         read_wall: wall,
+                        identity,
+                        network,
                     }
                 }
             };
@@ -262,9 +304,15 @@ impl Sampler {
                 read_wall: known.read_wall,
                 ebpf: EbpfValues::default(),
                 created_unix_nano: known.created_unix_nano,
+                network: known.network.clone(),
             });
             node_of.push(index);
             self.known.insert(node.id, known);
+        }
+        if full {
+            self.read_networks(&mut cgroups);
+            self.last_host = self.host.node();
+            self.stats.host_read_errors = self.host.errors;
         }
         let mut map_stats = MapStats::default();
         let (mut values, terminated) = self.ebpf.merge(
@@ -283,7 +331,7 @@ impl Sampler {
         self.last_nodes = nodes;
         cgroups.sort_unstable_by_key(|c| c.id);
         self.stats.passes += 1;
-        let meminfo = read_meminfo(&self.proc_root.join("meminfo"));
+        let meminfo = read_meminfo(&self.host.proc_root().join("meminfo"));
         if meminfo.is_none() {
             self.stats.read_errors += 1;
         }
@@ -292,9 +340,38 @@ impl Sampler {
             wall,
             cgroups,
             meminfo,
+            host: self.last_host,
             terminated,
             oom_kills,
         })
+    }
+
+    /// The host's network namespace for the root cgroup, each pod's for its cgroup, in the
+    /// samples and remembered for the passes until the next full one.
+    fn read_networks(&mut self, cgroups: &mut [CgroupSample]) {
+        let table = self.names.as_ref().map(|n| n.table()).unwrap_or_default();
+        let known = &self.known;
+        let pids = host::pod_pids(
+            cgroups.iter().map(|c| {
+                let identity = known.get(&c.id).and_then(|k| k.identity.as_ref());
+                (identity, c.reading.first_pid)
+            }),
+            &table,
+        );
+        let mut networks = host::pod_networks(&mut self.host, pids);
+        let host_network = self.host.network(1).map(Arc::new);
+        for c in cgroups.iter_mut() {
+            let Some(known) = self.known.get_mut(&c.id) else {
+                continue;
+            };
+            let network = match &known.identity {
+                Some(Identity::Pod(pod)) => networks.remove(&pod.uid),
+                _ if &*c.path == "/" => host_network.clone(),
+                _ => continue,
+            };
+            c.network.clone_from(&network);
+            known.network = network;
+        }
     }
 
     /// Counts a pass that could not complete and keeps what it already took from the kernel.

@@ -421,7 +421,8 @@ fn sent_counters(c: &CgroupSample, stats: &proto::CgroupStats, snap: &Snapshot) 
     }
 }
 
-/// kubelet's only_cpu_and_memory: the cpu and memory blocks and the identity, nothing else.
+/// kubelet's only_cpu_and_memory: the cpu and memory blocks and the identity; the node keeps
+/// its swap and its system containers (cpu, memory, swap), as kubelet's does.
 mod slim {
     use crate::proto;
 
@@ -431,6 +432,15 @@ mod slim {
             start_time_unix_nano: n.start_time_unix_nano,
             cpu: n.cpu,
             memory: n.memory,
+            swap: n.swap,
+            system_containers: n
+                .system_containers
+                .iter()
+                .map(|c| proto::ContainerStats {
+                    swap: c.swap,
+                    ..container(c)
+                })
+                .collect(),
             ..Default::default()
         }
     }

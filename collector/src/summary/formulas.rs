@@ -119,8 +119,26 @@ pub fn ebpf(v: &EbpfValues, rates: &CgroupRates) -> Option<proto::EbpfStats> {
         faults: ebpf_faults(v, Some(rates)),
         runq_latency: runq_latency(v, Some(rates)),
         oom_kills: v.oom_kills,
+        network: ebpf_network(v, Some(rates)),
     };
     (stats != proto::EbpfStats::default()).then_some(stats)
+}
+
+/// Socket bytes and packets, with per-second rates when `rates` is given.
+pub fn ebpf_network(v: &EbpfValues, rates: Option<&CgroupRates>) -> Option<proto::EbpfNetwork> {
+    use crate::probes::net::{RX_BYTES, RX_PACKETS, TX_BYTES, TX_PACKETS};
+    let n = v.network?;
+    let per_second = |i: usize| rates.and_then(|r| r.ebpf_network_per_second[i]);
+    Some(proto::EbpfNetwork {
+        rx_bytes: n[RX_BYTES],
+        rx_packets: n[RX_PACKETS],
+        tx_bytes: n[TX_BYTES],
+        tx_packets: n[TX_PACKETS],
+        rx_bytes_per_second: per_second(RX_BYTES),
+        rx_packets_per_second: per_second(RX_PACKETS),
+        tx_bytes_per_second: per_second(TX_BYTES),
+        tx_packets_per_second: per_second(TX_PACKETS),
+    })
 }
 
 /// Fault counts, with per-second rates when `rates` is given.

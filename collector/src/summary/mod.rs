@@ -1,32 +1,54 @@
 //! The kubelet Summary model (node / pods / containers) built from one snapshot.
 
 pub mod formulas;
+mod fs;
+mod network;
+pub mod node;
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use crate::{
-    cgroupfs::reading::Source,
-    cri::NameTable,
+    cri::{NameTable, stats::RuntimeFs},
+    host_scan::DiskTable,
     k8s::identity::{self, Identity},
     node::NodeInfo,
     proto,
     rate::CgroupRates,
-    sampler::{CgroupSample, MemInfo, Sample},
+    sampler::{CgroupSample, Sample},
     unix_time::unix_nanos,
 };
+
+/// What the Summary takes besides the sample: the runtime's names and filesystem usage, the
+/// slow disk scans, and where kubelet's system containers are.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    /// Names pods and containers, their CreatedAt, and which containers are sandboxes
+    /// ("pause"), which kubelet leaves out.
+    pub names: Arc<NameTable>,
+    pub runtime_fs: Arc<RuntimeFs>,
+    pub disk: Arc<DiskTable>,
+    pub kubelet_cgroup: Option<String>,
+    /// The kubelet process's start, Unix ns (kubelet reports its own start for its entry).
+    pub kubelet_start: Option<u64>,
+    pub runtime_cgroup: Option<String>,
+    pub misc_cgroup: Option<String>,
+}
 
 /// Node and pods of one sample (`rates` in `sample.cgroups` order), pods sorted by uid and their
 /// containers by id. The store builds this once per sample for every reader.
 ///
-/// `names` (from the CRI runtime) names pods and containers and marks sandbox ("pause")
-/// containers, which kubelet leaves out; without an entry a pod keeps an empty name and a
-/// container is named by its id.
+/// Without a name from the runtime a pod keeps an empty name, a container is named by its id,
+/// and both start at their cgroup's first sighting.
 pub fn build(
     sample: &Sample,
     rates: &[CgroupRates],
     node: &NodeInfo,
-    names: &NameTable,
+    inputs: &Inputs,
 ) -> (proto::NodeStats, Vec<proto::PodStats>) {
+    let names = &inputs.names;
     let time = unix_nanos(sample.wall);
     let mut node_stats = proto::NodeStats {
         node_name: node.node_name.clone(),
@@ -34,30 +56,29 @@ pub fn build(
         ..Default::default()
     };
     let mut pods: BTreeMap<String, proto::PodStats> = BTreeMap::new();
-    let mut containers: Vec<(String, proto::ContainerStats)> = Vec::new();
+    // Each container's pod, processes (kubelet's pod count includes the sandbox's) and stats
+    // (none for a sandbox, which kubelet leaves out).
+    let mut containers: Vec<(String, Option<u64>, Option<proto::ContainerStats>)> = Vec::new();
     for (c, rates) in sample.cgroups.iter().zip(rates) {
         if &*c.path == "/" {
-            node_stats = node_root(c, rates, sample.meminfo, time, node_stats);
+            node_stats = node::root(c, rates, sample.meminfo, time, node_stats);
             continue;
         }
-        let identity = identity::identify(&c.path);
-        match &identity {
-            Some(Identity::Pod(_)) => {}
-            Some(Identity::Container(_, container)) if !names.is_sandbox(&container.id) => {}
-            _ => continue,
-        }
-        let res = Resources::of(c, rates);
-        match identity {
+        match identity::identify(&c.path) {
             Some(Identity::Pod(pod)) => {
                 let stats = pods.entry(pod.uid.clone()).or_default();
+                let res = Resources::of(c, rates);
                 let name = names.pod(&pod.uid);
                 *stats = proto::PodStats {
                     pod_ref: Some(proto::PodReference {
                         name: name.map(|n| n.name.clone()).unwrap_or_default(),
                         namespace: name.map(|n| n.namespace.clone()).unwrap_or_default(),
-                        uid: pod.uid,
+                        uid: pod.uid.clone(),
                     }),
-                    start_time_unix_nano: c.created_unix_nano.unwrap_or_default(),
+                    start_time_unix_nano: names
+                        .pod_created(&pod.uid)
+                        .or(c.created_unix_nano)
+                        .unwrap_or_default(),
                     qos_class: pod.qos.as_str().to_owned(),
                     containers: std::mem::take(&mut stats.containers),
                     cpu: Some(res.cpu),
@@ -70,36 +91,29 @@ pub fn build(
                     cgroup_path: c.path.to_string(),
                     // Filled by the store's sliding windows.
                     usage_percentiles: None,
+                    network: c.network.as_deref().map(network::stats),
+                    ..Default::default()
                 };
             }
-            Some(Identity::Container(pod, container)) => containers.push((
-                pod.uid,
-                proto::ContainerStats {
-                    name: names
-                        .container(&container.id)
-                        .unwrap_or(&container.id)
-                        .to_owned(),
-                    start_time_unix_nano: c.created_unix_nano.unwrap_or_default(),
-                    cpu: Some(res.cpu),
-                    memory: res.memory,
-                    swap: res.swap,
-                    process_stats: Some(res.processes),
-                    io: res.io,
-                    ebpf: res.ebpf,
-                    container_id: container.id,
-                    runtime: container.runtime.as_str().to_owned(),
-                    cgroup_id: c.id,
-                    cgroup_path: c.path.to_string(),
-                    usage_percentiles: None,
-                },
-            )),
-            Some(Identity::PodInternal(_)) | None => {}
+            Some(Identity::Container(pod, container)) => {
+                let stats = (!names.is_sandbox(&container.id))
+                    .then(|| container_stats(c, rates, &pod.uid, container, sample, inputs));
+                containers.push((pod.uid, c.reading.processes, stats));
+            }
+            _ => {}
         }
     }
-    for (uid, container) in containers {
+    let mut processes: HashMap<String, u64> = HashMap::new();
+    for (uid, count, container) in containers {
         // A container whose pod cgroup vanished mid-pass has no pod to belong to this time.
-        if let Some(pod) = pods.get_mut(&uid) {
+        let Some(pod) = pods.get_mut(&uid) else {
+            continue;
+        };
+        if let Some(container) = container {
             pod.containers.push(container);
+        }
+        if let Some(n) = count {
+            *processes.entry(uid).or_default() += n;
         }
     }
     let mut pods: Vec<proto::PodStats> =
@@ -107,51 +121,83 @@ pub fn build(
     for pod in &mut pods {
         pod.containers
             .sort_by(|a, b| a.container_id.cmp(&b.container_id));
+        let uid = pod.pod_ref.as_ref().map_or("", |r| r.uid.as_str());
+        if let Some(stats) = &mut pod.process_stats {
+            stats.process_count = processes.get(uid).copied();
+        }
+        storage(pod, sample, inputs);
     }
+    node::host(&mut node_stats, &sample.host, inputs);
+    node_stats.system_containers = node::system_containers(sample, rates, inputs);
     (node_stats, pods)
 }
 
-fn node_root(
-    root: &CgroupSample,
+fn container_stats(
+    c: &CgroupSample,
     rates: &CgroupRates,
-    meminfo: Option<MemInfo>,
-    meminfo_time: u64,
-    base: proto::NodeStats,
-) -> proto::NodeStats {
-    let r = &root.reading;
-    let time = unix_nanos(root.read_wall);
-    let memory = r.memory.map(|m| {
-        // The v2 root has no memory.current: kubelet uses anon + file of the root memory.stat.
-        let usage = match (r.memory_source, m.usage_bytes) {
-            (Source::V2, None) => m
-                .stat
-                .anon
-                .zip(m.stat.file)
-                .map(|(a, f)| a.saturating_add(f)),
-            (_, usage) => usage,
-        };
-        formulas::memory(
-            &m,
-            rates,
-            r.memory_psi,
-            time,
-            usage,
-            meminfo.map(|i| i.total),
-        )
+    pod_uid: &str,
+    container: identity::ContainerRef,
+    sample: &Sample,
+    inputs: &Inputs,
+) -> proto::ContainerStats {
+    let names = &inputs.names;
+    let res = Resources::of(c, rates);
+    let name = names.container(&container.id);
+    // kubelet's log directory is named after the container, which only the runtime knows.
+    let logs = name.and_then(|n| {
+        let files = inputs.disk.pods.get(pod_uid)?.logs.containers.get(n)?;
+        Some(fs::logs(sample.host.node_fs.as_ref(), files))
     });
-    proto::NodeStats {
-        cpu: Some(formulas::cpu(&r.cpu, rates, r.cpu_psi, time)),
-        memory,
-        swap: meminfo.map(|i| proto::SwapStats {
-            time_unix_nano: meminfo_time,
-            swap_available_bytes: Some(i.swap_free),
-            swap_usage_bytes: Some(i.swap_total.saturating_sub(i.swap_free)),
-        }),
-        io: formulas::io(r.io, r.io_psi, time),
-        process_stats: Some(formulas::processes(r)),
-        ebpf: formulas::ebpf(&root.ebpf, rates),
-        ..base
+    proto::ContainerStats {
+        name: name.unwrap_or(&container.id).to_owned(),
+        start_time_unix_nano: names
+            .container_created(&container.id)
+            .or(c.created_unix_nano)
+            .unwrap_or_default(),
+        cpu: Some(res.cpu),
+        memory: res.memory,
+        swap: res.swap,
+        process_stats: Some(res.processes),
+        io: res.io,
+        ebpf: res.ebpf,
+        rootfs: inputs
+            .runtime_fs
+            .writable_layers
+            .get(&container.id)
+            .map(fs::runtime),
+        logs,
+        container_id: container.id,
+        runtime: container.runtime.as_str().to_owned(),
+        cgroup_id: c.id,
+        cgroup_path: c.path.to_string(),
+        usage_percentiles: None,
     }
+}
+
+/// Volumes and ephemeral storage of a pod whose containers are in place.
+fn storage(pod: &mut proto::PodStats, sample: &Sample, inputs: &Inputs) {
+    let node_fs = sample.host.node_fs.as_ref();
+    let uid = pod.pod_ref.as_ref().map_or("", |r| r.uid.as_str());
+    let disk = inputs.disk.pods.get(uid);
+    let mut volumes: Vec<proto::VolumeStats> = disk
+        .map(|d| d.volumes.iter().map(fs::volume).collect())
+        .unwrap_or_default();
+    // kubelet lists the ephemeral volumes first, then the persistent ones.
+    volumes.sort_by(|a, b| (!a.local_ephemeral, &a.name).cmp(&(!b.local_ephemeral, &b.name)));
+    let pod_logs = disk
+        .and_then(|d| d.logs.pod.as_ref())
+        .map(|f| fs::logs(node_fs, f));
+    let etc_hosts = disk
+        .and_then(|d| d.etc_hosts)
+        .map(|m| fs::file(node_fs, m.used, unix_nanos(m.time)));
+    pod.ephemeral_storage = fs::ephemeral(&fs::EphemeralParts {
+        node_fs,
+        containers: &pod.containers,
+        volumes: &volumes,
+        pod_logs: pod_logs.as_ref(),
+        etc_hosts: etc_hosts.as_ref(),
+    });
+    pod.volume = volumes;
 }
 
 /// The per-cgroup blocks pods, containers and raw cgroup records share.

@@ -220,11 +220,35 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// [`http_get`] for a server that may not be up yet.
 pub async fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, None).await
+}
+
+/// A form-encoded POST, as Go's `ParseForm` reads one.
+pub async fn http_post_form(addr: SocketAddr, path: &str, form: &str) -> (u16, String) {
+    http_request(addr, "POST", path, Some(form))
+        .await
+        .unwrap_or_else(|e| panic!("POST {path} to {addr}: {e}"))
+}
+
+async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    form: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let body = match form {
+        Some(form) => format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        ),
+        None => "\r\n".to_owned(),
+    };
     stream
         .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{body}")
+                .as_bytes(),
         )
         .await?;
     let mut response = String::new();

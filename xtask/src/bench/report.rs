@@ -57,8 +57,10 @@ fn find<'a>(rows: &'a [Value], created: u64, mode: &str) -> Option<&'a Value> {
 fn cost(md: &mut String, rows: &[Value], plot_note: &str) {
     let _ = writeln!(
         md,
-        "N cgroups created under the cgroup2 mount and in every v1 hierarchy, 20 of them with a \
-         live process (plus the host's own). Each measurement runs in a fresh process; the three \
+        "N cgroups created under the cgroup2 mount and in every v1 hierarchy, shaped as \
+         kubelet's pods: N/2 pods of one container, each container with a sleeping process (its \
+         sandbox) and 20 of them also a live one (plus the host's own cgroups). Each measurement \
+         runs in a fresh process; the three \
          modes alternate. (a) baseline: a cAdvisor-style pass reading and parsing every readable \
          file of every cgroup directory; (b) the collector's sampler reading cgroupfs every pass \
          (plus the Summary build); (c) the eBPF path at the daemon's defaults, 1 s passes with \

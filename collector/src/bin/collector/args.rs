@@ -11,7 +11,7 @@ use collector::{
     top::{SortBy, View},
 };
 
-use crate::{export_args::ExportArgs, security_args::*};
+use crate::{export_args::ExportArgs, security_args::*, summary_args::SummaryArgs};
 
 #[derive(Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
@@ -157,6 +157,8 @@ pub struct ServeArgs {
     pub auth: AuthArgs,
     #[command(flatten)]
     pub export: ExportArgs,
+    #[command(flatten)]
+    pub summary: SummaryArgs,
 }
 
 #[derive(Args)]

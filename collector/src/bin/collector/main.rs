@@ -4,6 +4,7 @@
 mod args;
 mod export_args;
 mod security_args;
+mod summary_args;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -70,6 +71,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cri: args.cri_socket,
         cri_refresh: Duration::from_secs(args.cri_refresh_secs),
         percentile_window: args.percentile_window,
+        cri_stats_interval: collector::cri::stats::DEFAULT_STATS_PERIOD,
+        kubelet_root_dir: args.summary.kubelet_root_dir(),
+        pod_logs_dir: args.summary.pod_logs_dir(),
+        volume_stats_interval: args.summary.volume_stats_interval(),
+        system_cgroups: args.summary.system_cgroups(),
         stale_after: None,
         limits: args.limits.limits(),
         auth: args.auth.settings(None),
