@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 pub mod containerd;
+pub mod daemonset;
 pub mod watch;
 pub mod workload;
 

@@ -7,6 +7,8 @@
 //! - `engines`: fetch the export tests' Prometheus and VictoriaMetrics (Debian trixie), rotel (PyPI)
 //! - `layers`:  check that the collector's imports follow its layer table
 //! - `fuzz`:    run the parser fuzzers (cargo-fuzz) for a while each
+//! - `image`:   the collector built statically in an OCI image archive (reproducible)
+//! - `soak`:    cgroup churn against the release binary for N minutes, with a report
 //! - `bench`:   measure collection cost, probe overhead, streaming and aggregation; write a
 //!   markdown + JSON report and a plot
 
@@ -14,6 +16,7 @@ mod bench;
 mod cmd;
 mod debian;
 mod fuzz;
+mod image;
 mod layers;
 mod prereqs;
 mod pypi;
@@ -70,6 +73,15 @@ enum Task {
     /// VictoriaMetrics, unpacked into ~/.cache/collector-debian; rotel from PyPI into
     /// ~/.cache/collector-pypi); `test` does this itself.
     Engines,
+    /// Build the collector statically into an OCI image archive (target/image/), reproducibly.
+    Image {
+        /// Build it a second time and fail unless both are byte for byte the same.
+        #[arg(long)]
+        check_reproducible: bool,
+        /// Also write the image's files to this directory (deploy/Dockerfile copies them).
+        #[arg(long)]
+        rootfs: Option<std::path::PathBuf>,
+    },
     /// Check that the collector's modules import only earlier layers (the table in
     /// collector/src/lib.rs); `test` runs it first.
     Layers,
@@ -126,6 +138,20 @@ fn main() -> anyhow::Result<()> {
             eprintln!("engines in {}", dir.display());
             eprintln!("rotel: {}", pypi::ensure_rotel()?.display());
             Ok(())
+        }
+        Task::Image {
+            check_reproducible,
+            rootfs,
+        } => {
+            if check_reproducible {
+                image::build_checked()?;
+            } else {
+                image::build()?;
+            }
+            match rootfs {
+                Some(dir) => image::write_rootfs(&dir),
+                None => Ok(()),
+            }
         }
         Task::Layers => layers::check(),
         Task::Fuzz { seconds, targets } => fuzz::run(targets, seconds),

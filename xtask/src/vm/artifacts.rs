@@ -38,7 +38,7 @@ pub fn build() -> anyhow::Result<Artifacts> {
         ])
         .env(
             "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-            "-C target-feature=+crt-static",
+            crate::image::STATIC_RUSTFLAGS,
         )
         .stdout(Stdio::piped())
         .spawn()
