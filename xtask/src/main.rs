@@ -20,6 +20,7 @@ mod image;
 mod layers;
 mod prereqs;
 mod pypi;
+mod soak;
 mod vm;
 
 use std::{os::unix::process::CommandExt as _, process::Command, time::Instant};
@@ -81,6 +82,15 @@ enum Task {
         /// Also write the image's files to this directory (deploy/Dockerfile copies them).
         #[arg(long)]
         rootfs: Option<std::path::PathBuf>,
+    },
+    /// Soak (root): the static release collector under 1,000 cgroups a minute of churn, with a
+    /// Watch subscriber, an aggregator and a remote-write receiver, killed and restarted
+    /// halfway; writes soak.md, soak.json and soak.svg to --out and fails unless it held.
+    Soak {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        #[arg(long, default_value = "target/soak")]
+        out: std::path::PathBuf,
     },
     /// Check that the collector's modules import only earlier layers (the table in
     /// collector/src/lib.rs); `test` runs it first.
@@ -153,6 +163,7 @@ fn main() -> anyhow::Result<()> {
                 None => Ok(()),
             }
         }
+        Task::Soak { minutes, out } => soak::run(minutes, &out),
         Task::Layers => layers::check(),
         Task::Fuzz { seconds, targets } => fuzz::run(targets, seconds),
         Task::Bench {

@@ -371,7 +371,7 @@ pub async fn http_pod_cpu(port: u16, pod: &PodIdentity) -> (u64, u64) {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let request = "GET /metrics/resource HTTP/1.1\r\nHost: collector\r\nConnection: close\r\n\r\n";
+    let request = "GET /metrics/resource HTTP/1.0\r\nHost: collector\r\n\r\n";
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut body = String::new();
     stream.read_to_string(&mut body).await.unwrap();
