@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+pub mod capabilities;
 pub mod containerd;
 pub mod daemonset;
 pub mod watch;

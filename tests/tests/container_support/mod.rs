@@ -391,6 +391,7 @@ pub async fn http_pod_cpu(port: u16, pod: &PodIdentity) -> (u64, u64) {
 
 /// The container cgroup's `usage_usec`, read every few ms with the wall time around each read.
 pub struct KernelCounter {
+    path: PathBuf,
     samples: Arc<Mutex<Vec<(u64, u64, u64)>>>,
     stop: Arc<AtomicBool>,
 }
@@ -399,11 +400,11 @@ impl KernelCounter {
     pub fn start(cpu_stat: PathBuf) -> Self {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (samples.clone(), stop.clone());
+        let (s, st, path) = (samples.clone(), stop.clone(), cpu_stat.clone());
         std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
                 let before = unix_ns(SystemTime::now());
-                if let Ok(text) = fs::read_to_string(&cpu_stat)
+                if let Ok(text) = fs::read_to_string(&path)
                     && let Some(usec) = text
                         .lines()
                         .find_map(|l| l.strip_prefix("usage_usec "))
@@ -415,12 +416,29 @@ impl KernelCounter {
                 std::thread::sleep(Duration::from_millis(5));
             }
         });
-        Self { samples, stop }
+        Self {
+            path: cpu_stat,
+            samples,
+            stop,
+        }
     }
 
     /// `reported` is a value the kernel's counter had, and within 1 % of the counter at the
     /// record's own read time `at_ns` (interpolated between the two reads around it).
     pub fn check(&self, via: &str, at_ns: u64, reported: u64) {
+        // A fresh record may be newer than the last read (a starved reader thread on a busy
+        // machine): wait for a read after it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self
+            .samples
+            .lock()
+            .unwrap()
+            .last()
+            .is_none_or(|last| last.0 < at_ns)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let samples = self.samples.lock().unwrap().clone();
         let exact = samples
             .windows(2)
@@ -428,7 +446,15 @@ impl KernelCounter {
         let around = samples
             .windows(2)
             .find(|w| w[0].1 <= at_ns && at_ns <= w[1].0)
-            .unwrap_or_else(|| panic!("{via}: no kernel reads around {at_ns}"));
+            .unwrap_or_else(|| {
+                panic!(
+                    "{via}: no kernel reads around {at_ns}: {} reads of {}, from {:?} to {:?}",
+                    samples.len(),
+                    self.path.display(),
+                    samples.first(),
+                    samples.last()
+                )
+            });
         let (t0, v0) = (around[0].1, around[0].2 as f64);
         let (t1, v1) = (around[1].0, around[1].2 as f64);
         let kernel = v0 + (v1 - v0) * (at_ns - t0) as f64 / (t1 - t0).max(1) as f64;
