@@ -231,6 +231,9 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
     Err(command.exec()).context("starting the collector")
 }
 
+/// The soak's length in `cargo xtask test` (CI).
+const CI_SOAK_MINUTES: u64 = 2;
+
 /// Which suites `cargo xtask test` runs: both unless told otherwise.
 struct Suites {
     host: bool,
@@ -260,14 +263,34 @@ fn test(
         let engines = debian::ensure_engines()?;
         // rotel (PyPI), a third-party OTLP receiver for the gRPC path.
         let rotel = pypi::ensure_rotel()?;
+        // The OCI image (built twice: reproducible), which the container test runs.
+        let step = Instant::now();
+        let image = image::build_checked()?;
+        eprintln!("    image: {:.0} s", step.elapsed().as_secs_f64());
         host = Some(cmd::cargo_test(
             cargo()
                 .envs(cached_tools.iter().map(|(k, v)| (*k, v)))
                 .env("COLLECTOR_ENGINE_DIR", engines)
                 .env("COLLECTOR_ROTEL", rotel)
+                .env("COLLECTOR_IMAGE_ARCHIVE", &image.archive)
                 .args(["test", "--no-fail-fast", "--"])
                 .args(test_args),
         )?);
+        // The churn soak with a restart, short (the README has the 10-minute figures); not
+        // when the tests were narrowed by a filter.
+        if !test_args.is_empty() {
+            eprintln!("note: test arguments given, so the soak does not run");
+        } else if cmd::is_root() {
+            let step = Instant::now();
+            soak::run(CI_SOAK_MINUTES, std::path::Path::new("target/soak-ci"))?;
+            eprintln!("    soak: {:.0} s", step.elapsed().as_secs_f64());
+        } else {
+            anyhow::ensure!(
+                !std::env::var("COLLECTOR_REQUIRE_BPF").is_ok_and(|v| v == "1"),
+                "the soak needs root and COLLECTOR_REQUIRE_BPF=1 forbids skipping it"
+            );
+            eprintln!("note: not root, so the soak does not run");
+        }
     }
     let guests = if suites.vm {
         let kernels: Vec<String> = if kernels.is_empty() {

@@ -246,8 +246,8 @@ pub fn usage_ns(cpu_stat: &Path) -> Option<u64> {
     Some(usec * 1000)
 }
 
-/// The churn parent's eBPF total against the kernel's, from one collector process's start:
-/// the time of every removed child must have reached the parent.
+/// The churn parent's eBPF total against the kernel's, minute by minute within one collector
+/// process: the time of every removed child must have reached the parent.
 pub struct Segment {
     path: String,
     ebpf0: u64,
@@ -288,10 +288,13 @@ impl Segment {
     ) -> anyhow::Result<ChurnCheck> {
         let (at, ebpf) = churn_ebpf(client, &self.path).await?;
         let kernel = kernel_at(series, at).await?;
-        Ok(ChurnCheck {
+        let check = ChurnCheck {
             kernel_ns: kernel - self.kernel0,
             ebpf_ns: ebpf.saturating_sub(self.ebpf0) as f64,
-        })
+        };
+        // The next check covers the next minute alone, so a loss is not diluted.
+        (self.ebpf0, self.kernel0) = (ebpf, kernel);
+        Ok(check)
     }
 }
 

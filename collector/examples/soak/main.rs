@@ -3,7 +3,9 @@
 //! each runs a short process and is removed; two long-lived busy cgroups sit under `busy`. A
 //! Watch subscriber, an aggregator (`collector aggregate`) and, when given, Prometheus as a
 //! remote-write receiver consume it. Halfway through the collector is killed with SIGKILL and
-//! started again. Prints one JSON object per minute, then one for the restart, on stdout.
+//! started again. Logs a JSON object per minute on stderr and prints the report, one JSON
+//! object, on stdout. A minute's RSS, descriptors and map entries are the medians of its six
+//! readings.
 //!
 //!   soak MINUTES COLLECTOR_BINARY [PROMETHEUS_BINARY]
 
@@ -97,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
     tick.tick().await;
     let mut minute_rows = Vec::new();
     let mut ticks = Vec::new();
+    let mut minute_readings: Vec<[f64; 3]> = Vec::new();
     let mut last_minute = (0u64, 0u64, 0u64);
     for n in 1.. {
         tick.tick().await;
@@ -122,15 +125,27 @@ async fn main() -> anyhow::Result<()> {
         let metrics = procs::http_get(http, "/metrics").await.unwrap_or_default();
         let process = figures.take(metric(&metrics, "collector_sampler_passes_total"));
         let map_entries = metric(&metrics, "collector_ebpf_map_entries").unwrap_or(0.0) as u64;
+        let reading = [
+            process.rss_kib as f64 / 1024.0,
+            process.fds as f64,
+            map_entries as f64,
+        ];
         ticks.push(json!({
             "seconds": elapsed.as_secs_f64(),
-            "rss_mib": process.rss_kib as f64 / 1024.0,
-            "fds": process.fds,
-            "map_entries": map_entries,
+            "rss_mib": reading[0],
+            "fds": reading[1],
+            "map_entries": reading[2],
         }));
+        minute_readings.push(reading);
         if n % (60 / TICK.as_secs()) != 0 {
             continue;
         }
+        // A minute's level: the median of its readings (map entries of cgroups removed since
+        // the last pass come and go between readings).
+        let level = |i: usize| median(minute_readings.iter().map(|r| r[i]).collect());
+        let (rss_mib, fds, map_entries) = (level(0), level(1), level(2));
+        minute_readings.clear();
+        let (cpu_ms_per_pass, passes) = figures.end_minute();
         let minute = n / (60 / TICK.as_secs());
         let churn_check = segment.check(&mut client, &series).await?;
         let nodes = AggregatorClient::connect(format!("http://127.0.0.1:{aggregator_port}"))
@@ -151,11 +166,13 @@ async fn main() -> anyhow::Result<()> {
         let w = watch.figures();
         minute_rows.push(json!({
             "minute": minute,
-            "rss_mib": process.rss_kib as f64 / 1024.0,
-            "fds": process.fds,
+            // Which collector process: 0 before the restart, 1 after.
+            "process": u8::from(restart.is_some()),
+            "rss_mib": rss_mib,
+            "fds": fds,
             "map_entries": map_entries,
-            "cpu_ms_per_pass": process.cpu_ms_per_pass,
-            "passes": process.passes,
+            "cpu_ms_per_pass": cpu_ms_per_pass,
+            "passes": passes,
             "cgroups_created": created - last_minute.0,
             "cgroups_removed": removed - last_minute.1,
             "spawn_failures": churn.failures.load(Ordering::Relaxed),
@@ -195,7 +212,7 @@ async fn main() -> anyhow::Result<()> {
             "removals": w.removals,
             "reconnects": w.reconnects,
             "epochs": w.epochs,
-            "busy_rates": w.rates,
+            "rates": w.rates,
             "negative_rates": w.negative_rates,
             "spiking_rates": w.spiking_rates,
             "naive_decreases": w.naive_decreases,
@@ -206,4 +223,13 @@ async fn main() -> anyhow::Result<()> {
     println!("{report}");
     drop(series);
     Ok(())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }

@@ -117,26 +117,26 @@ pub fn metric(exposition: &str, family: &str) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum())
 }
 
-/// The collector's resident memory, descriptors and CPU per pass since the previous take.
+/// The collector's resident memory and descriptors, and its CPU per pass over a minute (clock
+/// ticks of 10 ms are too coarse for one 10-second reading).
 pub struct ProcessFigures {
     pid: u32,
-    last_cpu_ticks: Option<u64>,
-    last_passes: Option<f64>,
+    /// (CPU clock ticks, passes) at the newest reading and at the start of the minute.
+    latest: Option<(u64, f64)>,
+    minute_start: Option<(u64, f64)>,
 }
 
 pub struct Taken {
     pub rss_kib: u64,
     pub fds: usize,
-    pub cpu_ms_per_pass: Option<f64>,
-    pub passes: f64,
 }
 
 impl ProcessFigures {
     pub fn new(pid: u32) -> Self {
         Self {
             pid,
-            last_cpu_ticks: None,
-            last_passes: None,
+            latest: None,
+            minute_start: None,
         }
     }
 
@@ -149,7 +149,8 @@ impl ProcessFigures {
             .unwrap_or(0);
         let fds = fs::read_dir(format!("/proc/{}/fd", self.pid)).map_or(0, |d| d.count());
         let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        // After the command's closing parenthesis: utime and stime are fields 14 and 15.
+        // After the command's closing parenthesis: utime and stime are fields 14 and 15
+        // (exited threads included).
         let ticks: u64 = stat
             .rsplit_once(')')
             .map(|(_, rest)| {
@@ -160,23 +161,25 @@ impl ProcessFigures {
                     .sum()
             })
             .unwrap_or(0);
-        let passes = passes.unwrap_or(0.0);
+        if let Some(passes) = passes {
+            self.latest = Some((ticks, passes));
+            self.minute_start.get_or_insert((ticks, passes));
+        }
+        Taken { rss_kib, fds }
+    }
+
+    /// (CPU ms per pass, passes) since the previous call (or the first reading), and a new
+    /// minute starts.
+    pub fn end_minute(&mut self) -> (Option<f64>, f64) {
+        let (Some((t1, p1)), Some((t0, p0))) = (self.latest, self.minute_start) else {
+            return (None, 0.0);
+        };
+        self.minute_start = Some((t1, p1));
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        let cpu_ms_per_pass = match (self.last_cpu_ticks, self.last_passes) {
-            (Some(t), Some(p)) if passes > p => {
-                Some((ticks - t) as f64 * 1000.0 / hz / (passes - p))
-            }
-            _ => None,
-        };
-        self.last_cpu_ticks = Some(ticks);
-        self.last_passes = Some(passes);
-        Taken {
-            rss_kib,
-            fds,
-            cpu_ms_per_pass,
-            passes,
-        }
+        let passes = p1 - p0;
+        let per_pass = (passes > 0.0).then(|| (t1 - t0) as f64 * 1000.0 / hz / passes);
+        (per_pass, passes)
     }
 }
 
