@@ -208,6 +208,7 @@ impl Running {
 }
 
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
+    let started = std::time::SystemTime::now();
     let auth_settings = AuthSettings {
         client_ca: config.tls.as_ref().and_then(|t| t.client_ca.clone()),
         ..config.auth.clone()
@@ -284,6 +285,11 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     // The probes' counters count from here (the start time of the exported eBPF sums).
     let probes_since = std::time::SystemTime::now();
     report_probes(&probes);
+    let any_active = probes.statuses().iter().any(|s| s.is_active());
+    let _ = server_stats.epoch.set(server::Epoch {
+        start_unix_nano: crate::unix_time::unix_nanos(started),
+        ebpf_since_unix_nano: any_active.then(|| crate::unix_time::unix_nanos(probes_since)),
+    });
 
     // A node without kubelet (a laptop running `cargo xtask run`) has neither directory.
     let present = |dir: &Option<PathBuf>, flag: &str| {

@@ -126,6 +126,8 @@ pub fn collector_stats(
         early_walks: sampler.early_walks,
         watch_subscribers: 0,
         dropped_subscribers: 0,
+        start_time_unix_nano: 0,
+        ebpf_counters_since_unix_nano: None,
     }
 }
 

@@ -428,10 +428,11 @@ fn dockerfile_builds_in_stages_and_runs_the_binary() {
     let text = std::fs::read_to_string(deploy("Dockerfile")).unwrap();
     let stages = text.lines().filter(|l| l.starts_with("FROM ")).count();
     assert!(stages >= 2, "multi-stage build expected");
-    assert!(text.contains("cargo xtask build --release"));
-    assert!(
-        text.contains("COPY --from=build /src/target/release/collector /usr/local/bin/collector")
-    );
+    // The same files as `cargo xtask image` on an empty base (the container test compares the
+    // entrypoint, command and ports with that image's configuration).
+    assert!(text.contains("RUN cargo xtask image --rootfs /rootfs"));
+    assert!(text.contains("FROM scratch"));
+    assert!(text.contains("COPY --from=build /rootfs/ /"));
     assert!(text.contains("ENTRYPOINT [\"/usr/local/bin/collector\"]"));
     for port in ["50051", "50080", "50052", "8443"] {
         assert!(

@@ -137,6 +137,21 @@ impl Containerd {
         Ok(())
     }
 
+    /// Imports an OCI image archive (`cargo xtask image`'s) into the CRI namespace, named
+    /// `base_name:<the archive's tag>`.
+    pub fn import_archive(&self, archive: &Path, base_name: &str) -> anyhow::Result<()> {
+        self.ctr(&[
+            "images",
+            "import",
+            "--snapshotter",
+            "native",
+            "--base-name",
+            base_name,
+            archive.to_str().context("non-UTF-8 archive path")?,
+        ])?;
+        Ok(())
+    }
+
     /// Runs `ctr` against this containerd in the CRI namespace.
     pub fn ctr(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = Command::new("ctr")

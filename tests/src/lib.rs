@@ -11,8 +11,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+pub mod capabilities;
 pub mod containerd;
 pub mod cri;
+pub mod daemonset;
 pub mod watch;
 pub mod workload;
 

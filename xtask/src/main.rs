@@ -7,6 +7,8 @@
 //! - `engines`: fetch the export tests' Prometheus and VictoriaMetrics (Debian trixie), rotel (PyPI)
 //! - `layers`:  check that the collector's imports follow its layer table
 //! - `fuzz`:    run the parser fuzzers (cargo-fuzz) for a while each
+//! - `image`:   the collector built statically in an OCI image archive (reproducible)
+//! - `soak`:    cgroup churn against the release binary for N minutes, with a report
 //! - `bench`:   measure collection cost, probe overhead, streaming and aggregation; write a
 //!   markdown + JSON report and a plot
 
@@ -14,9 +16,11 @@ mod bench;
 mod cmd;
 mod debian;
 mod fuzz;
+mod image;
 mod layers;
 mod prereqs;
 mod pypi;
+mod soak;
 mod vm;
 
 use std::{os::unix::process::CommandExt as _, process::Command, time::Instant};
@@ -70,6 +74,24 @@ enum Task {
     /// VictoriaMetrics, unpacked into ~/.cache/collector-debian; rotel from PyPI into
     /// ~/.cache/collector-pypi); `test` does this itself.
     Engines,
+    /// Build the collector statically into an OCI image archive (target/image/), reproducibly.
+    Image {
+        /// Build it a second time and fail unless both are byte for byte the same.
+        #[arg(long)]
+        check_reproducible: bool,
+        /// Also write the image's files to this directory (deploy/Dockerfile copies them).
+        #[arg(long)]
+        rootfs: Option<std::path::PathBuf>,
+    },
+    /// Soak (root): the static release collector under 1,000 cgroups a minute of churn, with a
+    /// Watch subscriber, an aggregator and a remote-write receiver, killed and restarted
+    /// halfway; writes soak.md, soak.json and soak.svg to --out and fails unless it held.
+    Soak {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        #[arg(long, default_value = "target/soak")]
+        out: std::path::PathBuf,
+    },
     /// Check that the collector's modules import only earlier layers (the table in
     /// collector/src/lib.rs); `test` runs it first.
     Layers,
@@ -127,6 +149,21 @@ fn main() -> anyhow::Result<()> {
             eprintln!("rotel: {}", pypi::ensure_rotel()?.display());
             Ok(())
         }
+        Task::Image {
+            check_reproducible,
+            rootfs,
+        } => {
+            if check_reproducible {
+                image::build_checked()?;
+            } else {
+                image::build()?;
+            }
+            match rootfs {
+                Some(dir) => image::write_rootfs(&dir),
+                None => Ok(()),
+            }
+        }
+        Task::Soak { minutes, out } => soak::run(minutes, &out),
         Task::Layers => layers::check(),
         Task::Fuzz { seconds, targets } => fuzz::run(targets, seconds),
         Task::Bench {
@@ -194,6 +231,9 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
     Err(command.exec()).context("starting the collector")
 }
 
+/// The soak's length in `cargo xtask test` (CI).
+const CI_SOAK_MINUTES: u64 = 2;
+
 /// Which suites `cargo xtask test` runs: both unless told otherwise.
 struct Suites {
     host: bool,
@@ -223,14 +263,34 @@ fn test(
         let engines = debian::ensure_engines()?;
         // rotel (PyPI), a third-party OTLP receiver for the gRPC path.
         let rotel = pypi::ensure_rotel()?;
+        // The OCI image (built twice: reproducible), which the container test runs.
+        let step = Instant::now();
+        let image = image::build_checked()?;
+        eprintln!("    image: {:.0} s", step.elapsed().as_secs_f64());
         host = Some(cmd::cargo_test(
             cargo()
                 .envs(cached_tools.iter().map(|(k, v)| (*k, v)))
                 .env("COLLECTOR_ENGINE_DIR", engines)
                 .env("COLLECTOR_ROTEL", rotel)
+                .env("COLLECTOR_IMAGE_ARCHIVE", &image.archive)
                 .args(["test", "--no-fail-fast", "--"])
                 .args(test_args),
         )?);
+        // The churn soak with a restart, short (the README has the 10-minute figures); not
+        // when the tests were narrowed by a filter.
+        if !test_args.is_empty() {
+            eprintln!("note: test arguments given, so the soak does not run");
+        } else if cmd::is_root() {
+            let step = Instant::now();
+            soak::run(CI_SOAK_MINUTES, std::path::Path::new("target/soak-ci"))?;
+            eprintln!("    soak: {:.0} s", step.elapsed().as_secs_f64());
+        } else {
+            anyhow::ensure!(
+                !std::env::var("COLLECTOR_REQUIRE_BPF").is_ok_and(|v| v == "1"),
+                "the soak needs root and COLLECTOR_REQUIRE_BPF=1 forbids skipping it"
+            );
+            eprintln!("note: not root, so the soak does not run");
+        }
     }
     let guests = if suites.vm {
         let kernels: Vec<String> = if kernels.is_empty() {

@@ -31,7 +31,7 @@ pub static RUNQ_EDGES: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
 });
 
 fn declare(e: &mut Exposition) {
-    let families: [(&'static str, Kind, &'static str); 45] = [
+    let families: [(&'static str, Kind, &'static str); 47] = [
         (
             "collector_sampler_passes_total",
             Kind::Counter,
@@ -61,6 +61,16 @@ fn declare(e: &mut Exposition) {
             "collector_ebpf_map_read_errors_total",
             Kind::Counter,
             "Failed reads of the eBPF maps (that pass had no eBPF fields).",
+        ),
+        (
+            "collector_start_time_seconds",
+            Kind::Gauge,
+            "When this collector process started (Unix seconds): every eBPF counter restarts from zero when it changes.",
+        ),
+        (
+            "collector_ebpf_counters_since_seconds",
+            Kind::Gauge,
+            "When the eBPF counters started counting (the probes attached, Unix seconds).",
         ),
         (
             "collector_ebpf_map_entries",
@@ -296,6 +306,25 @@ fn collector(e: &mut Exposition, s: &Snapshot, server: &ServerStats) {
         st.probe_read_errors,
     );
     int(e, "collector_ebpf_map_entries", &[], st.ebpf_map_entries);
+    if let Some(epoch) = server.epoch.get() {
+        let seconds = |ns: u64| ns as f64 / 1e9;
+        e.sample(
+            "collector_start_time_seconds",
+            "",
+            &[],
+            seconds(epoch.start_unix_nano),
+            None,
+        );
+        if let Some(since) = epoch.ebpf_since_unix_nano {
+            e.sample(
+                "collector_ebpf_counters_since_seconds",
+                "",
+                &[],
+                seconds(since),
+                None,
+            );
+        }
+    }
     let d = st.ebpf_drops;
     for (what, v) in [
         ("runs", d.cgroup_inserts),

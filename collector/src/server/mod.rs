@@ -178,6 +178,17 @@ pub struct ServerStats {
     pub refused_subscribers: Arc<AtomicU64>,
     pub grpc_connections: Arc<accept::ConnectionStats>,
     pub http_connections: Arc<accept::ConnectionStats>,
+    /// Since when this process's counters count; set once the probes are loaded.
+    pub epoch: std::sync::OnceLock<Epoch>,
+}
+
+/// The origin of this process's counters: a restart changes it, and with it every eBPF
+/// counter starts from zero (the cgroupfs ones are the kernel's and continue).
+#[derive(Debug, Clone, Copy)]
+pub struct Epoch {
+    pub start_unix_nano: u64,
+    /// When the probes attached; `None` when none is active.
+    pub ebpf_since_unix_nano: Option<u64>,
 }
 
 impl ServerStats {
@@ -187,9 +198,12 @@ impl ServerStats {
 
     /// The sampler's and probes' figures of `snap` with this server's Watch counters.
     pub fn collector_stats(&self, snap: &Snapshot) -> proto::CollectorStats {
+        let epoch = self.epoch.get();
         proto::CollectorStats {
             watch_subscribers: self.watch_subscribers.load(Ordering::Relaxed),
             dropped_subscribers: self.dropped_subscribers(),
+            start_time_unix_nano: epoch.map_or(0, |e| e.start_unix_nano),
+            ebpf_counters_since_unix_nano: epoch.and_then(|e| e.ebpf_since_unix_nano),
             ..convert::collector_stats(&snap.stats, &snap.program_stats, &snap.maps)
         }
     }

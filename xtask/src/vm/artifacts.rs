@@ -11,8 +11,8 @@ use anyhow::{Context as _, bail};
 
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 const PACKAGE: &str = "collector-integration-tests";
-/// Host-only: it needs containerd, which the guest does not have.
-const HOST_ONLY_TESTS: &[&str] = &["cri_containerd"];
+/// Host-only: they need containerd (and the image), which the guest does not have.
+const HOST_ONLY_TESTS: &[&str] = &["cri_containerd", "collector_container"];
 
 pub struct Artifacts {
     /// Test executables, each run in the guest in this order.
@@ -38,7 +38,7 @@ pub fn build() -> anyhow::Result<Artifacts> {
         ])
         .env(
             "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-            "-C target-feature=+crt-static",
+            crate::image::STATIC_RUSTFLAGS,
         )
         .stdout(Stdio::piped())
         .spawn()

@@ -2,7 +2,7 @@
 //! kernels (5.10, 6.1 and 6.12 by default) with pure cgroup v2 and every controller enabled,
 //! which our hosts (6.18, hybrid cgroups) cannot show.
 
-mod artifacts;
+pub mod artifacts;
 mod hang;
 mod initramfs;
 mod kernel;

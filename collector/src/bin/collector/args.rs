@@ -11,7 +11,9 @@ use collector::{
     top::{SortBy, View},
 };
 
-use crate::{export_args::ExportArgs, security_args::*, summary_args::SummaryArgs};
+use crate::{
+    export_args::ExportArgs, logging::LogFormat, security_args::*, summary_args::SummaryArgs,
+};
 
 #[derive(Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
@@ -20,6 +22,11 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub serve: ServeArgs,
+    /// Log lines on stderr: `text` (colour only on a terminal) or `json` (one object per line,
+    /// for log pipelines). Every event is one line. `RUST_LOG` sets the level (default info).
+    #[arg(long, global = true, env = crate::logging::LOG_FORMAT_ENV, value_enum,
+          default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Subcommand)]

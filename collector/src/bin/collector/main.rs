@@ -3,10 +3,11 @@
 
 mod args;
 mod export_args;
+mod logging;
 mod security_args;
 mod summary_args;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use clap::Parser as _;
 use collector::{
@@ -16,19 +17,24 @@ use collector::{
     probes::ProbeConfig,
     top::{self, TopConfig},
 };
-use tracing_subscriber::EnvFilter;
 
 use crate::args::{AggregateArgs, Cli, Command, ServeArgs};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+async fn main() -> ExitCode {
     let cli = Cli::parse();
+    logging::init(cli.log_format);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Through the log, so that the last word is one line in the chosen format.
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Top(args)) => {
             top::run(TopConfig {
@@ -84,17 +90,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Connections, the cgroup walk and the probes all take descriptors: never let the
     // runtime's soft limit (1,024 on some) turn load into failed passes.
     raise_fd_limit();
+    let shutdown = shutdown_signal();
     let running = app::start(config).await?;
-    eprintln!(
-        "collector listening on {addr} (gRPC, reflection on)\n  watch it:  collector top --endpoint http://{addr}\n  or:        grpcurl -plaintext {addr} collector.v1.Collector/GetSummary",
-        addr = running.addr
+    tracing::info!(
+        grpc = %running.addr,
+        http = %running.http_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        "collector listening (gRPC with reflection; HTTP /metrics/resource, /stats/summary, \
+         /metrics); watch it with `collector top --endpoint {}`",
+        running.addr
     );
-    if let Some(http) = running.http_addr {
-        eprintln!(
-            "  HTTP:      curl http://{http}/metrics/resource  (also /stats/summary, /metrics)"
-        );
-    }
-    running.run_until(shutdown_signal()).await
+    running.run_until(shutdown).await
 }
 
 /// `--http-listen`: an address, or "off".
@@ -143,16 +148,14 @@ async fn aggregate(args: AggregateArgs) -> anyhow::Result<()> {
             })),
     };
     raise_fd_limit();
+    let shutdown = shutdown_signal();
     let running = aggregate::start(config).await?;
-    eprintln!(
-        "aggregator: gRPC on {} (collector.v1.Aggregator), metrics.k8s.io JSON on {}",
-        running.grpc_addr,
-        running.http_addr.map_or_else(
-            || "(off)".to_owned(),
-            |a| format!("http://{a}/apis/metrics.k8s.io/v1beta1/nodes")
-        )
+    tracing::info!(
+        grpc = %running.grpc_addr,
+        http = %running.http_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        "aggregator listening (collector.v1.Aggregator over gRPC, metrics.k8s.io over HTTP)"
     );
-    running.run_until(shutdown_signal()).await
+    running.run_until(shutdown).await
 }
 
 /// Raise the soft open-files limit to the hard one (the aggregator holds one connection per
@@ -177,12 +180,18 @@ fn raise_fd_limit() {
     }
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when the
+/// future is first polled: call it before announcing anything, so that a SIGTERM right after the
+/// "listening" line (a runtime stopping the container at once) is a clean shutdown, not a kill.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }
