@@ -10,7 +10,8 @@ use std::{ffi::CStr, io, os::fd::OwnedFd, path::PathBuf};
 
 use super::{
     CgroupMounts, CpuStat,
-    files::{FileBuffer, Root},
+    costs::{self, FileCosts, Outcome},
+    files::{FileBuffer, Root, Until},
     memory_stat::MemoryStat,
     parse::{self, CpuMax, Io, Limit, Psi, for_each_pair, set_u64},
     reading::{CgroupReading, CpuReading, MemoryReading, PidsReading, Source},
@@ -58,6 +59,19 @@ enum Hierarchy {
     Cpuacct,
     Pids,
     Blkio,
+}
+
+impl Hierarchy {
+    fn name(self) -> &'static str {
+        match self {
+            Hierarchy::V2 => "cgroup2",
+            Hierarchy::Memory => "memory",
+            Hierarchy::Cpu => "cpu",
+            Hierarchy::Cpuacct => "cpuacct",
+            Hierarchy::Pids => "pids",
+            Hierarchy::Blkio => "blkio",
+        }
+    }
 }
 
 const HIERARCHIES: [Hierarchy; 6] = [
@@ -113,6 +127,8 @@ pub struct CgroupReader {
     buf: FileBuffer,
     /// The first resource-exhaustion error of the cgroup being read: it fails the read.
     fault: Option<(&'static CStr, io::Error)>,
+    /// Per-file costs, when measuring (the bench); `None` in the daemon.
+    costs: Option<Box<FileCosts>>,
 }
 
 impl CgroupReader {
@@ -138,7 +154,18 @@ impl CgroupReader {
             dirs: Dirs::default(),
             buf: FileBuffer::default(),
             fault: None,
+            costs: None,
         }
+    }
+
+    /// Records what every file read from now on costs (see [`Self::file_costs`]).
+    pub fn measure_files(&mut self) {
+        self.costs = Some(Box::new(FileCosts::new(costs::clock_overhead())));
+    }
+
+    /// What the files read since [`Self::measure_files`] cost.
+    pub fn file_costs(&self) -> Option<&FileCosts> {
+        self.costs.as_deref()
     }
 
     /// Re-reads which controllers cgroup2 offers; once per pass (one small file).
@@ -157,6 +184,16 @@ impl CgroupReader {
 
     /// Reads everything for the cgroup at `relative` (e.g. `/kubepods.slice/…`).
     pub fn read(&mut self, relative: &str) -> Result<CgroupReading, ReadError> {
+        let started = self.costs.is_some().then(costs::thread_cpu);
+        let result = self.read_cgroup(relative);
+        if let (Some(costs), Some(started)) = (self.costs.as_deref_mut(), started) {
+            costs.cgroups += 1;
+            costs.read_time += costs::thread_cpu().saturating_sub(started);
+        }
+        result
+    }
+
+    fn read_cgroup(&mut self, relative: &str) -> Result<CgroupReading, ReadError> {
         let rel = relative.trim_start_matches('/');
         let mut r = CgroupReading::default();
         self.fault = None;
@@ -194,8 +231,7 @@ impl CgroupReader {
     /// How many processes `cgroup.procs` lists: read to EOF, since the kernel hands out one
     /// page (~500 PIDs) per `read`.
     fn process_list(&mut self, errors: &mut u32) -> Option<u64> {
-        let dir = self.dirs.0[Hierarchy::V2 as usize].as_ref()?;
-        match self.buf.read_list(dir, c"cgroup.procs") {
+        match self.raw(Hierarchy::V2, c"cgroup.procs", Until::Eof) {
             Ok(text) => text.map(parse::count_lines),
             Err(e) => {
                 note_error(&mut self.fault, c"cgroup.procs", e, errors);
@@ -215,7 +251,22 @@ impl CgroupReader {
             if self.same_mount_as[h as usize].is_some() {
                 continue; // read through the co-mounted hierarchy's handle
             }
-            dirs.0[h as usize] = match root.open(rel, self.buf.name_scratch()) {
+            let started = self.costs.is_some().then(costs::thread_cpu);
+            let opened = root.open(rel, self.buf.name_scratch());
+            if let (Some(costs), Some(started)) = (self.costs.as_deref_mut(), started) {
+                let outcome = match &opened {
+                    Ok(Some(_)) => Outcome::Read { bytes: 0 },
+                    Ok(None) => Outcome::Missing,
+                    Err(_) => Outcome::Failed,
+                };
+                costs.record(
+                    h.name(),
+                    costs::DIRECTORY,
+                    outcome,
+                    costs::thread_cpu().saturating_sub(started),
+                );
+            }
+            dirs.0[h as usize] = match opened {
                 Ok(fd) => fd,
                 Err(e) if is_gone(&e) => None,
                 Err(source) => {
@@ -234,19 +285,34 @@ impl CgroupReader {
     }
 
     /// `Ok(None)` when the cgroup is not in that hierarchy or the file does not exist.
-    fn file(&mut self, h: Hierarchy, name: &CStr) -> io::Result<Option<&str>> {
+    fn file(&mut self, h: Hierarchy, name: &'static CStr) -> io::Result<Option<&str>> {
+        self.raw(h, name, Until::ShortRead)
+    }
+
+    /// Every file read goes through here (see [`read_file`]).
+    fn raw(&mut self, h: Hierarchy, name: &'static CStr, until: Until) -> io::Result<Option<&str>> {
         let h = self.same_mount_as[h as usize].unwrap_or(h);
-        match self.dirs.0[h as usize].as_ref() {
-            Some(dir) => self.buf.read(dir, name),
-            None => Ok(None),
-        }
+        read_file(
+            &mut self.buf,
+            self.dirs.0[h as usize].as_ref(),
+            self.costs.as_deref_mut(),
+            (h, name),
+            until,
+        )
     }
 
     /// The file's text, or `None` when it does not exist (counted when it exists but fails).
     fn text(&mut self, h: Hierarchy, name: &'static CStr, errors: &mut u32) -> Option<&str> {
         let h = self.same_mount_as[h as usize].unwrap_or(h);
-        let dir = self.dirs.0[h as usize].as_ref()?;
-        match self.buf.read(dir, name) {
+        // Fields apart, so that the text can be returned while the fault is noted.
+        let read = read_file(
+            &mut self.buf,
+            self.dirs.0[h as usize].as_ref(),
+            self.costs.as_deref_mut(),
+            (h, name),
+            Until::ShortRead,
+        );
+        match read {
             Ok(text) => text,
             Err(e) => {
                 note_error(&mut self.fault, name, e, errors);
@@ -483,8 +549,7 @@ impl CgroupReader {
 
     fn psi(&mut self, name: &'static CStr, errors: &mut u32) -> Option<Psi> {
         // ENOTSUP (PSI disabled at boot) reads as an error: absent, like kubelet.
-        let dir = self.dirs.0[Hierarchy::V2 as usize].as_ref()?;
-        match self.buf.read(dir, name) {
+        match self.file(Hierarchy::V2, name) {
             Ok(text) => text.map(Psi::parse),
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => None,
             Err(e) => {
@@ -493,6 +558,37 @@ impl CgroupReader {
             }
         }
     }
+}
+
+/// Reads `name` in `dir` (`Ok(None)` when the cgroup is not in that hierarchy or the file does
+/// not exist), recording what it cost when measuring.
+fn read_file<'b>(
+    buf: &'b mut FileBuffer,
+    dir: Option<&OwnedFd>,
+    costs: Option<&mut FileCosts>,
+    (h, name): (Hierarchy, &'static CStr),
+    until: Until,
+) -> io::Result<Option<&'b str>> {
+    let Some(dir) = dir else {
+        return Ok(None);
+    };
+    let Some(costs) = costs else {
+        return buf.read_until(dir, name, until);
+    };
+    let started = costs::thread_cpu();
+    let result = buf.read_until(dir, name, until);
+    let outcome = match &result {
+        Ok(Some(text)) => Outcome::Read { bytes: text.len() },
+        Ok(None) => Outcome::Missing,
+        Err(_) => Outcome::Failed,
+    };
+    costs.record(
+        h.name(),
+        name,
+        outcome,
+        costs::thread_cpu().saturating_sub(started),
+    );
+    result
 }
 
 /// A file that exists but cannot be read: counted, and kept as the read's fault when it is the
