@@ -1,10 +1,19 @@
 //! Reads one cgroup's files: each controller from the hierarchy it is mounted in.
 //!
-//! On hybrid hosts the v1 controllers (memory, cpu, cpuacct, pids, blkio) hold the numbers and
-//! cgroup2 has only its core files; on pure v2 nodes everything is in cgroup2. A controller is
-//! read from v1 when it is mounted there and the cgroup exists in that hierarchy (kubelet creates
-//! the same relative path in each), otherwise from cgroup2. Controller files that cgroup2 cannot
-//! have (its root's `cgroup.controllers` lacks the controller) are not even tried.
+//! On hybrid hosts the v1 controllers (memory, cpu, pids, blkio) hold the numbers and cgroup2
+//! has only its core files; on pure v2 nodes everything is in cgroup2. A controller is read from
+//! v1 when it is mounted there and the cgroup exists in that hierarchy (kubelet creates the same
+//! relative path in each), otherwise from cgroup2. Controller files that cgroup2 cannot have
+//! (its root's `cgroup.controllers` lacks the controller) are not even tried.
+//!
+//! Only what the model reports is read, and each value from one place: CPU time always from
+//! cgroup2's `cpu.stat`, a core file of every cgroup that counts the same nanoseconds as v1's
+//! cpuacct (both are charged from the scheduler's `sum_exec_runtime`), in microseconds, with
+//! user and system time there in microseconds too rather than cpuacct.stat's 10 ms ticks; the
+//! v1 cpu controller only for what cgroup2 lacks on hybrid hosts (throttling and limits). So
+//! cpuacct is opened for the root alone, whose cgroup2 `cpu.stat` is not charged that way (the
+//! kernel sums the per-CPU tick statistics for it, 1.5 % below cpuacct on our hybrid host), and
+//! v1's memsw limit (memory plus swap, which the model does not report) is not read.
 
 use std::{ffi::CStr, io, os::fd::OwnedFd, path::PathBuf};
 
@@ -16,9 +25,6 @@ use super::{
     parse::{self, CpuMax, Io, Limit, Psi, for_each_pair, set_u64},
     reading::{CgroupReading, CpuReading, MemoryReading, PidsReading, Source},
 };
-
-/// v1 reports cpuacct.stat in USER_HZ ticks, which is 100 on every Linux ABI.
-const NS_PER_USER_HZ_TICK: u64 = 10_000_000;
 
 /// Why a cgroup has no reading this pass.
 #[derive(Debug, thiserror::Error)]
@@ -49,14 +55,12 @@ pub fn is_resource_exhaustion(e: &io::Error) -> bool {
     )
 }
 
-/// The hierarchies a reading draws from. cpu and cpuacct are usually co-mounted; they are kept
-/// apart because they need not be.
+/// The hierarchies a reading draws from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hierarchy {
     V2,
     Memory,
     Cpu,
-    Cpuacct,
     Pids,
     Blkio,
 }
@@ -67,25 +71,23 @@ impl Hierarchy {
             Hierarchy::V2 => "cgroup2",
             Hierarchy::Memory => "memory",
             Hierarchy::Cpu => "cpu",
-            Hierarchy::Cpuacct => "cpuacct",
             Hierarchy::Pids => "pids",
             Hierarchy::Blkio => "blkio",
         }
     }
 }
 
-const HIERARCHIES: [Hierarchy; 6] = [
+const HIERARCHIES: [Hierarchy; 5] = [
     Hierarchy::V2,
     Hierarchy::Memory,
     Hierarchy::Cpu,
-    Hierarchy::Cpuacct,
     Hierarchy::Pids,
     Hierarchy::Blkio,
 ];
 
 /// The cgroup being read, opened once in each hierarchy it exists in.
 #[derive(Default)]
-struct Dirs([Option<OwnedFd>; 6]);
+struct Dirs([Option<OwnedFd>; 5]);
 
 /// Which v2 controllers the hierarchy offers (from its root's `cgroup.controllers`). Unknown
 /// (file unreadable, e.g. a fixture tree) means "try everything".
@@ -118,10 +120,10 @@ impl V2Controllers {
 
 pub struct CgroupReader {
     /// Indexed by `Hierarchy`; `None` where that v1 controller is not mounted.
-    roots: [Option<Root>; 6],
-    /// For co-mounted v1 controllers (cpu,cpuacct): the earlier hierarchy with the same mount,
-    /// whose directory handle is shared instead of opened twice.
-    same_mount_as: [Option<Hierarchy>; 6],
+    roots: [Option<Root>; 5],
+    /// For co-mounted v1 controllers: the earlier hierarchy with the same mount, whose
+    /// directory handle is shared instead of opened twice.
+    same_mount_as: [Option<Hierarchy>; 5],
     v2_controllers: V2Controllers,
     dirs: Dirs,
     buf: FileBuffer,
@@ -129,6 +131,8 @@ pub struct CgroupReader {
     fault: Option<(&'static CStr, io::Error)>,
     /// Per-file costs, when measuring (the bench); `None` in the daemon.
     costs: Option<Box<FileCosts>>,
+    /// v1 cpuacct's root, where mounted: the node's CPU time as cAdvisor reads it on v1.
+    cpuacct_root: Option<Root>,
 }
 
 impl CgroupReader {
@@ -138,7 +142,6 @@ impl CgroupReader {
             Some(Root::new(v2)),
             v1("memory"),
             v1("cpu"),
-            v1("cpuacct"),
             v1("pids"),
             v1("blkio"),
         ];
@@ -155,6 +158,7 @@ impl CgroupReader {
             buf: FileBuffer::default(),
             fault: None,
             costs: None,
+            cpuacct_root: mounts.v1.get("cpuacct").cloned().map(Root::new),
         }
     }
 
@@ -211,6 +215,9 @@ impl CgroupReader {
             }
         };
         self.read_cpu(v2_cpu, &mut r);
+        if rel.is_empty() {
+            self.read_root_cpuacct(&mut r);
+        }
         self.read_memory(&mut r);
         self.read_pids(&mut r);
         self.read_io(&mut r);
@@ -296,7 +303,7 @@ impl CgroupReader {
             &mut self.buf,
             self.dirs.0[h as usize].as_ref(),
             self.costs.as_deref_mut(),
-            (h, name),
+            (h.name(), name),
             until,
         )
     }
@@ -309,7 +316,7 @@ impl CgroupReader {
             &mut self.buf,
             self.dirs.0[h as usize].as_ref(),
             self.costs.as_deref_mut(),
-            (h, name),
+            (h.name(), name),
             Until::ShortRead,
         );
         match read {
@@ -327,7 +334,7 @@ impl CgroupReader {
     }
 
     fn read_cpu(&mut self, v2: Option<CpuStat>, r: &mut CgroupReading) {
-        use Hierarchy::{Cpu, Cpuacct, V2};
+        use Hierarchy::{Cpu, V2};
         let us = |v: Option<u64>| v.map(|u| u.saturating_mul(1000));
         if let Some(s) = v2 {
             r.malformed += s.malformed;
@@ -355,25 +362,6 @@ impl CgroupReader {
                 .and_then(parse::single_u64);
         }
 
-        // v1 cpuacct: usage in ns (finer than v2's µs) and user/system in ticks.
-        if self.in_v1(Cpuacct)
-            && let Some(text) = self.text(Cpuacct, c"cpuacct.usage", &mut r.read_errors)
-        {
-            r.cpu.usage_ns = parse::single_u64(text).or(r.cpu.usage_ns);
-            r.cpu_source = Source::V1;
-            if let Some(text) = self.text(Cpuacct, c"cpuacct.stat", &mut r.read_errors) {
-                let (mut user, mut system, mut malformed) = (None, None, 0);
-                for_each_pair(text, |k, v| match k {
-                    "user" => set_u64(&mut user, v, &mut malformed),
-                    "system" => set_u64(&mut system, v, &mut malformed),
-                    _ => {}
-                });
-                r.malformed += malformed;
-                let ticks = |t: Option<u64>| t.map(|t| t.saturating_mul(NS_PER_USER_HZ_TICK));
-                r.cpu.user_ns = ticks(user).or(r.cpu.user_ns);
-                r.cpu.system_ns = ticks(system).or(r.cpu.system_ns);
-            }
-        }
         // v1 cpu: throttling (throttled_time in ns) and CFS limits.
         if self.in_v1(Cpu)
             && let Some(text) = self.text(Cpu, c"cpu.stat", &mut r.read_errors)
@@ -406,6 +394,37 @@ impl CgroupReader {
         }
     }
 
+    /// The root's CPU time from v1 cpuacct.usage (ns), where cpuacct is mounted: on a hybrid
+    /// host that is the node's usage kubelet reports, charged like every other cgroup's
+    /// (cgroup2's root `cpu.stat` is not; see the module's notes). One file, once a pass.
+    fn read_root_cpuacct(&mut self, r: &mut CgroupReading) {
+        let Some(root) = self.cpuacct_root.as_mut() else {
+            return;
+        };
+        let dir = match root.open("", self.buf.name_scratch()) {
+            Ok(dir) => dir,
+            Err(e) => {
+                note_error(&mut self.fault, c"cpuacct.usage", e, &mut r.read_errors);
+                return;
+            }
+        };
+        let read = read_file(
+            &mut self.buf,
+            dir.as_ref(),
+            self.costs.as_deref_mut(),
+            ("cpuacct", c"cpuacct.usage"),
+            Until::ShortRead,
+        );
+        match read.map(|t| t.and_then(parse::single_u64)) {
+            Ok(Some(ns)) => {
+                r.cpu.usage_ns = Some(ns);
+                r.cpu_source = Source::V1;
+            }
+            Ok(None) => {}
+            Err(e) => note_error(&mut self.fault, c"cpuacct.usage", e, &mut r.read_errors),
+        }
+    }
+
     fn read_memory(&mut self, r: &mut CgroupReading) {
         use Hierarchy::{Memory, V2};
         let errors = &mut r.read_errors;
@@ -423,9 +442,6 @@ impl CgroupReader {
             let reservation = self
                 .text(Memory, c"memory.soft_limit_in_bytes", errors)
                 .and_then(Limit::parse);
-            let swap_limit = self
-                .text(Memory, c"memory.memsw.limit_in_bytes", errors)
-                .and_then(Limit::parse);
             let oom_kill_events = self
                 .text(Memory, c"memory.oom_control", errors)
                 .and_then(|t| key_u64(t, "oom_kill"));
@@ -436,7 +452,9 @@ impl CgroupReader {
                 limit,
                 reservation,
                 swap_bytes: stat.swap,
-                swap_limit,
+                // memory.memsw.limit_in_bytes bounds memory plus swap: not a swap limit, and
+                // the model has no field for it (see formulas::swap).
+                swap_limit: None,
                 oom_events: None,
                 oom_kill_events,
             });
@@ -566,7 +584,7 @@ fn read_file<'b>(
     buf: &'b mut FileBuffer,
     dir: Option<&OwnedFd>,
     costs: Option<&mut FileCosts>,
-    (h, name): (Hierarchy, &'static CStr),
+    (hierarchy, name): (&'static str, &'static CStr),
     until: Until,
 ) -> io::Result<Option<&'b str>> {
     let Some(dir) = dir else {
@@ -583,7 +601,7 @@ fn read_file<'b>(
         Err(_) => Outcome::Failed,
     };
     costs.record(
-        h.name(),
+        hierarchy,
         name,
         outcome,
         costs::thread_cpu().saturating_sub(started),
