@@ -36,6 +36,8 @@ pub struct ServeConfig {
     pub base_period: Duration,
     /// Pace of full cgroupfs reads while the eBPF CPU probe is active.
     pub cgroupfs_interval: Duration,
+    /// How old a reading a cgroup the probes saw idle may keep on a full pass.
+    pub cgroupfs_idle_max_age: Duration,
     /// Serve over TLS (mutual TLS with a client CA).
     pub tls: Option<ServerTlsFiles>,
     /// Allow plaintext on a non-loopback address.
@@ -76,6 +78,7 @@ impl Default for ServeConfig {
             cgroup2_mount: None,
             base_period: server::DEFAULT_INTERVAL,
             cgroupfs_interval: sampler::DEFAULT_CGROUPFS_INTERVAL,
+            cgroupfs_idle_max_age: sampler::DEFAULT_IDLE_MAX_AGE,
             tls: None,
             allow_insecure_listen: false,
             node_name: None,
@@ -262,7 +265,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     report_probes(&probes);
 
     let sampler = Sampler::new(mount.clone(), &mounts, probes)
-        .with_cgroupfs_interval(config.cgroupfs_interval);
+        .with_cgroupfs_interval(config.cgroupfs_interval)
+        .with_idle_max_age(config.cgroupfs_idle_max_age);
     let (names, cri_task) = cri::resolver::spawn(config.cri.clone(), config.cri_refresh);
     let extras = store::Extras {
         names,

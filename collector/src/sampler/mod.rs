@@ -9,9 +9,12 @@ use std::{
 
 mod ebpf;
 mod hierarchy;
+mod idle;
 
 use ebpf::EbpfMerge;
 pub use ebpf::{EbpfValues, MapStats, OomKill, Terminated};
+pub use idle::DEFAULT_IDLE_MAX_AGE;
+use idle::{Activity, AtReading, IdleRefresh};
 
 use crate::{
     cgroupfs::{
@@ -85,6 +88,10 @@ pub struct SamplerStats {
     /// Walks of the whole tree, and those made early (lost or cut events, unknown map entries).
     pub walks: u64,
     pub early_walks: u64,
+    /// Cgroups read from cgroupfs, and those a full pass left unread because the probes saw
+    /// them idle since their last reading (cumulative).
+    pub cgroupfs_reads: u64,
+    pub idle_carried: u64,
 }
 
 /// What the sampler remembers of a cgroup between passes.
@@ -93,6 +100,8 @@ struct Known {
     reading: CgroupReading,
     read_at: Instant,
     read_wall: SystemTime,
+    /// What the probes had counted when `reading` was taken.
+    at_reading: AtReading,
 }
 
 /// The shortest gap between two early walks (made for lost events or unknown map entries): a
@@ -111,13 +120,18 @@ pub struct Sampler {
     ebpf: EbpfMerge,
     known: HashMap<u64, Known>,
     cgroupfs_interval: Duration,
+    idle_max_age: Duration,
+    /// When idle cgroups are read again; `None` reads every cgroup on every full pass.
+    idle_refresh: Option<IdleRefresh>,
     last_full: Option<Instant>,
     last_walk: Option<Instant>,
     /// The tree as of the last pass (walked or updated from lifecycle events).
     last_nodes: Vec<cgroupfs::CgroupNode>,
     proc_root: PathBuf,
-    /// OOM kills drained by a pass that then failed: the next pass reports them.
+    /// OOM kills drained and removals recorded by a pass that then failed: the next pass
+    /// reports them.
     pending_oom_kills: Vec<OomKill>,
+    pending_terminated: Vec<Terminated>,
     pub stats: SamplerStats,
 }
 
@@ -131,11 +145,18 @@ impl Sampler {
             ebpf: EbpfMerge::default(),
             known: HashMap::new(),
             cgroupfs_interval: DEFAULT_CGROUPFS_INTERVAL,
+            idle_max_age: DEFAULT_IDLE_MAX_AGE,
+            idle_refresh: IdleRefresh::new(
+                DEFAULT_IDLE_MAX_AGE,
+                DEFAULT_CGROUPFS_INTERVAL,
+                Instant::now(),
+            ),
             last_full: None,
             last_walk: None,
             last_nodes: Vec::new(),
             proc_root: PathBuf::from("/proc"),
             pending_oom_kills: Vec::new(),
+            pending_terminated: Vec::new(),
             stats: SamplerStats::default(),
         }
     }
@@ -153,6 +174,16 @@ impl Sampler {
     /// pass is a full read, since CPU time must then come from cgroupfs.
     pub fn with_cgroupfs_interval(mut self, interval: Duration) -> Self {
         self.cgroupfs_interval = interval;
+        self.idle_refresh = IdleRefresh::new(self.idle_max_age, interval, Instant::now());
+        self
+    }
+
+    /// How old a reading a cgroup the probes saw idle may keep on a full pass (see
+    /// [`idle`]); zero (or no more than the cgroupfs interval) reads every cgroup on every
+    /// full pass. Without the sched probe every cgroup is read on every pass regardless.
+    pub fn with_idle_max_age(mut self, max_age: Duration) -> Self {
+        self.idle_max_age = max_age;
+        self.idle_refresh = IdleRefresh::new(max_age, self.cgroupfs_interval, Instant::now());
         self
     }
 
@@ -216,14 +247,35 @@ impl Sampler {
             self.reader.refresh_controllers();
             self.last_full = Some(taken_at);
         }
+        // The probes first: their values tell which cgroups did anything since their last
+        // reading, and activity after this point is in the cgroupfs reading too.
+        let mut map_stats = MapStats::default();
+        let (mut values, mut terminated) = self.ebpf.merge(
+            &nodes,
+            walked_tree,
+            &mut self.probes,
+            &mut oom_kills,
+            &mut map_stats,
+        );
+        self.record_probe_stats(map_stats);
+        terminated.splice(0..0, std::mem::take(&mut self.pending_terminated));
         let mut cgroups = Vec::with_capacity(nodes.len());
-        // The node each sample came from, to hand it its eBPF values without a lookup.
-        let mut node_of = Vec::with_capacity(nodes.len());
         // Rebuilt each pass from the last one, so ids of removed cgroups drop out in O(n).
         let mut seen_before = std::mem::take(&mut self.known);
-        for (index, node) in nodes[..walked].iter().enumerate() {
+        for (node, values) in nodes[..walked].iter().zip(values.iter_mut()) {
+            let activity = Activity::of(values);
+            let carry = |known: &Known| {
+                !full
+                    || self.idle_refresh.is_some_and(|refresh| {
+                        known.at_reading.idle(activity)
+                            && !refresh.due(node.id, known.read_at, taken_at)
+                    })
+            };
             let known = match seen_before.remove(&node.id) {
-                Some(known) if !full => known,
+                Some(known) if carry(&known) => {
+                    self.stats.idle_carried += u64::from(full);
+                    known
+                }
                 earlier => {
                     let reading = match self.reader.read(&node.path) {
                         Ok(reading) => reading,
@@ -238,11 +290,17 @@ impl Sampler {
                             // The tree and the full read are retried from scratch.
                             self.last_full = None;
                             let e = std::io::Error::new(source.kind(), format!("{what}: {source}"));
+                            self.pending_terminated = terminated;
                             return Err(self.failed_pass(oom_kills, e));
                         }
                     };
+                    self.stats.cgroupfs_reads += 1;
                     self.stats.parse_errors += u64::from(reading.malformed);
                     self.stats.read_errors += u64::from(reading.read_errors);
+                    let before = earlier
+                        .as_ref()
+                        .map(|k| (k.at_reading, k.reading.cpu.usage_ns));
+                    let at_reading = AtReading::after_read(before, activity, reading.cpu.usage_ns);
                     Known {
                         created_unix_nano: earlier.map_or_else(
                             || dir_ctime(&self.mount, &node.path),
@@ -251,6 +309,7 @@ impl Sampler {
                         reading,
                         read_at: taken_at,
                         read_wall: wall,
+                        at_reading,
                     }
                 }
             };
@@ -260,23 +319,10 @@ impl Sampler {
                 reading: known.reading.clone(),
                 read_at: known.read_at,
                 read_wall: known.read_wall,
-                ebpf: EbpfValues::default(),
+                ebpf: std::mem::take(values),
                 created_unix_nano: known.created_unix_nano,
             });
-            node_of.push(index);
             self.known.insert(node.id, known);
-        }
-        let mut map_stats = MapStats::default();
-        let (mut values, terminated) = self.ebpf.merge(
-            &nodes,
-            walked_tree,
-            &mut self.probes,
-            &mut oom_kills,
-            &mut map_stats,
-        );
-        self.record_probe_stats(map_stats);
-        for (sample, &index) in cgroups.iter_mut().zip(&node_of) {
-            sample.ebpf = std::mem::take(&mut values[index]);
         }
         // The next pass starts from this tree, without the removed cgroups added for one pass.
         nodes.truncate(walked);
