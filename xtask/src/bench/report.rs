@@ -244,20 +244,25 @@ fn stream(md: &mut String, rows: &[Value], seconds: u64) {
     let _ = writeln!(
         md,
         "The collector runs as its own process (cgroupfs-only over a fixture tree whose every \
-         cgroup changes each pass); CPU is its utime+stime in three windows over {seconds} s. \
-         Latency is from the sample's timestamp (start of the sampling pass) to receipt, so it \
-         includes the pass itself. The subscribers run on the same machine and compete for its \
-         cores.\n"
+         cgroup changes each pass); CPU is its utime+stime in three windows over {seconds} s, \
+         and per subscriber the CPU above the collector without subscribers, divided by their \
+         number. Publish-to-receive is from each message's `sent_unix_nano` (when the collector \
+         queued it) to receipt; sample-to-receive from the sample's time, so it also holds the \
+         pass. The subscribers run on the same machine and compete for its cores. (A baseline \
+         without `sent_unix_nano` reports sample-to-receive only.)\n"
     );
     let _ = writeln!(
         md,
-        "| subscribers | collector CPU % of a core | RSS MiB | messages | latency p50 ms | p99 ms | max ms |"
+        "| subscribers | collector CPU % of a core | CPU % per subscriber | RSS MiB | messages | publish-to-receive p50 ms | p99 ms | max ms | sample-to-receive p50 ms | p99 ms |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
+        let per = r["cpu_percent_per_subscriber"]
+            .as_f64()
+            .map_or_else(|| "–".to_owned(), |v| format!("{v:.3}"));
         let _ = writeln!(
             md,
-            "| {} | {} | {:.1} | {} | {} | {} | {} |",
+            "| {} | {} | {per} | {:.1} | {} | {} | {} | {} | {} | {} |",
             r["subscribers"],
             spread(&r["collector_cpu_percent"], 1.0, 1),
             median(&r["collector_rss_bytes"], MIB),
@@ -265,13 +270,15 @@ fn stream(md: &mut String, rows: &[Value], seconds: u64) {
             spread(&r["latency_p50_ms"], 1.0, 1),
             spread(&r["latency_p99_ms"], 1.0, 1),
             spread(&r["latency_max_ms"], 1.0, 1),
+            spread(&r["sample_age_p50_ms"], 1.0, 1),
+            spread(&r["sample_age_p99_ms"], 1.0, 1),
         );
     }
     if let Some(r) = rows.iter().find(|r| r["subscribers"] == 100) {
         let p99 = median(&r["latency_p99_ms"], 1.0);
         let _ = writeln!(
             md,
-            "\nTarget: p99 <= 50 ms with 100 subscribers: {p99:.1} ms, {}.",
+            "\nTarget: publish-to-receive p99 <= 50 ms with 100 subscribers: {p99:.1} ms, {}.",
             verdict(p99 <= 50.0)
         );
     }
@@ -520,7 +527,10 @@ mod tests {
             md.contains("## Probe overhead\n\nNot measured: needs root"),
             "{md}"
         );
-        assert!(md.contains("| 0 | 2.0 (2.0–2.0) | 0.0 | 0 | – |"), "{md}");
+        assert!(
+            md.contains("| 0 | 2.0 (2.0–2.0) | – | 0.0 | 0 | – |"),
+            "{md}"
+        );
         assert!(
             md.contains("| remote_write | 4.00 (4.00–4.00) | 10.00 (9.00–11.00) | 0.100 | 1.0 | 100 | 10.24 |"),
             "{md}"
