@@ -202,6 +202,15 @@ async fn stream(cgroups: usize, seconds: u64, counts: &[u64]) -> anyhow::Result<
 
 const PODS_PER_NODE: usize = 110;
 
+/// Pods per simulated node: 110 (kubelet's default maximum) unless `API_BENCH_PODS` says
+/// otherwise (to tell what a node costs from what its pods cost).
+fn pods_per_node() -> usize {
+    std::env::var("API_BENCH_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PODS_PER_NODE)
+}
+
 /// A collector stand-in: each connection is the node named after the address it dialled.
 struct Simulator {
     interval: Duration,
@@ -223,7 +232,7 @@ fn sim_message(node: &str, tick: u64, snapshot: bool, sequence: u64) -> proto::W
         usage_bytes: Some(80 << 20),
         ..Default::default()
     });
-    let pods = (0..PODS_PER_NODE)
+    let pods = (0..pods_per_node())
         .map(|i| {
             let uid = format!("{node}-0000-0000-0000-{i:012}");
             proto::PodStats {
@@ -375,7 +384,7 @@ async fn aggregate(seconds: u64, interval_ms: u64, counts: &[u64]) -> anyhow::Re
         println!(
             "{}",
             serde_json::json!({
-                "kind": "aggregate", "nodes": nodes, "pods_per_node": PODS_PER_NODE,
+                "kind": "aggregate", "nodes": nodes, "pods_per_node": pods_per_node(),
                 "interval_ms": interval_ms, "seconds": seconds,
                 "warmup_seconds": warmup.as_secs_f64(),
                 "aggregator_cpu_percent": spread(&per(100.0)),
