@@ -466,6 +466,7 @@ fn daemon(count: usize, seconds: u64, windows: u32) -> anyhow::Result<()> {
         json!({
             "kind": "daemon", "created": count, "seconds": seconds, "windows": windows,
             "cpu_percent": spread(&cpu), "rss_bytes": spread(&rss), "probes": probes,
+            "peak_rss_bytes": bench_util::peak_rss_bytes(pid),
         })
     );
     drop(child);
