@@ -62,15 +62,34 @@ async fn three_collectors_merge_into_one_cluster_view() {
         .await
         .unwrap();
 
-    // Every node with a rate; every pod of every node with its containers' rates.
-    let nodes = eventually(Duration::from_secs(10), "three nodes with rates", || {
-        let client = client.clone();
-        async move {
-            let nodes = node_list(client).await;
-            (nodes.nodes.len() == 3 && nodes.nodes.iter().all(|n| n.cpu_nano_cores.is_some()))
-                .then_some(nodes)
-        }
-    })
+    // Every node with a rate near the fixture clock's 1 core. The clock thread writes cpu.stat
+    // from real time but may itself be starved on a loaded machine, which makes one window's
+    // rate read low and the next one high; the aggregator must settle on the clock's pace.
+    let in_range = |n: &collector::proto::NodeMetrics| {
+        n.cpu_nano_cores
+            .is_some_and(|c| (0.4..=1.6).contains(&(c as f64 / CORE as f64)))
+    };
+    let nodes = eventually(
+        Duration::from_secs(30),
+        "three nodes at about 1 core",
+        || {
+            let client = client.clone();
+            async move {
+                let nodes = node_list(client).await;
+                if nodes.nodes.len() == 3 && !nodes.nodes.iter().all(in_range) {
+                    eprintln!(
+                        "not yet: {:?}",
+                        nodes
+                            .nodes
+                            .iter()
+                            .map(|n| n.cpu_nano_cores)
+                            .collect::<Vec<_>>()
+                    );
+                }
+                (nodes.nodes.len() == 3 && nodes.nodes.iter().all(in_range)).then_some(nodes)
+            }
+        },
+    )
     .await;
     let listed: Vec<&str> = nodes.nodes.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(listed, names);
@@ -81,12 +100,6 @@ async fn three_collectors_merge_into_one_cluster_view() {
             .all(|c| c.connected && c.source == "static")
     );
     for n in &nodes.nodes {
-        let cores = n.cpu_nano_cores.unwrap() as f64 / CORE as f64;
-        assert!(
-            (0.4..=1.6).contains(&cores),
-            "{}: {cores} cores, clock runs 1",
-            n.name
-        );
         assert!(!n.stale && n.window_nano_seconds > 0);
         assert!(n.memory_working_set_bytes.is_some());
     }

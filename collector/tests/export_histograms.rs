@@ -50,7 +50,8 @@ async fn native_run_queue_histograms_arrive_bucket_for_bucket() {
         .is_some_and(|s| {
             s.probes
                 .iter()
-                .any(|p| p.name == "runq_switch" && p.is_active())
+                // Run-queue waits come from the sched family's sched_switch program.
+                .any(|p| p.name == "sched_switch" && p.is_active())
         });
     if !active {
         let why = "the run-queue probes are not active (needs root and BPF)";

@@ -9,6 +9,7 @@
 //! exception is a list such as `cgroup.procs` (one record per process, at most one page per
 //! `read`), which [`FileBuffer::read_list`] reads to EOF.
 
+use super::name;
 use std::{
     ffi::CStr,
     fs::File,
@@ -40,20 +41,18 @@ impl Root {
         &self.path
     }
 
-    /// Opens the cgroup at `relative` (no leading slash; empty = the root). `Ok(None)` when it
-    /// does not exist in this hierarchy.
+    /// Opens the cgroup at `relative` (no leading slash; empty = the root; names that are not
+    /// UTF-8 escaped as [`name::to_str`] does). `Ok(None)` when it does not exist in this
+    /// hierarchy.
     pub fn open(&mut self, relative: &str, name: &mut Vec<u8>) -> io::Result<Option<OwnedFd>> {
         if self.fd.is_none() {
             self.fd = Some(open_dir(&self.path)?);
         }
         let root = self.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd());
         let relative = if relative.is_empty() { "." } else { relative };
-        openat(
-            root,
-            relative.as_bytes(),
-            libc::O_PATH | libc::O_DIRECTORY,
-            name,
-        )
+        name.clear();
+        name::push_bytes(relative, name);
+        openat_scratch(root, libc::O_PATH | libc::O_DIRECTORY, name)
     }
 }
 
@@ -70,6 +69,11 @@ fn open_dir(path: &Path) -> io::Result<OwnedFd> {
 fn openat(dir: i32, name: &[u8], flags: i32, scratch: &mut Vec<u8>) -> io::Result<Option<OwnedFd>> {
     scratch.clear();
     scratch.extend_from_slice(name);
+    openat_scratch(dir, flags, scratch)
+}
+
+/// [`openat`] of the name already in `scratch` (without its NUL).
+fn openat_scratch(dir: i32, flags: i32, scratch: &mut Vec<u8>) -> io::Result<Option<OwnedFd>> {
     scratch.push(0);
     let Ok(c_name) = CStr::from_bytes_with_nul(scratch) else {
         // A NUL inside a name cannot exist on disk.

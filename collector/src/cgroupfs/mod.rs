@@ -5,6 +5,7 @@ pub mod cpu_stat;
 pub mod files;
 pub mod memory_stat;
 pub mod mountinfo;
+pub mod name;
 pub mod parse;
 pub mod reader;
 pub mod reading;

@@ -1,5 +1,6 @@
 //! Walking the cgroup2 hierarchy: every cgroup's id (its directory inode) and path.
 
+use super::name;
 use std::{
     fs, io,
     os::unix::fs::{DirEntryExt, MetadataExt},
@@ -12,7 +13,8 @@ use std::{
 pub struct CgroupNode {
     /// Directory inode number: the kernel's cgroup id, as `bpf_get_current_cgroup_id()` returns.
     pub id: u64,
-    /// Path relative to the mount, `/` for the root.
+    /// Path relative to the mount, `/` for the root; bytes that are not UTF-8 escaped
+    /// reversibly ([`super::name`]), so the reader still opens the directory.
     pub path: Arc<str>,
     /// Index of the parent in the walk's output; `None` for the root.
     pub parent: Option<usize>,
@@ -68,7 +70,7 @@ pub fn walk(mount: &Path) -> io::Result<Vec<CgroupNode>> {
             nodes.push(CgroupNode {
                 // kernfs reports the node id as d_ino, which is the cgroup id.
                 id: entry.ino(),
-                path: Arc::from(format!("/{}", relative.to_string_lossy())),
+                path: Arc::from(format!("/{}", name::to_str(relative.as_os_str()))),
                 parent: Some(parent),
             });
             stack.push((nodes.len() - 1, path));
@@ -105,6 +107,47 @@ mod tests {
         for (i, n) in nodes.iter().enumerate() {
             assert!(n.parent.is_none_or(|p| p < i));
         }
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_are_walked_and_opened_with_their_subtree() {
+        use std::{ffi::OsStr, os::unix::ffi::OsStrExt as _};
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join(OsStr::from_bytes(b"caf\xe9"));
+        fs::create_dir_all(odd.join("child")).unwrap();
+        fs::create_dir_all(dir.path().join(OsStr::from_bytes(b"caf\xe8"))).unwrap();
+        fs::write(odd.join("child/cpu.stat"), "usage_usec 7\n").unwrap();
+
+        let nodes = walk(dir.path()).unwrap();
+        let paths: Vec<&str> = nodes.iter().map(|n| &*n.path).collect();
+        assert_eq!(nodes.len(), 4, "{paths:?}");
+        let child = nodes.iter().find(|n| n.path.ends_with("/child")).unwrap();
+        let e9 = nodes
+            .iter()
+            .position(|n| n.id == fs::metadata(&odd).unwrap().ino())
+            .unwrap();
+        assert_eq!(
+            child.parent,
+            Some(e9),
+            "the child hangs under its own parent"
+        );
+        assert!(
+            paths.iter().all(|p| !p.contains('\u{FFFD}')),
+            "two names must not collapse into one lossy path: {paths:?}"
+        );
+
+        // The reader opens the child through the escaped path and reads its file.
+        let mut root = super::super::files::Root::new(dir.path().to_path_buf());
+        let mut scratch = Vec::new();
+        let fd = root
+            .open(child.path.trim_start_matches('/'), &mut scratch)
+            .unwrap()
+            .expect("the escaped path names the directory");
+        let mut buffer = super::super::files::FileBuffer::default();
+        assert_eq!(
+            buffer.read(&fd, c"cpu.stat").unwrap(),
+            Some("usage_usec 7\n")
+        );
     }
 
     #[test]

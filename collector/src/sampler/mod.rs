@@ -365,7 +365,8 @@ impl Sampler {
 /// ctime of a cgroup directory, Unix ns: its creation time for a cgroup seen soon after birth.
 fn dir_ctime(mount: &Path, relative: &str) -> Option<u64> {
     use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::metadata(mount.join(relative.trim_start_matches('/'))).ok()?;
+    let relative = cgroupfs::name::to_os_string(relative.trim_start_matches('/'));
+    let meta = std::fs::metadata(mount.join(relative)).ok()?;
     let secs = u64::try_from(meta.ctime()).ok()?;
     let nanos = u64::try_from(meta.ctime_nsec()).ok()?;
     Some(secs * 1_000_000_000 + nanos)
