@@ -449,8 +449,10 @@ fn daemon(count: usize, seconds: u64, windows: u32) -> anyhow::Result<()> {
     fs::create_dir(&own.0)?;
     fs::write(own.0.join("cgroup.procs"), pid.to_string())?;
     let probes = tokio::runtime::Runtime::new()?.block_on(probe_states(port))?;
-    // Let startup (BTF parsing, program load, the first full pass) finish.
-    std::thread::sleep(Duration::from_secs(3));
+    // Let startup (BTF parsing, program load, the first full pass) finish, and the second
+    // full pass too: a cgroup counts as idle only once it stood still across a reading, so the
+    // steady state starts with the third.
+    std::thread::sleep(Duration::from_secs(3) + DEFAULT_CGROUPFS_INTERVAL * 2);
     // Whole multiples of the cgroupfs interval, so every window holds the same number of full
     // passes.
     let each = DEFAULT_CGROUPFS_INTERVAL * (seconds as u32 / windows.max(1)).div_ceil(10).max(1);
