@@ -268,8 +268,9 @@ fn measure(mode: &str, passes: u32) -> anyhow::Result<()> {
                 "eBPF probes not active: {:?}",
                 probes.statuses()
             );
-            // cgroupfs due on every pass: the full pass of the daemon's schedule.
-            let mut s = sampler(probes, Duration::ZERO);
+            // cgroupfs due on every pass: the full pass of the daemon's schedule, every cgroup
+            // read (a fresh daemon's; idle cgroups left unread are the daemon's figure).
+            let mut s = sampler(probes, Duration::ZERO).with_idle_max_age(Duration::ZERO);
             let full = timed_passes(passes, || sampler_pass(&mut s, &node))?;
             row["cgroups"] = json!(s.sample()?.cgroups.len());
             drop(s);
