@@ -6,7 +6,7 @@ mod common;
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -25,12 +25,32 @@ use tonic::{Code, transport::Channel};
 
 const CORE: u64 = 1_000_000_000;
 
+/// The collectors' pace here. A rate is over the window between two readings, each stamped when
+/// its collector read it; on a loaded 2-core machine a pass can run 100 ms late, which in the
+/// 100 ms windows of the other tests' pace reads the fixture clock's core as 0.2 or 2. At
+/// 500 ms the same delay moves a rate by a fifth.
+const PACE: Duration = Duration::from_millis(500);
+
+/// A collector over the fixture tree at [`PACE`].
+async fn start_paced_collector(
+    root: &Path,
+    node_name: &str,
+    listen: SocketAddr,
+) -> collector::app::Running {
+    collector::app::start(collector::app::ServeConfig {
+        base_period: PACE,
+        ..collector_config(root, node_name, listen)
+    })
+    .await
+    .unwrap()
+}
+
 async fn start_aggregator(collectors: &[SocketAddr]) -> RunningAggregator {
     start_aggregator_with(
         collectors,
         Freshness {
-            stale_after: Duration::from_millis(1_000),
-            forget_after: Duration::from_millis(2_500),
+            stale_after: 4 * PACE,
+            forget_after: 8 * PACE,
         },
     )
     .await
@@ -54,7 +74,7 @@ async fn three_collectors_merge_into_one_cluster_view() {
     let names = ["node-a", "node-b", "node-c"];
     let mut collectors = Vec::new();
     for (tree, name) in trees.iter().zip(names) {
-        collectors.push(start_collector(tree, name, "127.0.0.1:0".parse().unwrap()).await);
+        collectors.push(start_paced_collector(tree, name, "127.0.0.1:0".parse().unwrap()).await);
     }
     let addrs: Vec<SocketAddr> = collectors.iter().map(|c| c.addr).collect();
     let aggregator = start_aggregator(&addrs).await;
@@ -62,34 +82,15 @@ async fn three_collectors_merge_into_one_cluster_view() {
         .await
         .unwrap();
 
-    // Every node with a rate near the fixture clock's 1 core. The clock thread writes cpu.stat
-    // from real time but may itself be starved on a loaded machine, which makes one window's
-    // rate read low and the next one high; the aggregator must settle on the clock's pace.
-    let in_range = |n: &collector::proto::NodeMetrics| {
-        n.cpu_nano_cores
-            .is_some_and(|c| (0.4..=1.6).contains(&(c as f64 / CORE as f64)))
-    };
-    let nodes = eventually(
-        Duration::from_secs(30),
-        "three nodes at about 1 core",
-        || {
-            let client = client.clone();
-            async move {
-                let nodes = node_list(client).await;
-                if nodes.nodes.len() == 3 && !nodes.nodes.iter().all(in_range) {
-                    eprintln!(
-                        "not yet: {:?}",
-                        nodes
-                            .nodes
-                            .iter()
-                            .map(|n| n.cpu_nano_cores)
-                            .collect::<Vec<_>>()
-                    );
-                }
-                (nodes.nodes.len() == 3 && nodes.nodes.iter().all(in_range)).then_some(nodes)
-            }
-        },
-    )
+    // Every node with a rate; every pod of every node with its containers' rates.
+    let nodes = eventually(Duration::from_secs(10), "three nodes with rates", || {
+        let client = client.clone();
+        async move {
+            let nodes = node_list(client).await;
+            (nodes.nodes.len() == 3 && nodes.nodes.iter().all(|n| n.cpu_nano_cores.is_some()))
+                .then_some(nodes)
+        }
+    })
     .await;
     let listed: Vec<&str> = nodes.nodes.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(listed, names);
@@ -100,6 +101,12 @@ async fn three_collectors_merge_into_one_cluster_view() {
             .all(|c| c.connected && c.source == "static")
     );
     for n in &nodes.nodes {
+        let cores = n.cpu_nano_cores.unwrap() as f64 / CORE as f64;
+        assert!(
+            (0.4..=1.6).contains(&cores),
+            "{}: {cores} cores, clock runs 1",
+            n.name
+        );
         assert!(!n.stale && n.window_nano_seconds > 0);
         assert!(n.memory_working_set_bytes.is_some());
     }
@@ -262,14 +269,14 @@ async fn three_collectors_merge_into_one_cluster_view() {
     assert!(first.snapshot);
     assert_eq!(first.nodes.len(), 3);
 
-    // Kill node-b's collector: stale after a second of silence, its pods leave the pod list,
+    // Kill node-b's collector: stale after four paces of silence, its pods leave the pod list,
     // then it is forgotten.
     let b_addr = collectors[1].addr;
     collectors.remove(1).stop().await.unwrap();
     until_node(
         &client,
         "node-b",
-        Duration::from_secs(5),
+        Duration::from_secs(10),
         "node-b stale",
         |n| n.stale,
     )
@@ -280,7 +287,7 @@ async fn three_collectors_merge_into_one_cluster_view() {
         !body.contains("node-b"),
         "stale nodes are not served as metrics: {body}"
     );
-    let update = eventually(Duration::from_secs(5), "node-b forgotten", || {
+    let update = eventually(Duration::from_secs(10), "node-b forgotten", || {
         let client = client.clone();
         async move {
             let nodes = node_list(client).await;
@@ -310,7 +317,7 @@ async fn three_collectors_merge_into_one_cluster_view() {
     assert!(removed, "the cluster Watch says node-b went away");
 
     // It comes back on the same address: fresh again, with a rate.
-    collectors.insert(1, start_collector(&trees[1], "node-b", b_addr).await);
+    collectors.insert(1, start_paced_collector(&trees[1], "node-b", b_addr).await);
     until_node(
         &client,
         "node-b",

@@ -90,8 +90,15 @@ pub fn set_usage_usec(dir: &Path, usec: u64) {
 /// Moves every cpu.stat of the trees forward with wall time: containers at 0.5 core, everything
 /// else at 1. Each step adds the time that really passed (not a fixed step per nap), so a
 /// loaded machine that wakes this thread late does not slow the clock down.
+///
+/// The collectors stamp each reading with the time they read it, so a counter written late
+/// shows as a rate: a thread starved for 300 ms and then adding the 300 ms at once reads as
+/// three cores in a 100 ms window. The clock therefore runs as a real-time thread (it sleeps
+/// almost all the time, and the ordinary threads of a loaded machine cannot delay it) and ticks
+/// every 10 ms, so a window of the collectors' 100 ms pace holds 10 ± 1 ticks.
 pub fn spawn_clock(trees: Vec<PathBuf>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
+        run_as_realtime_thread();
         let dirs: Vec<(PathBuf, f64)> = trees
             .iter()
             .flat_map(|t| cpu_stat_dirs(t))
@@ -119,9 +126,24 @@ pub fn spawn_clock(trees: Vec<PathBuf>, stop: Arc<AtomicBool>) -> std::thread::J
                 *u += (elapsed_us * cores) as u64;
                 set_usage_usec(dir, *u);
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(CLOCK_TICK);
         }
     })
+}
+
+const CLOCK_TICK: Duration = Duration::from_millis(10);
+
+/// SCHED_FIFO at the lowest real-time priority for the calling thread (the tests run as root).
+fn run_as_realtime_thread() {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    assert_eq!(
+        rc,
+        0,
+        "the fixture clock needs SCHED_FIFO (root or CAP_SYS_NICE): {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// A collector without probes over the cgroup2 tree at `mount`, on a free loopback port,
@@ -141,14 +163,19 @@ pub fn cgroupfs_only(mount: &Path) -> ServeConfig {
 
 /// A fixture node: every controller read from the tree, under `node_name`.
 pub async fn start_collector(root: &Path, node_name: &str, listen: SocketAddr) -> Running {
-    app::start(ServeConfig {
+    app::start(collector_config(root, node_name, listen))
+        .await
+        .unwrap()
+}
+
+/// What [`start_collector`] starts.
+pub fn collector_config(root: &Path, node_name: &str, listen: SocketAddr) -> ServeConfig {
+    ServeConfig {
         listen,
         ignore_cgroup1: true,
         node_name: Some(node_name.into()),
         ..cgroupfs_only(root)
-    })
-    .await
-    .unwrap()
+    }
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `limit`.
