@@ -559,12 +559,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("xtask-plot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let svg = dir.join("cost.svg");
-        super::super::plot::cost_per_pass(&cost, &svg).unwrap();
+        super::super::plot::cost_per_pass(&cost, Some(("abc123", &cost)), &svg).unwrap();
         let text = std::fs::read_to_string(&svg).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         for label in ["(a) cAdvisor-style", "(b) collector", "(c) collector, eBPF"] {
             assert!(text.contains(label), "{label} missing from the plot");
         }
-        assert!(super::super::plot::cost_per_pass(&[], &svg).is_err());
+        assert!(text.contains("every 10 s), abc123"), "no baseline curve");
+        assert!(super::super::plot::cost_per_pass(&[], None, &svg).is_err());
     }
 }
