@@ -1,18 +1,19 @@
 //! Code shared by the collector's eBPF objects (`src/bin/*.rs`, one per probe family and kernel
-//! generation): the drop counters every object keeps, the kernel reads they make, and the
-//! `sched` family's logic.
+//! generation): the drop counters every object keeps and the kernel reads they make. The
+//! `sched` family's logic (`src/sched.rs`) is included by its own two objects only.
 #![no_std]
-// The shared run-queue histogram needs an atomic add, which core's atomics do not offer on this
-// target; the intrinsic lowers to BPF's `lock +=` (XADD, every kernel since 4.x).
+// The shared run-queue histogram and the net counters need an atomic add, which core's atomics
+// do not offer on this target; the intrinsic lowers to BPF's `lock +=` (XADD, every kernel since
+// 4.x) when its result is unused.
 #![feature(core_intrinsics)]
 #![expect(
     internal_features,
     reason = "core_intrinsics for atomic_xadd, see above"
 )]
 
+pub mod atomic;
 pub mod counters;
 pub mod kernel;
-pub mod sched;
 pub mod task_storage;
 
 #[cfg(target_arch = "bpf")]

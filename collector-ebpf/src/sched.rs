@@ -1,6 +1,12 @@
 //! The `sched` family's logic, shared by its two objects (`bin/sched.rs`, with per-task
 //! baselines in task storage, 5.13+; `bin/sched_slot.rs`, per-CPU baselines only, any kernel).
 //!
+//! Each of the two includes this file as its own module (`#[path]`) rather than through the
+//! library: a `#[map]` static is kept by the linker in every object that links the module that
+//! defines it, used or not, so from the library the family's per-CPU counters and histograms
+//! were created again, unused, by the `oom` and `lifecycle` objects (4.5 MiB of kernel memory
+//! each at 2 CPUs, 46 MiB each projected to 128).
+//!
 //! At switch-out, a task's own counters minus their values at its last switch-out are what it
 //! did since: its run time (`se.sum_exec_runtime`, updated by the scheduler before the
 //! tracepoint fires), its faults (`min_flt`, `maj_flt`, counted in the faulting task) and the
@@ -15,8 +21,6 @@
 //! on each CPU for user space, which tops up a run still in progress (a CPU hog) from
 //! `/proc/<tid>/schedstat`.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
 use aya_ebpf::{
     Global,
     bindings::BPF_NOEXIST,
@@ -27,7 +31,7 @@ use collector_common::{
     CgroupCounters, DEFAULT_MAX_CGROUPS, OnCpu, RUNQ_BUCKETS, RunqBuckets, SchedOffsets, counter,
 };
 
-use crate::{
+use collector_ebpf::{
     counters::bump,
     kernel::{dfl_cgroup_id, field},
 };
@@ -268,7 +272,7 @@ fn record_wait(cgroup_id: u64, wait_ns: u64) {
     // SAFETY: a map value shared by all CPUs, valid for this program's run: counted atomically.
     if let Some(b) = unsafe { (*buckets).buckets.get_mut(bucket) } {
         // SAFETY: an aligned u64 inside the map value.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(b, 1) };
+        unsafe { collector_ebpf::atomic::add(b, 1) };
     }
 }
 

@@ -340,14 +340,17 @@ async fn a_fork_storm_grows_nothing_and_loses_no_time() {
          rusage (shell and its children) {used} ns"
     );
     assert!(after <= before + 1 + 2, "map grew: {before} -> {after}");
-    for (name, value) in [("eBPF", ebpf), ("cgroupfs", fs)] {
-        let diff = relative_diff(value, used, used);
-        assert!(
-            diff < SAME_COUNTER,
-            "{name} {value} ns vs rusage {used} ns: {:.3} %",
-            diff * 100.0
-        );
-    }
+    // The same kernel counter: the tasks' own run time, charged to the cgroup.
+    let diff = relative_diff(ebpf, fs, fs);
+    assert!(
+        diff < SAME_COUNTER,
+        "eBPF {ebpf} ns vs cpu.stat {fs} ns: {:.3} %",
+        diff * 100.0
+    );
+    // rusage is another definition (it also counts what each child ran before it was in the
+    // cgroup, and 2,000 exits; 0.53 % apart on 5.10 under TCG): only a check that the storm's
+    // time is the cgroup's at all.
+    assert!(fs > used / 2, "cpu.stat {fs} ns, rusage {used} ns");
     drop(cgroup);
     running.stop().await.unwrap();
 }

@@ -1,6 +1,6 @@
 //! The `sched` family, with per-task baselines in task storage (kernels 5.13 and later): one
 //! program on `sched_switch` charges each cgroup with the CPU time, page faults and run-queue
-//! waits of its tasks (see `collector_ebpf::sched`). Baselines are created where allocating is
+//! waits of its tasks (see `src/sched.rs`). Baselines are created where allocating is
 //! safe on every kernel: at fork (`sched_process_fork`) and, for the tasks already running when
 //! the collector starts, by a one-off task iterator; `sched_switch` only looks them up, never
 //! allocates under the runqueue lock (which deadlocks before 6.4).
@@ -9,11 +9,13 @@
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use collector_common::counter;
-use collector_ebpf::{
-    counters::bump,
-    sched::{self, TaskCounters},
-    task_storage::TaskStorage,
-};
+use collector_ebpf::{counters::bump, task_storage::TaskStorage};
+use sched::TaskCounters;
+
+// The family's logic and maps, compiled into this object only (see the module's note on why it
+// is not part of the library).
+#[path = "../sched.rs"]
+mod sched;
 
 #[unsafe(link_section = ".maps")]
 #[unsafe(export_name = "TASK_BASELINES")]

@@ -1,5 +1,5 @@
 //! The `sched` family for kernels without task storage in tracing programs (before 5.13): the
-//! same program (see `collector_ebpf::sched`), with each run's baseline taken from the per-CPU
+//! same program (see `src/sched.rs`), with each run's baseline taken from the per-CPU
 //! slot written when the task was switched in. Exact wherever the kernel shows every switch; a
 //! switch the tracepoint does not show costs the run around it (counted in `UNTRACKED_RUNS`).
 #![no_std]
@@ -7,7 +7,11 @@
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use collector_common::counter;
-use collector_ebpf::{counters::bump, sched};
+use collector_ebpf::counters::bump;
+
+// The family's logic and maps, compiled into this object only.
+#[path = "../sched.rs"]
+mod sched;
 
 /// tp_btf sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next, ...).
 #[btf_tracepoint(function = "sched_switch")]
