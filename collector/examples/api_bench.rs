@@ -3,7 +3,9 @@
 //! `api_bench stream CGROUPS SECONDS SUBSCRIBERS...`: a `collector` process serves a fixture
 //! tree of CGROUPS cgroups whose counters all move every 500 ms (every update carries every
 //! cgroup); for each subscriber count, that many Watch streams at 1 s for SECONDS; prints one
-//! JSON line per count with the collector's CPU (% of a core) and sample-to-receive latency.
+//! JSON line per count with the collector's CPU (% of a core, and per subscriber above the
+//! collector alone), the publish-to-receive latency (from each message's `sent_unix_nano`, set
+//! when the collector queued it) and the sample-to-receive latency (from its sample time).
 //!
 //! `api_bench aggregate SECONDS INTERVAL_MS NODES...`: a simulator plays NODES collectors (110
 //! pods each, every pod changing every interval) into one `collector aggregate` process, one
@@ -115,8 +117,10 @@ async fn stream(cgroups: usize, seconds: u64, counts: &[u64]) -> anyhow::Result<
     }
     anyhow::ensure!(ready, "collector did not start on {endpoint}");
 
+    // The collector's CPU with no subscriber: what each subscriber adds is measured above it.
+    let mut alone = None;
     for &count in counts {
-        let latencies = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+        let latencies = Arc::new(std::sync::Mutex::new(Vec::<(f64, f64)>::new()));
         let measuring = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for _ in 0..count {
@@ -133,9 +137,12 @@ async fn stream(cgroups: usize, seconds: u64, counts: &[u64]) -> anyhow::Result<
             let (latencies, measuring) = (latencies.clone(), measuring.clone());
             tasks.push(tokio::spawn(async move {
                 while let Ok(Some(msg)) = s.message().await {
-                    let ms = (now_ns().saturating_sub(msg.timestamp_unix_nano)) as f64 / 1e6;
+                    let now = now_ns();
+                    let ms = |since: u64| now.saturating_sub(since) as f64 / 1e6;
                     if measuring.load(Ordering::Relaxed) && !msg.snapshot && !msg.more {
-                        latencies.lock().unwrap().push(ms);
+                        let sent = ms(msg.sent_unix_nano);
+                        let sampled = ms(msg.timestamp_unix_nano);
+                        latencies.lock().unwrap().push((sent, sampled));
                     }
                 }
             }));
@@ -145,16 +152,39 @@ async fn stream(cgroups: usize, seconds: u64, counts: &[u64]) -> anyhow::Result<
         let each = Duration::from_secs_f64(seconds as f64 / f64::from(WINDOWS));
         let cpu: Vec<f64> = cpu_windows(pid, WINDOWS, each).await;
         measuring.store(false, Ordering::Relaxed);
-        let mut lat = latencies.lock().unwrap().clone();
-        lat.sort_by(f64::total_cmp);
+        let pairs = latencies.lock().unwrap().clone();
+        let sorted = |pick: fn(&(f64, f64)) -> f64| {
+            let mut v: Vec<f64> = pairs.iter().map(pick).collect();
+            v.sort_by(f64::total_cmp);
+            v
+        };
+        let (lat, age) = (sorted(|p| p.0), sorted(|p| p.1));
+        let percent: Vec<f64> = cpu.iter().map(|c| c * 100.0).collect();
+        let median = percentile(
+            &{
+                let mut p = percent.clone();
+                p.sort_by(f64::total_cmp);
+                p
+            },
+            0.5,
+        );
+        if count == 0 {
+            alone = Some(median);
+        }
+        let per_subscriber = alone
+            .filter(|_| count > 0)
+            .map(|a| (median - a) / count as f64);
         println!(
             "{}",
             serde_json::json!({
                 "kind": "stream", "cgroups": cgroups, "subscribers": count, "seconds": seconds,
-                "collector_cpu_percent": spread(&cpu.iter().map(|c| c * 100.0).collect::<Vec<_>>()),
+                "collector_cpu_percent": spread(&percent),
+                "cpu_percent_per_subscriber": per_subscriber,
                 "messages": lat.len(),
                 "latency_p50_ms": percentile(&lat, 0.5), "latency_p99_ms": percentile(&lat, 0.99),
                 "latency_max_ms": lat.last().copied().unwrap_or(f64::NAN),
+                "sample_age_p50_ms": percentile(&age, 0.5),
+                "sample_age_p99_ms": percentile(&age, 0.99),
                 "collector_rss_bytes": rss_bytes(pid),
             })
         );
@@ -171,6 +201,15 @@ async fn stream(cgroups: usize, seconds: u64, counts: &[u64]) -> anyhow::Result<
 // ---- aggregation -----------------------------------------------------------------------------
 
 const PODS_PER_NODE: usize = 110;
+
+/// Pods per simulated node: 110 (kubelet's default maximum) unless `API_BENCH_PODS` says
+/// otherwise (to tell what a node costs from what its pods cost).
+fn pods_per_node() -> usize {
+    std::env::var("API_BENCH_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PODS_PER_NODE)
+}
 
 /// A collector stand-in: each connection is the node named after the address it dialled.
 struct Simulator {
@@ -193,7 +232,7 @@ fn sim_message(node: &str, tick: u64, snapshot: bool, sequence: u64) -> proto::W
         usage_bytes: Some(80 << 20),
         ..Default::default()
     });
-    let pods = (0..PODS_PER_NODE)
+    let pods = (0..pods_per_node())
         .map(|i| {
             let uid = format!("{node}-0000-0000-0000-{i:012}");
             proto::PodStats {
@@ -345,7 +384,7 @@ async fn aggregate(seconds: u64, interval_ms: u64, counts: &[u64]) -> anyhow::Re
         println!(
             "{}",
             serde_json::json!({
-                "kind": "aggregate", "nodes": nodes, "pods_per_node": PODS_PER_NODE,
+                "kind": "aggregate", "nodes": nodes, "pods_per_node": pods_per_node(),
                 "interval_ms": interval_ms, "seconds": seconds,
                 "warmup_seconds": warmup.as_secs_f64(),
                 "aggregator_cpu_percent": spread(&per(100.0)),

@@ -17,6 +17,10 @@
 //! Prints one JSON line per (N, mode): CPU per pass and per cgroup, peak RSS, each as median
 //! with min and max over REPEATS.
 //!
+//! `collect_bench files PASSES N`: the full cgroupfs pass file by file over the same kind of
+//! tree (the host's cgroups included): per hierarchy and file, reads, missing files, bytes and
+//! time per pass; then the walk and the whole reads (parsing included). One JSON line each.
+//!
 //! `collect_bench daemon N SECONDS WINDOWS`: the real `collector serve` (defaults: eBPF, 1 s
 //! passes, cgroupfs every 10 s) over the same kind of tree, in a cgroup of its own so its CPU
 //! comes from cpu.stat in microseconds; prints its CPU share and RSS over windows of whole
@@ -64,10 +68,12 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some("daemon") => daemon(num(1)? as usize, num(2)?, num(3)? as u32),
+        Some("files") => files(num(1)? as u32, num(2)? as usize),
         Some("measure") => measure(args.get(1).map_or("", String::as_str), num(2)? as u32),
         Some("idle") => idle(),
         _ => anyhow::bail!(
-            "usage: collect_bench cost REPEATS N... | daemon N SECONDS WINDOWS (as root)"
+            "usage: collect_bench cost REPEATS N... | files PASSES N | daemon N SECONDS WINDOWS \
+             (as root)"
         ),
     }
 }
@@ -299,8 +305,9 @@ fn measure(mode: &str, passes: u32) -> anyhow::Result<()> {
                 "eBPF probes not active: {:?}",
                 probes.statuses()
             );
-            // cgroupfs due on every pass: the full pass of the daemon's schedule.
-            let mut s = sampler(probes, Duration::ZERO);
+            // cgroupfs due on every pass: the full pass of the daemon's schedule, every cgroup
+            // read (a fresh daemon's; idle cgroups left unread are the daemon's figure).
+            let mut s = sampler(probes, Duration::ZERO).with_idle_max_age(Duration::ZERO);
             let full = timed_passes(passes, || sampler_pass(&mut s, &node))?;
             row["cgroups"] = json!(s.sample()?.cgroups.len());
             drop(s);
@@ -378,6 +385,64 @@ fn cost(count: usize, repeats: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+// ---- file by file ---------------------------------------------------------------------------
+
+/// Reads every cgroup of the tree with the collector's reader, PASSES times after one untimed
+/// pass, and prints what each file cost per pass.
+fn files(passes: u32, count: usize) -> anyhow::Result<()> {
+    use collector::cgroupfs::{self, reader::CgroupReader};
+    let (_workload, _) = Workload::create(count)?;
+    let mounts = CgroupMounts::discover()?;
+    let v2 = mounts.v2.clone().context("no cgroup2 mount")?;
+    let mut reader = CgroupReader::new(v2.clone(), &mounts);
+    let pass = |reader: &mut CgroupReader| -> anyhow::Result<(usize, Duration)> {
+        let started = cgroupfs::costs::thread_cpu();
+        let nodes = cgroupfs::walk(&v2)?;
+        let walk = cgroupfs::costs::thread_cpu().saturating_sub(started);
+        reader.refresh_controllers();
+        for node in &nodes {
+            let _ = black_box(reader.read(&node.path));
+        }
+        Ok((nodes.len(), walk))
+    };
+    pass(&mut reader)?; // untimed: fills the dentry cache
+    reader.measure_files();
+    let mut walk = Duration::ZERO;
+    let mut cgroups = 0;
+    for _ in 0..passes {
+        let (n, w) = pass(&mut reader)?;
+        (cgroups, walk) = (n, walk + w);
+    }
+    let costs = reader.file_costs().context("measuring")?;
+    let per_pass = |d: Duration| d.as_secs_f64() * 1e3 / f64::from(passes);
+    for (hierarchy, file, c) in costs.rows() {
+        let attempts = (c.reads + c.missing + c.errors).max(1);
+        println!(
+            "{}",
+            json!({
+                "kind": "file", "created": count, "hierarchy": hierarchy, "file": file,
+                "reads_per_pass": c.reads as f64 / f64::from(passes),
+                "missing_per_pass": c.missing as f64 / f64::from(passes),
+                "errors_per_pass": c.errors as f64 / f64::from(passes),
+                "bytes_per_read": c.bytes as f64 / c.reads.max(1) as f64,
+                "us_per_attempt": c.time.as_secs_f64() * 1e6 / attempts as f64,
+                "ms_per_pass": per_pass(c.time),
+            })
+        );
+    }
+    println!(
+        "{}",
+        json!({
+            "kind": "files_total", "created": count, "cgroups": cgroups, "passes": passes,
+            "walk_ms_per_pass": per_pass(walk),
+            "file_ms_per_pass": per_pass(costs.file_time()),
+            "parse_ms_per_pass": per_pass(costs.parse_time()),
+            "clock_overhead_ns": costs.overhead.as_nanos() as u64,
+        })
+    );
+    Ok(())
+}
+
 // ---- the real daemon -------------------------------------------------------------------------
 
 /// A cgroup2 cgroup for the daemon alone, so its CPU time is exact (cpu.stat, µs).
@@ -422,8 +487,10 @@ fn daemon(count: usize, seconds: u64, windows: u32) -> anyhow::Result<()> {
     fs::create_dir(&own.0)?;
     fs::write(own.0.join("cgroup.procs"), pid.to_string())?;
     let probes = tokio::runtime::Runtime::new()?.block_on(probe_states(port))?;
-    // Let startup (BTF parsing, program load, the first full pass) finish.
-    std::thread::sleep(Duration::from_secs(3));
+    // Let startup (BTF parsing, program load, the first full pass) finish, and the second
+    // full pass too: a cgroup counts as idle only once it stood still across a reading, so the
+    // steady state starts with the third.
+    std::thread::sleep(Duration::from_secs(3) + DEFAULT_CGROUPFS_INTERVAL * 2);
     // Whole multiples of the cgroupfs interval, so every window holds the same number of full
     // passes.
     let each = DEFAULT_CGROUPFS_INTERVAL * (seconds as u32 / windows.max(1)).div_ceil(10).max(1);
@@ -439,6 +506,7 @@ fn daemon(count: usize, seconds: u64, windows: u32) -> anyhow::Result<()> {
         json!({
             "kind": "daemon", "created": count, "seconds": seconds, "windows": windows,
             "cpu_percent": spread(&cpu), "rss_bytes": spread(&rss), "probes": probes,
+            "peak_rss_bytes": bench_util::peak_rss_bytes(pid),
         })
     );
     drop(child);

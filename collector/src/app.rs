@@ -37,6 +37,8 @@ pub struct ServeConfig {
     pub base_period: Duration,
     /// Pace of full cgroupfs reads while the eBPF CPU probe is active.
     pub cgroupfs_interval: Duration,
+    /// How old a reading a cgroup the probes saw idle may keep on a full pass.
+    pub cgroupfs_idle_max_age: Duration,
     /// Serve over TLS (mutual TLS with a client CA).
     pub tls: Option<ServerTlsFiles>,
     /// Allow plaintext on a non-loopback address.
@@ -89,6 +91,7 @@ impl Default for ServeConfig {
             cgroup2_mount: None,
             base_period: server::DEFAULT_INTERVAL,
             cgroupfs_interval: sampler::DEFAULT_CGROUPFS_INTERVAL,
+            cgroupfs_idle_max_age: sampler::DEFAULT_IDLE_MAX_AGE,
             tls: None,
             allow_insecure_listen: false,
             node_name: None,
@@ -314,7 +317,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let sampler = Sampler::new(mount.clone(), &mounts, probes)
         .with_cgroupfs_interval(config.cgroupfs_interval)
         .with_kubelet_root(kubelet_root_dir.clone())
-        .with_names(names.clone());
+        .with_names(names.clone())
+        .with_idle_max_age(config.cgroupfs_idle_max_age);
     let (disk, scanner) = host_scan::spawn(ScanConfig {
         kubelet_root: kubelet_root_dir,
         pod_logs: pod_logs_dir,

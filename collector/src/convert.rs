@@ -124,6 +124,8 @@ pub fn collector_stats(
         ebpf_maps: maps.iter().map(map_memory).collect(),
         walks: sampler.walks,
         early_walks: sampler.early_walks,
+        cgroupfs_reads: sampler.cgroupfs_reads,
+        cgroupfs_idle_carried: sampler.idle_carried,
         watch_subscribers: 0,
         dropped_subscribers: 0,
         start_time_unix_nano: 0,

@@ -343,7 +343,9 @@ fn v1_hybrid_host_pod_from_real_files() {
     );
     assert_eq!(m.psi.unwrap().some.unwrap().total_micros, 0);
     let cpu = c.cpu.unwrap();
-    assert_eq!(cpu.usage_core_nano_seconds, Some(620_016_202));
+    // cgroup2's cpu.stat (620016 µs): the same charge as cpuacct.usage's 620_016_202 ns,
+    // which is no longer read for a cgroup below the root.
+    assert_eq!(cpu.usage_core_nano_seconds, Some(620_016_000));
     assert_eq!(cpu.cfs_throttled_nano_seconds, Some(592_502_854));
     assert_eq!(cpu.shares, Some(1024));
     // v1 swap: usage from total_swap, availability not derivable from memsw.

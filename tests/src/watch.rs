@@ -10,8 +10,8 @@ use collector::{
     app::{self, Running, ServeConfig},
     probes::ProbeConfig,
     proto::{
-        CgroupStats, GetSummaryRequest, OomKill, TerminatedCgroup, WatchRequest, WatchResponse,
-        collector_client::CollectorClient, probe_status::State,
+        CgroupStats, CollectorStats, GetSummaryRequest, OomKill, TerminatedCgroup, WatchRequest,
+        WatchResponse, collector_client::CollectorClient, probe_status::State,
     },
 };
 use tonic::{Streaming, transport::Channel};
@@ -29,6 +29,8 @@ pub struct View {
     pub oom_kills: Vec<OomKill>,
     /// Probe statuses from the snapshot.
     pub probes: HashMap<String, State>,
+    /// The collector's own counters, from the latest message.
+    pub collector: Option<CollectorStats>,
 }
 
 impl View {
@@ -45,6 +47,9 @@ impl View {
         }
         self.terminated.extend(msg.terminated);
         self.oom_kills.extend(msg.oom_kills);
+        if msg.collector.is_some() {
+            self.collector = msg.collector;
+        }
     }
 
     /// (eBPF ns, cgroupfs ns) of one cgroup.

@@ -45,6 +45,11 @@ pub fn rss_bytes(pid: u32) -> u64 {
     status_kib(&pid.to_string(), "VmRSS:") * 1024
 }
 
+/// Peak resident set size of a process so far (start-up included), bytes.
+pub fn peak_rss_bytes(pid: u32) -> u64 {
+    status_kib(&pid.to_string(), "VmHWM:") * 1024
+}
+
 /// Peak resident set size of this process, bytes.
 pub fn own_peak_rss_bytes() -> u64 {
     status_kib("self", "VmHWM:") * 1024

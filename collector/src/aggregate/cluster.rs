@@ -10,13 +10,15 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use super::pods::{Interner, PodEntry};
 use crate::{proto, unix_time::unix_nanos};
 
 /// One node as last published by its feeder.
 #[derive(Debug)]
 pub struct NodeEntry {
     pub metrics: proto::NodeMetrics,
-    pub pods: Vec<proto::PodMetrics>,
+    /// Compact, sharing its strings with the feeder's state; see [`super::pods`].
+    pub pods: Vec<PodEntry>,
     pub heard_at: Instant,
     pub heard_wall: SystemTime,
     pub address: String,
@@ -62,6 +64,8 @@ pub struct Cluster {
     nodes: RwLock<HashMap<String, Arc<NodeEntry>>>,
     targets: RwLock<BTreeMap<String, proto::CollectorTarget>>,
     pub freshness: Freshness,
+    /// Namespaces and container names, one copy for every node.
+    pub names: Arc<Interner>,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -78,6 +82,7 @@ impl Cluster {
             nodes: RwLock::default(),
             targets: RwLock::default(),
             freshness,
+            names: Arc::default(),
         }
     }
 
@@ -129,9 +134,12 @@ impl Cluster {
             .nodes()
             .iter()
             .filter(|n| !n.stale)
-            .flat_map(|n| n.entry.pods.iter())
-            .filter(|p| namespace.is_none_or(|ns| p.namespace == ns))
-            .cloned()
+            .flat_map(|n| {
+                let node = &n.entry.metrics.name;
+                (n.entry.pods.iter())
+                    .filter(|p| namespace.is_none_or(|ns| *p.namespace == *ns))
+                    .map(|p| p.to_proto(node))
+            })
             .collect();
         out.sort_by(|a, b| (&a.namespace, &a.name, &a.uid).cmp(&(&b.namespace, &b.name, &b.uid)));
         out
@@ -180,5 +188,6 @@ pub async fn janitor(cluster: Arc<Cluster>) {
         for name in cluster.forget_silent() {
             tracing::info!(node = %name, "forgot a node silent for {:?}", cluster.freshness.forget_after);
         }
+        cluster.names.forget_unused();
     }
 }

@@ -75,7 +75,7 @@ async fn stream_once(
         t.connected = true;
         t.last_error.clear();
     });
-    let mut node = NodeState::default();
+    let mut node = NodeState::with_names(cluster.names.clone());
     // The name this target was refused, while it is refused (logged once).
     let mut conflict = None;
     let limit = silence_limit(opts.interval);

@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod feed;
 pub mod http;
 pub mod node_state;
+pub mod pods;
 pub mod points;
 pub mod quantity;
 

@@ -1,25 +1,34 @@
 //! One node as its collector's Watch stream describes it, reduced to what the cluster view needs:
 //! two CPU points and the last working set per node and per container.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
-use super::points::{CpuTrack, Point};
+use super::{
+    pods::{ContainerEntry, Interner, PodEntry, same_or_new},
+    points::{CpuTrack, Point},
+};
 use crate::proto;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ContainerTrack {
+    /// Interned: the same few names on every node.
+    name: Arc<str>,
     cpu: CpuTrack,
     working_set: Option<u64>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct PodTrack {
-    name: String,
-    namespace: String,
+    /// Shared with the published [`PodEntry`] (no copy per publication).
+    name: Arc<str>,
+    namespace: Arc<str>,
     /// By container name (a restarted container keeps its name, not its id). A Vec: pods have
     /// a few containers, and a map's buckets would cost more than the entries (1,000 nodes x
     /// 110 pods).
-    containers: Vec<(String, ContainerTrack)>,
+    containers: Vec<ContainerTrack>,
 }
 
 /// The reduced state of one node, fed message by message.
@@ -30,9 +39,12 @@ pub struct NodeState {
     cpu: CpuTrack,
     working_set: Option<u64>,
     memory_capacity: Option<u64>,
-    pods: HashMap<String, PodTrack>,
+    /// By uid; the key is the uid the published entries share.
+    pods: HashMap<Arc<str>, PodTrack>,
     /// Pods seen in the chunks of a snapshot still being received.
-    snapshot_seen: Option<HashSet<String>>,
+    snapshot_seen: Option<HashSet<Arc<str>>>,
+    /// Namespaces and container names, shared across the cluster (none: each its own copy).
+    names: Option<Arc<Interner>>,
 }
 
 fn cpu_point(cpu: Option<&proto::CpuStats>) -> Option<Point> {
@@ -44,6 +56,14 @@ fn cpu_point(cpu: Option<&proto::CpuStats>) -> Option<Point> {
 }
 
 impl NodeState {
+    /// A node whose namespaces and container names are interned in `names`.
+    pub fn with_names(names: Arc<Interner>) -> Self {
+        Self {
+            names: Some(names),
+            ..Self::default()
+        }
+    }
+
     /// Applies one Watch message (or chunk). Returns true when the message is complete (the
     /// last chunk), i.e. when the state is worth publishing.
     pub fn apply(&mut self, msg: &proto::WatchResponse) -> bool {
@@ -75,7 +95,7 @@ impl NodeState {
             self.apply_pod(pod);
         }
         for uid in &msg.removed_pod_uids {
-            self.pods.remove(uid);
+            self.pods.remove(uid.as_str());
         }
         if msg.more {
             return false;
@@ -91,28 +111,39 @@ impl NodeState {
         let Some(reference) = &pod.pod_ref else {
             return;
         };
+        let names = self.names.as_deref();
+        let uid = match self.pods.get_key_value(reference.uid.as_str()) {
+            Some((uid, _)) => uid.clone(),
+            None => Arc::from(reference.uid.as_str()),
+        };
         if let Some(seen) = &mut self.snapshot_seen {
-            seen.insert(reference.uid.clone());
+            seen.insert(uid.clone());
         }
-        let track = self.pods.entry(reference.uid.clone()).or_default();
-        track.name.clone_from(&reference.name);
-        track.namespace.clone_from(&reference.namespace);
+        let track = self.pods.entry(uid).or_insert_with(|| PodTrack {
+            name: Arc::from(""),
+            namespace: Arc::from(""),
+            containers: Vec::new(),
+        });
+        same_or_new(&mut track.name, &reference.name, None);
+        same_or_new(&mut track.namespace, &reference.namespace, names);
         // The pod message is complete: containers it does not list are gone.
         track
             .containers
-            .retain(|(name, _)| pod.containers.iter().any(|c| &c.name == name));
+            .retain(|t| pod.containers.iter().any(|c| *t.name == *c.name));
         for c in &pod.containers {
-            let entry = match track
-                .containers
-                .iter()
-                .position(|(name, _)| *name == c.name)
-            {
-                Some(i) => &mut track.containers[i].1,
+            let entry = match track.containers.iter().position(|t| *t.name == *c.name) {
+                Some(i) => &mut track.containers[i],
                 None => {
-                    track
-                        .containers
-                        .push((c.name.clone(), ContainerTrack::default()));
-                    &mut track.containers.last_mut().expect("just pushed").1
+                    let name = match names {
+                        Some(names) => names.intern(&c.name),
+                        None => Arc::from(c.name.as_str()),
+                    };
+                    track.containers.push(ContainerTrack {
+                        name,
+                        cpu: CpuTrack::default(),
+                        working_set: None,
+                    });
+                    track.containers.last_mut().expect("just pushed")
                 }
             };
             if let Some(point) = cpu_point(c.cpu.as_ref()) {
@@ -142,46 +173,46 @@ impl NodeState {
     }
 
     /// Pods whose every container has a rate and a working set, as metrics-server reports them
-    /// (a pod with a container that just started or restarted waits for its second point).
-    pub fn pod_metrics(&self) -> Vec<proto::PodMetrics> {
-        let mut out: Vec<proto::PodMetrics> = self
+    /// (a pod with a container that just started or restarted waits for its second point),
+    /// sorted by namespace, name and uid.
+    pub fn pod_metrics(&self) -> Vec<PodEntry> {
+        let mut out: Vec<PodEntry> = self
             .pods
             .iter()
-            .filter_map(|(uid, pod)| self.one_pod(uid, pod))
+            .filter_map(|(uid, pod)| one_pod(uid, pod))
             .collect();
         out.sort_by(|a, b| (&a.namespace, &a.name, &a.uid).cmp(&(&b.namespace, &b.name, &b.uid)));
         out
     }
+}
 
-    fn one_pod(&self, uid: &str, pod: &PodTrack) -> Option<proto::PodMetrics> {
-        if pod.containers.is_empty() {
-            return None;
-        }
-        let mut containers = Vec::with_capacity(pod.containers.len());
-        let mut latest = None::<super::points::Rate>;
-        for (name, c) in &pod.containers {
-            let rate = c.cpu.rate()?;
-            containers.push(proto::ContainerMetrics {
-                name: name.clone(),
-                cpu_nano_cores: rate.nano_cores,
-                memory_working_set_bytes: c.working_set?,
-            });
-            if latest.is_none_or(|l| rate.time_unix_nano > l.time_unix_nano) {
-                latest = Some(rate);
-            }
-        }
-        containers.sort_by(|a, b| a.name.cmp(&b.name));
-        let latest = latest?;
-        Some(proto::PodMetrics {
-            name: pod.name.clone(),
-            namespace: pod.namespace.clone(),
-            uid: uid.to_owned(),
-            node: self.name.clone(),
-            timestamp_unix_nano: latest.time_unix_nano,
-            window_nano_seconds: latest.window_nano_seconds,
-            containers,
-        })
+fn one_pod(uid: &Arc<str>, pod: &PodTrack) -> Option<PodEntry> {
+    if pod.containers.is_empty() {
+        return None;
     }
+    let mut containers = Vec::with_capacity(pod.containers.len());
+    let mut latest = None::<super::points::Rate>;
+    for c in &pod.containers {
+        let rate = c.cpu.rate()?;
+        containers.push(ContainerEntry {
+            name: c.name.clone(),
+            cpu_nano_cores: rate.nano_cores,
+            memory_working_set_bytes: c.working_set?,
+        });
+        if latest.is_none_or(|l| rate.time_unix_nano > l.time_unix_nano) {
+            latest = Some(rate);
+        }
+    }
+    containers.sort_by(|a, b| a.name.cmp(&b.name));
+    let latest = latest?;
+    Some(PodEntry {
+        uid: uid.clone(),
+        name: pod.name.clone(),
+        namespace: pod.namespace.clone(),
+        timestamp_unix_nano: latest.time_unix_nano,
+        window_nano_seconds: latest.window_nano_seconds,
+        containers: containers.into_boxed_slice(),
+    })
 }
 
 #[cfg(test)]
@@ -270,7 +301,7 @@ mod tests {
         let pods = n.pod_metrics();
         assert_eq!(pods.len(), 1);
         assert_eq!(pods[0].containers[0].cpu_nano_cores, S / 2);
-        assert_eq!(pods[0].node, "n1");
+        assert_eq!(pods[0].to_proto(&n.name).node, "n1");
     }
 
     #[test]
@@ -322,7 +353,7 @@ mod tests {
             ..Default::default()
         };
         assert!(n.apply(&second));
-        let mut uids: Vec<_> = n.pods.keys().cloned().collect();
+        let mut uids: Vec<String> = n.pods.keys().map(|u| u.to_string()).collect();
         uids.sort();
         assert_eq!(uids, ["a", "c"]);
         // Updates remove by uid.

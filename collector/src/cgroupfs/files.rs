@@ -93,8 +93,8 @@ fn openat_scratch(dir: i32, flags: i32, scratch: &mut Vec<u8>) -> io::Result<Opt
 }
 
 /// Where a read stops.
-#[derive(Clone, Copy)]
-enum Until {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
     /// The first read that does not fill the buffer: the whole record of a one-record file.
     ShortRead,
     /// `read` returning 0.
@@ -138,7 +138,13 @@ impl FileBuffer {
         self.read_until(dir, name, Until::Eof)
     }
 
-    fn read_until(&mut self, dir: &OwnedFd, name: &CStr, until: Until) -> io::Result<Option<&str>> {
+    /// Reads `dir/name` up to `until`; see [`Self::read`] and [`Self::read_list`].
+    pub fn read_until(
+        &mut self,
+        dir: &OwnedFd,
+        name: &CStr,
+        until: Until,
+    ) -> io::Result<Option<&str>> {
         let Some(fd) = openat(
             dir.as_raw_fd(),
             name.to_bytes(),

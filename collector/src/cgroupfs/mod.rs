@@ -1,5 +1,6 @@
 //! The kernel's own accounting, read from cgroupfs.
 
+pub mod costs;
 pub mod cpu_stat;
 pub mod files;
 pub mod memory_stat;

@@ -1,23 +1,29 @@
 //! Reads one cgroup's files: each controller from the hierarchy it is mounted in.
 //!
-//! On hybrid hosts the v1 controllers (memory, cpu, cpuacct, pids, blkio) hold the numbers and
-//! cgroup2 has only its core files; on pure v2 nodes everything is in cgroup2. A controller is
-//! read from v1 when it is mounted there and the cgroup exists in that hierarchy (kubelet creates
-//! the same relative path in each), otherwise from cgroup2. Controller files that cgroup2 cannot
-//! have (its root's `cgroup.controllers` lacks the controller) are not even tried.
+//! On hybrid hosts the v1 controllers (memory, cpu, pids, blkio) hold the numbers and cgroup2
+//! has only its core files; on pure v2 nodes everything is in cgroup2. A controller is read from
+//! v1 when it is mounted there and the cgroup exists in that hierarchy (kubelet creates the same
+//! relative path in each), otherwise from cgroup2. Controller files that cgroup2 cannot have
+//! (its root's `cgroup.controllers` lacks the controller) are not even tried.
+//!
+//! Only what the model reports is read, and each value from one place: CPU time always from
+//! cgroup2's `cpu.stat`, a core file of every cgroup that counts the same nanoseconds as v1's
+//! cpuacct (both are charged from the scheduler's `sum_exec_runtime`), in microseconds, with
+//! user and system time there in microseconds too rather than cpuacct.stat's 10 ms ticks; the
+//! v1 cpu controller only for what cgroup2 lacks on hybrid hosts (throttling and limits). So
+//! cpuacct is opened for the root alone, whose cgroup2 `cpu.stat` is not charged that way (the
+//! kernel sums the per-CPU tick statistics for it, 1.5 % below cpuacct on our hybrid host), and
+//! v1's memsw limit (memory plus swap, which the model does not report) is not read.
 
 use std::{ffi::CStr, io, os::fd::OwnedFd, path::PathBuf};
 
 use super::{
     CgroupMounts, CpuStat,
-    files::{FileBuffer, Root},
-    memory_stat::MemoryStat,
-    parse::{self, CpuMax, Io, Limit, Psi, for_each_pair, set_u64},
-    reading::{CgroupReading, CpuReading, MemoryReading, PidsReading, Source},
+    costs::{self, FileCosts, Outcome},
+    files::{FileBuffer, Root, Until},
+    parse::{self, CpuMax, for_each_pair, set_u64},
+    reading::{CgroupReading, CpuReading, Source},
 };
-
-/// v1 reports cpuacct.stat in USER_HZ ticks, which is 100 on every Linux ABI.
-const NS_PER_USER_HZ_TICK: u64 = 10_000_000;
 
 /// Why a cgroup has no reading this pass.
 #[derive(Debug, thiserror::Error)]
@@ -48,30 +54,39 @@ pub fn is_resource_exhaustion(e: &io::Error) -> bool {
     )
 }
 
-/// The hierarchies a reading draws from. cpu and cpuacct are usually co-mounted; they are kept
-/// apart because they need not be.
+/// The hierarchies a reading draws from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hierarchy {
     V2,
     Memory,
     Cpu,
-    Cpuacct,
     Pids,
     Blkio,
 }
 
-const HIERARCHIES: [Hierarchy; 6] = [
+impl Hierarchy {
+    fn name(self) -> &'static str {
+        match self {
+            Hierarchy::V2 => "cgroup2",
+            Hierarchy::Memory => "memory",
+            Hierarchy::Cpu => "cpu",
+            Hierarchy::Pids => "pids",
+            Hierarchy::Blkio => "blkio",
+        }
+    }
+}
+
+const HIERARCHIES: [Hierarchy; 5] = [
     Hierarchy::V2,
     Hierarchy::Memory,
     Hierarchy::Cpu,
-    Hierarchy::Cpuacct,
     Hierarchy::Pids,
     Hierarchy::Blkio,
 ];
 
 /// The cgroup being read, opened once in each hierarchy it exists in.
 #[derive(Default)]
-struct Dirs([Option<OwnedFd>; 6]);
+struct Dirs([Option<OwnedFd>; 5]);
 
 /// Which v2 controllers the hierarchy offers (from its root's `cgroup.controllers`). Unknown
 /// (file unreadable, e.g. a fixture tree) means "try everything".
@@ -104,15 +119,19 @@ impl V2Controllers {
 
 pub struct CgroupReader {
     /// Indexed by `Hierarchy`; `None` where that v1 controller is not mounted.
-    roots: [Option<Root>; 6],
-    /// For co-mounted v1 controllers (cpu,cpuacct): the earlier hierarchy with the same mount,
-    /// whose directory handle is shared instead of opened twice.
-    same_mount_as: [Option<Hierarchy>; 6],
+    roots: [Option<Root>; 5],
+    /// For co-mounted v1 controllers: the earlier hierarchy with the same mount, whose
+    /// directory handle is shared instead of opened twice.
+    same_mount_as: [Option<Hierarchy>; 5],
     v2_controllers: V2Controllers,
     dirs: Dirs,
     buf: FileBuffer,
     /// The first resource-exhaustion error of the cgroup being read: it fails the read.
     fault: Option<(&'static CStr, io::Error)>,
+    /// Per-file costs, when measuring (the bench); `None` in the daemon.
+    costs: Option<Box<FileCosts>>,
+    /// v1 cpuacct's root, where mounted: the node's CPU time as cAdvisor reads it on v1.
+    cpuacct_root: Option<Root>,
 }
 
 impl CgroupReader {
@@ -122,7 +141,6 @@ impl CgroupReader {
             Some(Root::new(v2)),
             v1("memory"),
             v1("cpu"),
-            v1("cpuacct"),
             v1("pids"),
             v1("blkio"),
         ];
@@ -138,7 +156,19 @@ impl CgroupReader {
             dirs: Dirs::default(),
             buf: FileBuffer::default(),
             fault: None,
+            costs: None,
+            cpuacct_root: mounts.v1.get("cpuacct").cloned().map(Root::new),
         }
+    }
+
+    /// Records what every file read from now on costs (see [`Self::file_costs`]).
+    pub fn measure_files(&mut self) {
+        self.costs = Some(Box::new(FileCosts::new(costs::clock_overhead())));
+    }
+
+    /// What the files read since [`Self::measure_files`] cost.
+    pub fn file_costs(&self) -> Option<&FileCosts> {
+        self.costs.as_deref()
     }
 
     /// Re-reads which controllers cgroup2 offers; once per pass (one small file).
@@ -157,6 +187,16 @@ impl CgroupReader {
 
     /// Reads everything for the cgroup at `relative` (e.g. `/kubepods.slice/…`).
     pub fn read(&mut self, relative: &str) -> Result<CgroupReading, ReadError> {
+        let started = self.costs.is_some().then(costs::thread_cpu);
+        let result = self.read_cgroup(relative);
+        if let (Some(costs), Some(started)) = (self.costs.as_deref_mut(), started) {
+            costs.cgroups += 1;
+            costs.read_time += costs::thread_cpu().saturating_sub(started);
+        }
+        result
+    }
+
+    fn read_cgroup(&mut self, relative: &str) -> Result<CgroupReading, ReadError> {
         let rel = relative.trim_start_matches('/');
         let mut r = CgroupReading::default();
         self.fault = None;
@@ -174,6 +214,9 @@ impl CgroupReader {
             }
         };
         self.read_cpu(v2_cpu, &mut r);
+        if rel.is_empty() {
+            self.read_root_cpuacct(&mut r);
+        }
         self.read_memory(&mut r);
         self.read_pids(&mut r);
         self.read_io(&mut r);
@@ -195,10 +238,7 @@ impl CgroupReader {
     /// network namespace stand for the cgroup's): read to EOF, since the kernel hands out one
     /// page (~500 PIDs) per `read`.
     fn process_list(&mut self, errors: &mut u32) -> (Option<u64>, Option<u32>) {
-        let Some(dir) = self.dirs.0[Hierarchy::V2 as usize].as_ref() else {
-            return (None, None);
-        };
-        match self.buf.read_list(dir, c"cgroup.procs") {
+        match self.raw(Hierarchy::V2, c"cgroup.procs", Until::Eof) {
             Ok(Some(text)) => (
                 Some(parse::count_lines(text)),
                 text.lines().find_map(|l| l.trim().parse().ok()),
@@ -222,7 +262,22 @@ impl CgroupReader {
             if self.same_mount_as[h as usize].is_some() {
                 continue; // read through the co-mounted hierarchy's handle
             }
-            dirs.0[h as usize] = match root.open(rel, self.buf.name_scratch()) {
+            let started = self.costs.is_some().then(costs::thread_cpu);
+            let opened = root.open(rel, self.buf.name_scratch());
+            if let (Some(costs), Some(started)) = (self.costs.as_deref_mut(), started) {
+                let outcome = match &opened {
+                    Ok(Some(_)) => Outcome::Read { bytes: 0 },
+                    Ok(None) => Outcome::Missing,
+                    Err(_) => Outcome::Failed,
+                };
+                costs.record(
+                    h.name(),
+                    costs::DIRECTORY,
+                    outcome,
+                    costs::thread_cpu().saturating_sub(started),
+                );
+            }
+            dirs.0[h as usize] = match opened {
                 Ok(fd) => fd,
                 Err(e) if is_gone(&e) => None,
                 Err(source) => {
@@ -241,19 +296,34 @@ impl CgroupReader {
     }
 
     /// `Ok(None)` when the cgroup is not in that hierarchy or the file does not exist.
-    fn file(&mut self, h: Hierarchy, name: &CStr) -> io::Result<Option<&str>> {
+    fn file(&mut self, h: Hierarchy, name: &'static CStr) -> io::Result<Option<&str>> {
+        self.raw(h, name, Until::ShortRead)
+    }
+
+    /// Every file read goes through here (see [`read_file`]).
+    fn raw(&mut self, h: Hierarchy, name: &'static CStr, until: Until) -> io::Result<Option<&str>> {
         let h = self.same_mount_as[h as usize].unwrap_or(h);
-        match self.dirs.0[h as usize].as_ref() {
-            Some(dir) => self.buf.read(dir, name),
-            None => Ok(None),
-        }
+        read_file(
+            &mut self.buf,
+            self.dirs.0[h as usize].as_ref(),
+            self.costs.as_deref_mut(),
+            (h.name(), name),
+            until,
+        )
     }
 
     /// The file's text, or `None` when it does not exist (counted when it exists but fails).
     fn text(&mut self, h: Hierarchy, name: &'static CStr, errors: &mut u32) -> Option<&str> {
         let h = self.same_mount_as[h as usize].unwrap_or(h);
-        let dir = self.dirs.0[h as usize].as_ref()?;
-        match self.buf.read(dir, name) {
+        // Fields apart, so that the text can be returned while the fault is noted.
+        let read = read_file(
+            &mut self.buf,
+            self.dirs.0[h as usize].as_ref(),
+            self.costs.as_deref_mut(),
+            (h.name(), name),
+            Until::ShortRead,
+        );
+        match read {
             Ok(text) => text,
             Err(e) => {
                 note_error(&mut self.fault, name, e, errors);
@@ -268,7 +338,7 @@ impl CgroupReader {
     }
 
     fn read_cpu(&mut self, v2: Option<CpuStat>, r: &mut CgroupReading) {
-        use Hierarchy::{Cpu, Cpuacct, V2};
+        use Hierarchy::{Cpu, V2};
         let us = |v: Option<u64>| v.map(|u| u.saturating_mul(1000));
         if let Some(s) = v2 {
             r.malformed += s.malformed;
@@ -296,25 +366,6 @@ impl CgroupReader {
                 .and_then(parse::single_u64);
         }
 
-        // v1 cpuacct: usage in ns (finer than v2's µs) and user/system in ticks.
-        if self.in_v1(Cpuacct)
-            && let Some(text) = self.text(Cpuacct, c"cpuacct.usage", &mut r.read_errors)
-        {
-            r.cpu.usage_ns = parse::single_u64(text).or(r.cpu.usage_ns);
-            r.cpu_source = Source::V1;
-            if let Some(text) = self.text(Cpuacct, c"cpuacct.stat", &mut r.read_errors) {
-                let (mut user, mut system, mut malformed) = (None, None, 0);
-                for_each_pair(text, |k, v| match k {
-                    "user" => set_u64(&mut user, v, &mut malformed),
-                    "system" => set_u64(&mut system, v, &mut malformed),
-                    _ => {}
-                });
-                r.malformed += malformed;
-                let ticks = |t: Option<u64>| t.map(|t| t.saturating_mul(NS_PER_USER_HZ_TICK));
-                r.cpu.user_ns = ticks(user).or(r.cpu.user_ns);
-                r.cpu.system_ns = ticks(system).or(r.cpu.system_ns);
-            }
-        }
         // v1 cpu: throttling (throttled_time in ns) and CFS limits.
         if self.in_v1(Cpu)
             && let Some(text) = self.text(Cpu, c"cpu.stat", &mut r.read_errors)
@@ -347,159 +398,67 @@ impl CgroupReader {
         }
     }
 
-    fn read_memory(&mut self, r: &mut CgroupReading) {
-        use Hierarchy::{Memory, V2};
-        let errors = &mut r.read_errors;
-        if self.in_v1(Memory)
-            && let Some(usage) = self.text(Memory, c"memory.usage_in_bytes", errors)
-        {
-            let usage_bytes = parse::single_u64(usage);
-            let stat = self
-                .text(Memory, c"memory.stat", errors)
-                .map(MemoryStat::parse_v1)
-                .unwrap_or_default();
-            let limit = self
-                .text(Memory, c"memory.limit_in_bytes", errors)
-                .and_then(Limit::parse);
-            let reservation = self
-                .text(Memory, c"memory.soft_limit_in_bytes", errors)
-                .and_then(Limit::parse);
-            let swap_limit = self
-                .text(Memory, c"memory.memsw.limit_in_bytes", errors)
-                .and_then(Limit::parse);
-            let oom_kill_events = self
-                .text(Memory, c"memory.oom_control", errors)
-                .and_then(|t| key_u64(t, "oom_kill"));
-            r.malformed += stat.malformed;
-            r.memory = Some(MemoryReading {
-                usage_bytes,
-                stat,
-                limit,
-                reservation,
-                swap_bytes: stat.swap,
-                swap_limit,
-                oom_events: None,
-                oom_kill_events,
-            });
-            r.memory_source = Source::V1;
-            return;
-        }
-        if !self.v2_controllers.memory {
-            return;
-        }
-        // The v2 root has memory.stat but no memory.current; other cgroups have both or neither.
-        let usage_bytes = self
-            .text(V2, c"memory.current", errors)
-            .map(parse::single_u64);
-        let stat = self
-            .text(V2, c"memory.stat", errors)
-            .map(MemoryStat::parse_v2);
-        if usage_bytes.is_none() && stat.is_none() {
-            return;
-        }
-        let usage_bytes = usage_bytes.flatten();
-        let stat = stat.unwrap_or_default();
-        let limit = self.text(V2, c"memory.max", errors).and_then(Limit::parse);
-        let reservation = self.text(V2, c"memory.min", errors).and_then(Limit::parse);
-        let swap_bytes = self
-            .text(V2, c"memory.swap.current", errors)
-            .and_then(parse::single_u64);
-        let swap_limit = self
-            .text(V2, c"memory.swap.max", errors)
-            .and_then(Limit::parse);
-        let (oom_events, oom_kill_events) = self
-            .text(V2, c"memory.events", errors)
-            .map_or((None, None), |t| {
-                (key_u64(t, "oom"), key_u64(t, "oom_kill"))
-            });
-        r.malformed += stat.malformed;
-        r.memory = Some(MemoryReading {
-            usage_bytes,
-            stat,
-            limit,
-            reservation,
-            swap_bytes,
-            swap_limit,
-            oom_events,
-            oom_kill_events,
-        });
-        r.memory_source = Source::V2;
-    }
-
-    fn read_pids(&mut self, r: &mut CgroupReading) {
-        let h = if self.in_v1(Hierarchy::Pids) {
-            Hierarchy::Pids
-        } else if self.v2_controllers.pids {
-            Hierarchy::V2
-        } else {
+    /// The root's CPU time from v1 cpuacct.usage (ns), where cpuacct is mounted: on a hybrid
+    /// host that is the node's usage kubelet reports, charged like every other cgroup's
+    /// (cgroup2's root `cpu.stat` is not; see the module's notes). One file, once a pass.
+    fn read_root_cpuacct(&mut self, r: &mut CgroupReading) {
+        let Some(root) = self.cpuacct_root.as_mut() else {
             return;
         };
-        let current = self
-            .text(h, c"pids.current", &mut r.read_errors)
-            .and_then(parse::single_u64);
-        let max = self
-            .text(h, c"pids.max", &mut r.read_errors)
-            .and_then(Limit::parse);
-        if current.is_some() || max.is_some() {
-            r.pids = Some(PidsReading { current, max });
-        }
-    }
-
-    fn read_io(&mut self, r: &mut CgroupReading) {
-        let mut malformed = 0;
-        if self.in_v1(Hierarchy::Blkio) {
-            // The recursive file includes descendants, like every other counter here; older
-            // kernels only have the local one.
-            let mut pairs = |recursive: &'static CStr, local: &'static CStr, errors: &mut u32| {
-                for name in [recursive, local] {
-                    if let Some(t) = self.text(Hierarchy::Blkio, name, errors) {
-                        return Some(Io::parse_v1_pairs(t, &mut malformed));
-                    }
-                }
-                None
-            };
-            let bytes = pairs(
-                c"blkio.throttle.io_service_bytes_recursive",
-                c"blkio.throttle.io_service_bytes",
-                &mut r.read_errors,
-            );
-            let ops = pairs(
-                c"blkio.throttle.io_serviced_recursive",
-                c"blkio.throttle.io_serviced",
-                &mut r.read_errors,
-            );
-            if let (Some((rb, wb)), Some((ro, wo))) = (bytes, ops) {
-                r.io = Some(Io {
-                    read_bytes: rb,
-                    write_bytes: wb,
-                    read_ops: ro,
-                    write_ops: wo,
-                });
-                r.malformed += malformed;
+        let dir = match root.open("", self.buf.name_scratch()) {
+            Ok(dir) => dir,
+            Err(e) => {
+                note_error(&mut self.fault, c"cpuacct.usage", e, &mut r.read_errors);
                 return;
             }
-        }
-        if !self.v2_controllers.io {
-            return;
-        }
-        r.io = self
-            .text(Hierarchy::V2, c"io.stat", &mut r.read_errors)
-            .map(|t| Io::parse_v2(t, &mut malformed));
-        r.malformed += malformed;
-    }
-
-    fn psi(&mut self, name: &'static CStr, errors: &mut u32) -> Option<Psi> {
-        // ENOTSUP (PSI disabled at boot) reads as an error: absent, like kubelet.
-        let dir = self.dirs.0[Hierarchy::V2 as usize].as_ref()?;
-        match self.buf.read(dir, name) {
-            Ok(text) => text.map(Psi::parse),
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => None,
-            Err(e) => {
-                note_error(&mut self.fault, name, e, errors);
-                None
+        };
+        let read = read_file(
+            &mut self.buf,
+            dir.as_ref(),
+            self.costs.as_deref_mut(),
+            ("cpuacct", c"cpuacct.usage"),
+            Until::ShortRead,
+        );
+        match read.map(|t| t.and_then(parse::single_u64)) {
+            Ok(Some(ns)) => {
+                r.cpu.usage_ns = Some(ns);
+                r.cpu_source = Source::V1;
             }
+            Ok(None) => {}
+            Err(e) => note_error(&mut self.fault, c"cpuacct.usage", e, &mut r.read_errors),
         }
     }
+}
+
+/// Reads `name` in `dir` (`Ok(None)` when the cgroup is not in that hierarchy or the file does
+/// not exist), recording what it cost when measuring.
+fn read_file<'b>(
+    buf: &'b mut FileBuffer,
+    dir: Option<&OwnedFd>,
+    costs: Option<&mut FileCosts>,
+    (hierarchy, name): (&'static str, &'static CStr),
+    until: Until,
+) -> io::Result<Option<&'b str>> {
+    let Some(dir) = dir else {
+        return Ok(None);
+    };
+    let Some(costs) = costs else {
+        return buf.read_until(dir, name, until);
+    };
+    let started = costs::thread_cpu();
+    let result = buf.read_until(dir, name, until);
+    let outcome = match &result {
+        Ok(Some(text)) => Outcome::Read { bytes: text.len() },
+        Ok(None) => Outcome::Missing,
+        Err(_) => Outcome::Failed,
+    };
+    costs.record(
+        hierarchy,
+        name,
+        outcome,
+        costs::thread_cpu().saturating_sub(started),
+    );
+    result
 }
 
 /// A file that exists but cannot be read: counted, and kept as the read's fault when it is the
@@ -517,17 +476,8 @@ fn note_error(
     }
 }
 
-/// `key value` lookup for small files such as memory.events.
-fn key_u64(text: &str, key: &str) -> Option<u64> {
-    let mut found = None;
-    let mut malformed = 0;
-    for_each_pair(text, |k, v| {
-        if k == key {
-            set_u64(&mut found, v, &mut malformed);
-        }
-    });
-    found
-}
+#[path = "reader_controllers.rs"]
+mod controllers;
 
 #[cfg(test)]
 #[path = "reader_tests.rs"]

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::cgroupfs::parse::PsiData;
+use crate::cgroupfs::parse::{Io, Limit, PsiData};
 
 /// Real files of one cgroup on our 6.18 hybrid host (memory/cpu/cpuacct/pids/blkio in v1,
 /// cgroup2 with no controllers): a process touched 20 MiB, wrote an 8 MiB file and spun for
@@ -27,10 +27,12 @@ fn hybrid_reader() -> CgroupReader {
 #[test]
 fn hybrid_host_takes_each_controller_from_its_mount() {
     let r = hybrid_reader().read("/captest").unwrap();
-    assert_eq!(r.cpu_source, Source::V1);
-    assert_eq!(r.cpu.usage_ns, Some(620_016_202)); // cpuacct.usage (v2 said 620016 µs)
-    assert_eq!(r.cpu.user_ns, Some(550_000_000)); // 55 ticks
-    assert_eq!(r.cpu.system_ns, Some(60_000_000));
+    // CPU time from cgroup2's cpu.stat only (cpuacct.usage says 620_016_202 ns, cpuacct.stat
+    // 55 and 6 ticks of the same time: never read), throttling and limits from v1 cpu.
+    assert_eq!(r.cpu_source, Source::V2);
+    assert_eq!(r.cpu.usage_ns, Some(620_016_000));
+    assert_eq!(r.cpu.user_ns, Some(555_598_000));
+    assert_eq!(r.cpu.system_ns, Some(64_417_000));
     assert_eq!(r.cpu.nr_periods, Some(15));
     assert_eq!(r.cpu.nr_throttled, Some(12));
     assert_eq!(r.cpu.throttled_ns, Some(592_502_854));

@@ -31,7 +31,7 @@ pub static RUNQ_EDGES: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
 });
 
 fn declare(e: &mut Exposition) {
-    let families: [(&'static str, Kind, &'static str); 47] = [
+    let families: [(&'static str, Kind, &'static str); 48] = [
         (
             "collector_sampler_passes_total",
             Kind::Counter,
@@ -96,6 +96,12 @@ fn declare(e: &mut Exposition) {
             "collector_ebpf_map_memory_projected_bytes",
             Kind::Gauge,
             "Kernel memory the same map would take with this many possible CPUs.",
+        ),
+        (
+            "collector_cgroupfs_reads_total",
+            Kind::Counter,
+            "Cgroups read from cgroupfs, by outcome (read, or carried: left unread on a full \
+             pass because the probes saw them idle since their last reading).",
         ),
         (
             "collector_cgroup_walks_total",
@@ -357,6 +363,14 @@ fn collector(e: &mut Exposition, s: &Snapshot, server: &ServerStats) {
                 bytes,
             );
         }
+    }
+    for (outcome, v) in [("read", st.cgroupfs_reads), ("carried", st.idle_carried)] {
+        int(
+            e,
+            "collector_cgroupfs_reads_total",
+            &[("outcome", outcome)],
+            v,
+        );
     }
     for (why, v) in [
         ("full_pass", st.walks - st.early_walks),

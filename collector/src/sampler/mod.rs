@@ -10,11 +10,14 @@ use std::{
 mod ebpf;
 mod hierarchy;
 pub mod host;
+mod idle;
 
 use ebpf::EbpfMerge;
 pub use ebpf::{EbpfValues, MapStats, OomKill, Terminated};
 use host::HostReader;
 pub use host::{HostReading, NetworkReading};
+pub use idle::DEFAULT_IDLE_MAX_AGE;
+use idle::{Activity, AtReading, IdleRefresh};
 
 use crate::{
     cgroupfs::{
@@ -97,6 +100,10 @@ pub struct SamplerStats {
     pub early_walks: u64,
     /// Reads outside cgroupfs that failed (net/dev, statfs), the process having not vanished.
     pub host_read_errors: u64,
+    /// Cgroups read from cgroupfs, and those a full pass left unread because the probes saw
+    /// them idle since their last reading (cumulative).
+    pub cgroupfs_reads: u64,
+    pub idle_carried: u64,
 }
 
 /// What the sampler remembers of a cgroup between passes.
@@ -108,6 +115,8 @@ struct Known {
     /// What the path is in Kubernetes terms, worked out once.
     identity: Option<Identity>,
     network: Option<Arc<NetworkReading>>,
+    /// What the probes had counted when `reading` was taken.
+    at_reading: AtReading,
 }
 
 /// The shortest gap between two early walks (made for lost events or unknown map entries): a
@@ -126,6 +135,9 @@ pub struct Sampler {
     ebpf: EbpfMerge,
     known: HashMap<u64, Known>,
     cgroupfs_interval: Duration,
+    idle_max_age: Duration,
+    /// When idle cgroups are read again; `None` reads every cgroup on every full pass.
+    idle_refresh: Option<IdleRefresh>,
     last_full: Option<Instant>,
     last_walk: Option<Instant>,
     /// The tree as of the last pass (walked or updated from lifecycle events).
@@ -135,8 +147,10 @@ pub struct Sampler {
     last_host: HostReading,
     /// Which containers are sandboxes (whose process a pod's network is read through).
     names: Option<Arc<CriNames>>,
-    /// OOM kills drained by a pass that then failed: the next pass reports them.
+    /// OOM kills drained and removals recorded by a pass that then failed: the next pass
+    /// reports them.
     pending_oom_kills: Vec<OomKill>,
+    pending_terminated: Vec<Terminated>,
     pub stats: SamplerStats,
 }
 
@@ -150,6 +164,12 @@ impl Sampler {
             ebpf: EbpfMerge::default(),
             known: HashMap::new(),
             cgroupfs_interval: DEFAULT_CGROUPFS_INTERVAL,
+            idle_max_age: DEFAULT_IDLE_MAX_AGE,
+            idle_refresh: IdleRefresh::new(
+                DEFAULT_IDLE_MAX_AGE,
+                DEFAULT_CGROUPFS_INTERVAL,
+                Instant::now(),
+            ),
             last_full: None,
             last_walk: None,
             last_nodes: Vec::new(),
@@ -157,6 +177,7 @@ impl Sampler {
             last_host: HostReading::default(),
             names: None,
             pending_oom_kills: Vec::new(),
+            pending_terminated: Vec::new(),
             stats: SamplerStats::default(),
         }
     }
@@ -187,6 +208,16 @@ impl Sampler {
     /// pass is a full read, since CPU time must then come from cgroupfs.
     pub fn with_cgroupfs_interval(mut self, interval: Duration) -> Self {
         self.cgroupfs_interval = interval;
+        self.idle_refresh = IdleRefresh::new(self.idle_max_age, interval, Instant::now());
+        self
+    }
+
+    /// How old a reading a cgroup the probes saw idle may keep on a full pass (see
+    /// [`idle`]); zero (or no more than the cgroupfs interval) reads every cgroup on every
+    /// full pass. Without the sched probe every cgroup is read on every pass regardless.
+    pub fn with_idle_max_age(mut self, max_age: Duration) -> Self {
+        self.idle_max_age = max_age;
+        self.idle_refresh = IdleRefresh::new(max_age, self.cgroupfs_interval, Instant::now());
         self
     }
 
@@ -250,15 +281,36 @@ impl Sampler {
             self.reader.refresh_controllers();
             self.last_full = Some(taken_at);
         }
+        // The probes first: their values tell which cgroups did anything since their last
+        // reading, and activity after this point is in the cgroupfs reading too.
+        let mut map_stats = MapStats::default();
+        let (mut values, mut terminated) = self.ebpf.merge(
+            &nodes,
+            walked_tree,
+            &mut self.probes,
+            &mut oom_kills,
+            &mut map_stats,
+        );
+        self.record_probe_stats(map_stats);
+        terminated.splice(0..0, std::mem::take(&mut self.pending_terminated));
         let mut cgroups = Vec::with_capacity(nodes.len());
-        // The node each sample came from, to hand it its eBPF values without a lookup.
-        let mut node_of = Vec::with_capacity(nodes.len());
         // Rebuilt each pass from the last one, so ids of removed cgroups drop out in O(n).
         // Sized up front: growing a map of large entries pass after pass is all memcpy.
         let mut seen_before = std::mem::replace(&mut self.known, HashMap::with_capacity(walked));
-        for (index, node) in nodes[..walked].iter().enumerate() {
+        for (node, values) in nodes[..walked].iter().zip(values.iter_mut()) {
+            let activity = Activity::of(values);
+            let carry = |known: &Known| {
+                !full
+                    || self.idle_refresh.is_some_and(|refresh| {
+                        known.at_reading.idle(activity)
+                            && !refresh.due(node.id, known.read_at, taken_at)
+                    })
+            };
             let known = match seen_before.remove(&node.id) {
-                Some(known) if !full => known,
+                Some(known) if carry(&known) => {
+                    self.stats.idle_carried += u64::from(full);
+                    known
+                }
                 earlier => {
                     let reading = match self.reader.read(&node.path) {
                         Ok(reading) => reading,
@@ -273,11 +325,17 @@ impl Sampler {
                             // The tree and the full read are retried from scratch.
                             self.last_full = None;
                             let e = std::io::Error::new(source.kind(), format!("{what}: {source}"));
+                            self.pending_terminated = terminated;
                             return Err(self.failed_pass(oom_kills, e));
                         }
                     };
+                    self.stats.cgroupfs_reads += 1;
                     self.stats.parse_errors += u64::from(reading.malformed);
                     self.stats.read_errors += u64::from(reading.read_errors);
+                    let before = earlier
+                        .as_ref()
+                        .map(|k| (k.at_reading, k.reading.cpu.usage_ns));
+                    let at_reading = AtReading::after_read(before, activity, reading.cpu.usage_ns);
                     let (created_unix_nano, identity, network) = match earlier {
                         Some(k) => (k.created_unix_nano, k.identity, k.network),
                         None => (
@@ -293,6 +351,7 @@ impl Sampler {
                         read_wall: wall,
                         identity,
                         network,
+                        at_reading,
                     }
                 }
             };
@@ -302,29 +361,16 @@ impl Sampler {
                 reading: known.reading.clone(),
                 read_at: known.read_at,
                 read_wall: known.read_wall,
-                ebpf: EbpfValues::default(),
+                ebpf: std::mem::take(values),
                 created_unix_nano: known.created_unix_nano,
                 network: known.network.clone(),
             });
-            node_of.push(index);
             self.known.insert(node.id, known);
         }
         if full {
             self.read_networks(&mut cgroups);
             self.last_host = self.host.node();
             self.stats.host_read_errors = self.host.errors;
-        }
-        let mut map_stats = MapStats::default();
-        let (mut values, terminated) = self.ebpf.merge(
-            &nodes,
-            walked_tree,
-            &mut self.probes,
-            &mut oom_kills,
-            &mut map_stats,
-        );
-        self.record_probe_stats(map_stats);
-        for (sample, &index) in cgroups.iter_mut().zip(&node_of) {
-            sample.ebpf = std::mem::take(&mut values[index]);
         }
         // The next pass starts from this tree, without the removed cgroups added for one pass.
         nodes.truncate(walked);

@@ -27,6 +27,7 @@ pub fn split(mut msg: WatchResponse, limit: usize) -> Vec<WatchResponse> {
         sequence: msg.sequence,
         snapshot: msg.snapshot,
         timestamp_unix_nano: msg.timestamp_unix_nano,
+        sent_unix_nano: msg.sent_unix_nano,
         ..Default::default()
     };
     let mut chunks = Vec::new();

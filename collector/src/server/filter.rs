@@ -7,7 +7,7 @@ use tonic::Status;
 use crate::proto;
 
 /// What one Watch subscriber wants to see. The default passes everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Filter {
     namespace: Option<String>,
     pod: Option<String>,

@@ -1,7 +1,9 @@
 //! The gRPC API: `collector.v1.Collector` plus health and reflection.
 
 pub mod chunk;
+pub mod fanout;
 pub mod filter;
+pub mod frames;
 pub mod outbox;
 pub mod watch;
 
@@ -23,10 +25,7 @@ use crate::{
         accept,
         auth::{Attributes, AttributesOf, AuthLayer, Target},
     },
-    proto::{
-        self,
-        collector_server::{Collector, CollectorServer},
-    },
+    proto::{self, collector_server::Collector},
     store::{Snapshot, StoreHandle},
     unix_time::unix_nanos,
 };
@@ -216,7 +215,7 @@ pub struct CollectorService {
     max_message_bytes: usize,
     limits: Limits,
     admission: Admission,
-    queue_budget: Arc<outbox::Budget>,
+    fanout: Arc<fanout::Fanout>,
 }
 
 impl CollectorService {
@@ -231,6 +230,12 @@ impl CollectorService {
             limits.max_watch_subscribers,
             stats.refused_subscribers.clone(),
         );
+        let fanout = fanout::Fanout::new(
+            store.clone(),
+            node.clone(),
+            stats.clone(),
+            outbox::Budget::new(outbox::QUEUE_BUDGET_BYTES),
+        );
         Self {
             store,
             node,
@@ -238,8 +243,30 @@ impl CollectorService {
             max_message_bytes,
             limits,
             admission,
-            queue_budget: outbox::Budget::new(outbox::QUEUE_BUDGET_BYTES),
+            fanout,
         }
+    }
+
+    /// Watch as the wire serves it: the subscriber joins the feed of its shape and receives
+    /// the bytes encoded once for all of them ([`frames::CollectorRoutes`]).
+    pub fn watch_frames(
+        &self,
+        request: Request<proto::WatchRequest>,
+    ) -> Result<Response<outbox::SubscriberStream<frames::Frame>>, Status> {
+        let loopback = from_loopback(&request);
+        let req = request.get_ref();
+        let opts = watch::Options {
+            interval: watch_interval(req.interval_ms, loopback, self.limits.min_remote_interval)?,
+            filter: filter::Filter::from_request(req)?,
+            histograms: req.include_histograms,
+            only_cpu_and_memory: req.only_cpu_and_memory,
+            max_message_bytes: self.max_message_bytes,
+        };
+        let slot = self.admission.admit("Watch", "--max-watch-subscribers")?;
+        Ok(Response::new(Admission::hold(
+            slot,
+            self.fanout.subscribe(opts),
+        )))
     }
 }
 
@@ -330,40 +357,22 @@ impl Collector for CollectorService {
         }))
     }
 
-    type WatchStream = watch::WatchStream;
+    type WatchStream = outbox::SubscriberStream<proto::WatchResponse>;
 
+    /// The generated server's path, which [`frames::CollectorRoutes`] does not take (it serves
+    /// Watch itself, from the shared bytes): the same frames, decoded.
     async fn watch(
         &self,
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let loopback = from_loopback(&request);
-        let req = request.get_ref();
-        let opts = watch::Options {
-            interval: watch_interval(req.interval_ms, loopback, self.limits.min_remote_interval)?,
-            filter: filter::Filter::from_request(req)?,
-            histograms: req.include_histograms,
-            only_cpu_and_memory: req.only_cpu_and_memory,
-            max_message_bytes: self.max_message_bytes,
-        };
-        let slot = self.admission.admit("Watch", "--max-watch-subscribers")?;
-        let (outbox, stream) = watch::channel(self.queue_budget.clone());
-        let stream = Admission::hold(slot, stream);
-        let subscription = self.store.subscribe(opts.interval);
-        let stats = self.stats.clone();
-        let node = self.node.clone();
-        tokio::spawn(async move {
-            stats.watch_subscribers.fetch_add(1, Ordering::Relaxed);
-            let context = watch::Context {
-                node,
-                server_stats: stats.clone(),
-            };
-            let end = watch::run(subscription, opts, context, outbox).await;
-            if end == outbox::End::TooSlow {
-                stats.dropped_subscribers.fetch_add(1, Ordering::Relaxed);
-            }
-            stats.watch_subscribers.fetch_sub(1, Ordering::Relaxed);
-        });
-        Ok(Response::new(stream))
+        use futures::StreamExt as _;
+        let frames = self.watch_frames(request)?.into_inner();
+        Ok(Response::new(Box::pin(frames.map(|frame| {
+            frame.and_then(|f| {
+                f.decode()
+                    .map_err(|e| Status::internal(format!("re-reading our own message: {e}")))
+            })
+        }))))
     }
 }
 
@@ -383,7 +392,7 @@ pub async fn serve(
     let router = with_reflection(
         grpc_server(&limits, auth)
             .add_service(health)
-            .add_service(CollectorServer::new(service)),
+            .add_service(frames::CollectorRoutes::new(service)),
         COLLECTOR_SERVICE,
     );
     let shutdown = async move {

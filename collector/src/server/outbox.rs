@@ -21,6 +21,23 @@ use tonic::Status;
 /// What a subscriber receives: its queued messages, then, if it was dropped, why.
 pub type SubscriberStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// What a queue holds, sized by the bytes it will send.
+pub trait QueueItem {
+    fn queued_bytes(&self) -> usize;
+}
+
+impl QueueItem for crate::proto::WatchResponse {
+    fn queued_bytes(&self) -> usize {
+        prost::Message::encoded_len(self)
+    }
+}
+
+impl QueueItem for crate::proto::ClusterUpdate {
+    fn queued_bytes(&self) -> usize {
+        prost::Message::encoded_len(self)
+    }
+}
+
 /// Encoded bytes one subscriber may have queued: room for a pause of a few seconds on a big
 /// node (a message into an empty queue is always taken, whatever its size).
 pub const SUBSCRIBER_QUEUE_BYTES: usize = 16 << 20;
@@ -115,9 +132,7 @@ pub struct Outbox<T> {
 }
 
 /// A queue with `bounds`, and the stream to hand to tonic.
-pub fn channel<T: prost::Message + Send + 'static>(
-    bounds: Bounds,
-) -> (Outbox<T>, SubscriberStream<T>) {
+pub fn channel<T: QueueItem + Send + 'static>(bounds: Bounds) -> (Outbox<T>, SubscriberStream<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             queue: VecDeque::new(),
@@ -136,10 +151,10 @@ pub fn channel<T: prost::Message + Send + 'static>(
     (Outbox { shared, bounds }, Box::pin(stream))
 }
 
-impl<T: prost::Message> Outbox<T> {
+impl<T: QueueItem> Outbox<T> {
     /// Queues a message now; a full queue means the client is too slow.
     pub fn try_send(&self, msg: T) -> Result<(), End> {
-        let size = msg.encoded_len();
+        let size = msg.queued_bytes();
         let mut state = self.shared.lock();
         if state.receiver_gone {
             return Err(End::Closed);
@@ -154,7 +169,7 @@ impl<T: prost::Message> Outbox<T> {
     /// Queues a message, waiting up to `patience` for room (the rest of a message the client is
     /// already reading).
     pub async fn send_within(&self, msg: T, patience: Duration) -> Result<(), End> {
-        let size = msg.encoded_len();
+        let size = msg.queued_bytes();
         let wait = async {
             loop {
                 let room = self.shared.space.notified();
@@ -198,6 +213,11 @@ impl<T: prost::Message> Outbox<T> {
 }
 
 impl<T> Outbox<T> {
+    /// Whether the client has gone away.
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().receiver_gone
+    }
+
     /// Completes when the client has gone away.
     pub async fn closed(&self) {
         loop {
@@ -288,9 +308,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_queue_full_in_bytes_drops_the_subscriber_and_frees_what_it_held() {
-        use prost::Message as _;
         let one = msg(10_000);
-        let size = one.encoded_len();
+        let size = one.queued_bytes();
         let budget = Budget::new(usize::MAX);
         let (out, mut stream) = channel::<WatchResponse>(Bounds {
             messages: 100,
@@ -333,9 +352,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_spent_budget_drops_subscribers_with_a_backlog_but_not_those_keeping_up() {
-        use prost::Message as _;
         let one = msg(1_000);
-        let size = one.encoded_len();
+        let size = one.queued_bytes();
         let budget = Budget::new(size * 4);
         let bounds = Bounds {
             messages: 100,

@@ -1,25 +1,19 @@
-//! One Watch subscriber: a full snapshot, then per-interval updates of what changed.
-//!
-//! Each subscriber has its own task and a bounded buffer. If the client does not keep up, the
-//! buffer fills and the subscriber is dropped with RESOURCE_EXHAUSTED; the sampler and the other
-//! subscribers never wait for it.
+//! What a Watch subscription is sent: a full snapshot, then per-interval updates of what
+//! changed. The messages of one shape are computed once for all its subscribers
+//! ([`super::fanout`]); each subscriber has a bounded buffer, and one that does not keep up is
+//! dropped with RESOURCE_EXHAUSTED: the sampler and the other subscribers never wait for it.
 
 use std::{
     collections::HashMap,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use super::{
-    ServerStats, chunk,
-    filter::Filter,
-    outbox::{self, End, Outbox, SubscriberStream},
-};
+use super::filter::Filter;
 use crate::{
     convert, proto,
     rate::{Reading, per_second},
     sampler::CgroupSample,
-    store::{Record, Snapshot, Subscription},
+    store::{Record, Snapshot},
     unix_time::unix_nanos,
 };
 
@@ -32,22 +26,6 @@ fn pod_uid(p: &proto::PodStats) -> String {
 
 /// Messages a subscriber may have queued before it counts as too slow.
 pub const SUBSCRIBER_BUFFER: usize = 16;
-
-/// How long the rest of a chunked message may wait for room in a subscriber's buffer.
-const CHUNK_PATIENCE: Duration = Duration::from_secs(10);
-
-/// What a Watch subscriber receives: its queued messages, then, if it was dropped, why.
-pub type WatchStream = SubscriberStream<proto::WatchResponse>;
-
-/// A Watch subscriber's queue, sharing `budget` with the server's other subscribers, and its
-/// stream for tonic.
-pub fn channel(budget: Arc<outbox::Budget>) -> (Outbox<proto::WatchResponse>, WatchStream) {
-    outbox::channel(outbox::Bounds {
-        messages: SUBSCRIBER_BUFFER,
-        bytes: outbox::SUBSCRIBER_QUEUE_BYTES,
-        budget,
-    })
-}
 
 /// What a subscriber asked for.
 #[derive(Debug, Clone)]
@@ -77,102 +55,8 @@ struct SentCgroup {
     counters: Sent,
 }
 
-/// What every message of a subscription may need besides the snapshot.
-pub struct Context {
-    pub node: Arc<proto::NodeInfo>,
-    pub server_stats: Arc<ServerStats>,
-}
-
-pub async fn run(
-    mut sub: Subscription,
-    opts: Options,
-    ctx: Context,
-    out: Outbox<proto::WatchResponse>,
-) -> End {
-    let end = stream(&mut sub, &opts, &ctx, &out).await;
-    out.finish(end, "Watch")
-}
-
-async fn stream(
-    sub: &mut Subscription,
-    opts: &Options,
-    ctx: &Context,
-    out: &Outbox<proto::WatchResponse>,
-) -> End {
-    let interval = opts.interval;
-    // A client that leaves before the first sample ends this task (no leak while every pass
-    // fails).
-    let first = tokio::select! {
-        first = wait_for_snapshot(sub) => first,
-        _ = out.closed() => None,
-    };
-    let Some(first) = first else {
-        return End::Closed;
-    };
-    let mut state = SubscriberState::new(opts.clone());
-    let stats = |snap: &Snapshot| Some(ctx.server_stats.collector_stats(snap));
-    let mut snapshot = state.snapshot(&first, &ctx.node);
-    snapshot.collector = stats(&first);
-    state.pods_snapshot(&first, &mut snapshot);
-    if let Err(end) = send(out, snapshot, opts.max_message_bytes).await {
-        return end;
-    }
-    // A sample that lands a little early still counts as this interval's.
-    let slack = interval / 4;
-    loop {
-        tokio::select! {
-            changed = sub.snapshots.changed() => if changed.is_err() { return End::Closed },
-            _ = out.closed() => return End::Closed,
-        }
-        let Some(snap) = sub.snapshots.borrow_and_update().clone() else {
-            continue;
-        };
-        if snap
-            .sample
-            .taken_at
-            .saturating_duration_since(state.last_at)
-            + slack
-            < interval
-        {
-            continue;
-        }
-        let mut update = state.update(&snap);
-        update.collector = stats(&snap);
-        state.events_since(&snap, &mut update);
-        state.pods_update(&snap, &mut update);
-        if let Err(end) = send(out, update, opts.max_message_bytes).await {
-            return end;
-        }
-    }
-}
-
-async fn wait_for_snapshot(sub: &mut Subscription) -> Option<Arc<Snapshot>> {
-    loop {
-        if let Some(s) = sub.snapshots.borrow_and_update().clone() {
-            return Some(s);
-        }
-        sub.snapshots.changed().await.ok()?;
-    }
-}
-
-/// Queues a message unless the client is too slow; `Err` when the stream must end. A client
-/// whose buffer is full when a message is due is too slow. The later chunks of a split message
-/// may wait (boundedly) for room: they complete a message the client is reading.
-async fn send(
-    out: &Outbox<proto::WatchResponse>,
-    msg: proto::WatchResponse,
-    limit: usize,
-) -> Result<(), End> {
-    let mut chunks = chunk::split(msg, limit).into_iter();
-    let first = chunks.next().expect("split returns at least one chunk");
-    out.try_send(first)?;
-    for rest in chunks {
-        out.send_within(rest, CHUNK_PATIENCE).await?;
-    }
-    Ok(())
-}
-
-struct SubscriberState {
+/// A subscription's view of what it last sent: the baseline of its next update.
+pub(super) struct SubscriberState {
     opts: Options,
     sequence: u64,
     /// `seq` of the last snapshot sent: removals and OOM kills after it are still to send.
@@ -185,7 +69,7 @@ struct SubscriberState {
 }
 
 impl SubscriberState {
-    fn new(opts: Options) -> Self {
+    pub(super) fn new(opts: Options) -> Self {
         Self {
             opts,
             sequence: 0,
@@ -221,14 +105,14 @@ impl SubscriberState {
     }
 
     /// Node and every pod. Pod and node rates are over the collector's last two samples.
-    fn pods_snapshot(&mut self, snap: &Snapshot, msg: &mut proto::WatchResponse) {
+    pub(super) fn pods_snapshot(&mut self, snap: &Snapshot, msg: &mut proto::WatchResponse) {
         msg.node_stats = Some(self.node_stats(snap));
         msg.pods = self.pods(snap).collect();
         self.pods = msg.pods.iter().map(|p| (pod_uid(p), p.clone())).collect();
     }
 
     /// Node again, pods that changed (complete), and uids of pods that went away.
-    fn pods_update(&mut self, snap: &Snapshot, msg: &mut proto::WatchResponse) {
+    pub(super) fn pods_update(&mut self, snap: &Snapshot, msg: &mut proto::WatchResponse) {
         msg.node_stats = Some(self.node_stats(snap));
         let mut next = HashMap::with_capacity(self.pods.len());
         for pod in self.pods(snap) {
@@ -248,7 +132,11 @@ impl SubscriberState {
         self.pods = next;
     }
 
-    fn snapshot(&mut self, snap: &Snapshot, node: &proto::NodeInfo) -> proto::WatchResponse {
+    pub(super) fn snapshot(
+        &mut self,
+        snap: &Snapshot,
+        node: &proto::NodeInfo,
+    ) -> proto::WatchResponse {
         let mut cgroups = Vec::new();
         for (c, record) in wanted_cgroups(&self.opts, snap) {
             let stats = &record.stats;
@@ -279,7 +167,7 @@ impl SubscriberState {
         }
     }
 
-    fn update(&mut self, snap: &Snapshot) -> proto::WatchResponse {
+    pub(super) fn update(&mut self, snap: &Snapshot) -> proto::WatchResponse {
         let mut changed = Vec::new();
         let mut next = HashMap::with_capacity(self.sent.len());
         for (c, record) in wanted_cgroups(&self.opts, snap) {
@@ -356,7 +244,7 @@ impl SubscriberState {
 
     /// Removals and OOM kills of every snapshot since the last message (none are lost when this
     /// subscriber's interval spans several samples).
-    fn events_since(&mut self, snap: &Snapshot, update: &mut proto::WatchResponse) {
+    pub(super) fn events_since(&mut self, snap: &Snapshot, update: &mut proto::WatchResponse) {
         // Both logs are in seq order: skip what was sent without scanning it.
         let last = self.last_seq;
         let recent = &snap.recent;
@@ -376,6 +264,11 @@ impl SubscriberState {
             .map(|(_, k)| k.clone())
             .collect();
         self.last_seq = snap.seq;
+    }
+
+    /// When the sample of the last message was taken.
+    pub(super) fn last_at(&self) -> Instant {
+        self.last_at
     }
 
     fn next_sequence(&mut self) -> u64 {

@@ -83,5 +83,113 @@ pub fn comparison(rev: &str, old: &Results, new: &Results) -> String {
             let _ = writeln!(md, "| daemon CPU % of a core at {n} cgroups | {o} | {c} |");
         }
     }
+    for (name, section, pick) in rows_compared() {
+        let cell = |r: &Results| {
+            section(r)
+                .as_ref()
+                .ok()
+                .and_then(|rows| pick(rows))
+                .unwrap_or_else(|| "–".to_owned())
+        };
+        let _ = writeln!(md, "| {name} | {} | {} |", cell(old), cell(new));
+    }
     md
+}
+
+type Pick = fn(&[Value]) -> Option<String>;
+type SectionOf = fn(&Results) -> &super::Section;
+
+/// The rest of the headline figures: (name, section, figure from its rows).
+fn rows_compared() -> Vec<(&'static str, SectionOf, Pick)> {
+    fn find<'a>(rows: &'a [Value], key: &str, value: u64) -> Option<&'a Value> {
+        rows.iter().find(|r| r[key].as_u64() == Some(value))
+    }
+    fn cost(rows: &[Value], mode: &str, field: &str) -> Option<String> {
+        let r = rows
+            .iter()
+            .find(|r| r["created"] == 1000 && r["mode"] == mode)?;
+        Some(spread(&r[field], 1e-3, 1))
+    }
+    vec![
+        (
+            "(b) cgroupfs every pass, ms per pass at 1,000",
+            |r| &r.cost,
+            |rows| cost(rows, "cgroupfs", "pass_us"),
+        ),
+        (
+            "(c) eBPF: full pass ms at 1,000 (every cgroup read)",
+            |r| &r.cost,
+            |rows| cost(rows, "ebpf", "full_pass_us"),
+        ),
+        (
+            "daemon RSS MiB at 1,000 cgroups",
+            |r| &r.daemon,
+            |rows| Some(spread(&find(rows, "created", 1000)?["rss_bytes"], MIB, 1)),
+        ),
+        (
+            "daemon peak RSS MiB at 1,000 (start-up included)",
+            |r| &r.daemon,
+            |rows| {
+                let v = find(rows, "created", 1000)?["peak_rss_bytes"].as_f64()?;
+                Some(format!("{:.1}", v * MIB))
+            },
+        ),
+        (
+            "Watch, 100 subscribers: collector CPU %",
+            |r| &r.stream,
+            |rows| {
+                Some(spread(
+                    &find(rows, "subscribers", 100)?["collector_cpu_percent"],
+                    1.0,
+                    1,
+                ))
+            },
+        ),
+        (
+            "Watch, 100 subscribers: messages received",
+            |r| &r.stream,
+            |rows| Some(find(rows, "subscribers", 100)?["messages"].to_string()),
+        ),
+        // The baseline measured from the sample's time only: compare like with like.
+        (
+            "Watch, 100 subscribers: sample-to-receive p99 ms",
+            |r| &r.stream,
+            |rows| {
+                let r = find(rows, "subscribers", 100)?;
+                let v = r.get("sample_age_p99_ms").unwrap_or(&r["latency_p99_ms"]);
+                Some(spread(v, 1.0, 1))
+            },
+        ),
+        (
+            "Watch, 100 subscribers: publish-to-receive p99 ms",
+            |r| &r.stream,
+            |rows| {
+                let r = find(rows, "subscribers", 100)?;
+                r.get("sample_age_p99_ms")?;
+                Some(spread(&r["latency_p99_ms"], 1.0, 1))
+            },
+        ),
+        (
+            "aggregator MiB per node at 1,000 nodes",
+            |r| &r.aggregate,
+            |rows| {
+                Some(spread(
+                    &find(rows, "nodes", 1000)?["rss_mib_per_node"],
+                    1.0,
+                    3,
+                ))
+            },
+        ),
+        (
+            "aggregator MiB per node at 5,000 nodes",
+            |r| &r.aggregate,
+            |rows| {
+                Some(spread(
+                    &find(rows, "nodes", 5000)?["rss_mib_per_node"],
+                    1.0,
+                    3,
+                ))
+            },
+        ),
+    ]
 }

@@ -179,6 +179,11 @@ fn results([cost, daemon, probes, stream, aggregate, export]: [Section; 6]) -> R
 /// baseline's program, then this tree's, back to back, so both see the same machine.
 pub fn run(quick: bool, out: PathBuf, baseline: Option<String>) -> anyhow::Result<()> {
     let plan = Plan::new(quick);
+    // Re-renders the report of an earlier run (after a change to the report itself).
+    if let Some(from) = std::env::var_os(REPORT_FROM) {
+        let (results, old_results) = load(Path::new(&from))?;
+        return write_report(&plan, &out, quick, &results, old_results.as_ref());
+    }
     super::build_release_with_examples()?;
     let old = baseline.as_deref().map(baseline::build).transpose()?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -198,17 +203,55 @@ pub fn run(quick: bool, out: PathBuf, baseline: Option<String>) -> anyhow::Resul
             self::results(old_sections.try_into().expect("six sections")),
         )
     });
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    write_report(&plan, &out, quick, &results, old_results.as_ref())
+}
+
+/// `COLLECTOR_BENCH_REPORT_FROM=path/bench.json`: no measurement, the report of that run.
+const REPORT_FROM: &str = "COLLECTOR_BENCH_REPORT_FROM";
+
+/// The results of an earlier run, from its bench.json.
+fn load(path: &Path) -> anyhow::Result<(Results, Option<(String, Results)>)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path:?}"))?;
+    let json: Value = serde_json::from_str(&text)?;
+    let section = |v: &Value| -> Section {
+        match v.as_array() {
+            Some(rows) => Ok(rows.clone()),
+            None => Err(v["error"].as_str().unwrap_or("absent").to_owned()),
+        }
+    };
+    let sections = |r: &Value| {
+        results(
+            ["cost", "daemon", "probes", "stream", "aggregate", "export"].map(|k| section(&r[k])),
+        )
+    };
+    let old = json["baseline"].as_object().map(|b| {
+        let rev = b["rev"].as_str().unwrap_or("baseline").to_owned();
+        (rev, sections(&b["results"]))
+    });
+    Ok((sections(&json["this_tree"]), old))
+}
+
+fn write_report(
+    plan: &Plan,
+    out: &Path,
+    quick: bool,
+    results: &Results,
+    old_results: Option<&(String, Results)>,
+) -> anyhow::Result<()> {
     let (cores, kernel) = machine();
+    let old_cost =
+        old_results.and_then(|(rev, r)| Some((rev.as_str(), r.cost.as_ref().ok()?.as_slice())));
     let plot_note = match &results.cost {
-        Ok(rows) => plot::cost_per_pass(rows, &out.join("cost.svg"))
+        Ok(rows) => plot::cost_per_pass(rows, old_cost, &out.join("cost.svg"))
             .map_or_else(|e| format!("plot failed: {e}"), |()| "cost.svg".into()),
         Err(e) => format!("no plot: {e}"),
     };
-    let mut md = report::markdown(&plan, &results, cores, &kernel, &plot_note);
-    if let Some((rev, old)) = &old_results {
-        md.push_str(&compare::comparison(rev, old, &results));
+    let mut md = report::markdown(plan, results, cores, &kernel, &plot_note);
+    if let Some((rev, old)) = old_results {
+        md.push_str(&compare::comparison(rev, old, results));
         md.push_str(&format!("\n# Baseline {rev}, measured in the same run\n"));
-        md.push_str(&report::markdown(&plan, old, cores, &kernel, "see above"));
+        md.push_str(&report::markdown(plan, old, cores, &kernel, "see above"));
     }
     let section = |s: &Section| match s {
         Ok(rows) => Value::Array(rows.clone()),
@@ -223,8 +266,8 @@ pub fn run(quick: bool, out: PathBuf, baseline: Option<String>) -> anyhow::Resul
     };
     let json = serde_json::json!({
         "quick": quick, "cores": cores, "kernel": kernel,
-        "this_tree": sections(&results),
-        "baseline": old_results.as_ref().map(|(rev, r)| serde_json::json!({ "rev": rev, "results": sections(r) })),
+        "this_tree": sections(results),
+        "baseline": old_results.map(|(rev, r)| serde_json::json!({ "rev": rev, "results": sections(r) })),
     });
     std::fs::write(out.join("bench.md"), &md)?;
     std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&json)?)?;

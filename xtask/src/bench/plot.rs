@@ -1,4 +1,5 @@
-//! cost.svg: CPU per pass against cgroup count for the three collection modes, log-log.
+//! cost.svg: CPU per pass against cgroup count for the three collection modes, log-log; with a
+//! baseline, its curves beside them in lighter colours.
 
 use std::path::Path;
 
@@ -19,6 +20,9 @@ const SERIES: [(&str, &str, RGBColor); 3] = [
     ),
 ];
 
+/// One curve: its points, label, colour and line width.
+type Curve = (Vec<(f64, f64)>, String, RGBAColor, u32);
+
 /// (cgroups, median ms per pass) of one mode, by cgroup count.
 fn points(rows: &[Value], mode: &str) -> Vec<(f64, f64)> {
     let mut out: Vec<(f64, f64)> = rows
@@ -36,12 +40,23 @@ fn points(rows: &[Value], mode: &str) -> Vec<(f64, f64)> {
     out
 }
 
-pub fn cost_per_pass(rows: &[Value], path: &Path) -> Result<(), String> {
-    let series: Vec<_> = SERIES
+/// `old`: the baseline's rows and its name, drawn as thin lighter lines.
+pub fn cost_per_pass(
+    rows: &[Value],
+    old: Option<(&str, &[Value])>,
+    path: &Path,
+) -> Result<(), String> {
+    let mut series: Vec<Curve> = SERIES
         .iter()
-        .map(|(mode, label, colour)| (points(rows, mode), *label, *colour))
+        .map(|(mode, label, colour)| (points(rows, mode), label.to_string(), colour.to_rgba(), 2))
         .collect();
-    let all = series.iter().flat_map(|(p, _, _)| p.iter());
+    if let Some((rev, old_rows)) = old {
+        for (mode, label, colour) in SERIES {
+            let light = colour.mix(0.45);
+            series.push((points(old_rows, mode), format!("{label}, {rev}"), light, 1));
+        }
+    }
+    let all = series.iter().flat_map(|(p, ..)| p.iter());
     let (x_max, y_min, y_max) = all.fold((1.0f64, f64::MAX, 0.0f64), |(x, lo, hi), (n, ms)| {
         (x.max(*n), lo.min(*ms), hi.max(*ms))
     });
@@ -50,7 +65,7 @@ pub fn cost_per_pass(rows: &[Value], path: &Path) -> Result<(), String> {
     }
     let x_min = series
         .iter()
-        .flat_map(|(p, _, _)| p.first())
+        .flat_map(|(p, ..)| p.first())
         .map(|(n, _)| *n)
         .fold(f64::MAX, f64::min);
     let draw = || -> Result<(), Box<dyn std::error::Error>> {
@@ -76,18 +91,19 @@ pub fn cost_per_pass(rows: &[Value], path: &Path) -> Result<(), String> {
             .y_label_formatter(&|y| format!("{y}"))
             .y_desc("ms of CPU per pass (log)")
             .draw()?;
-        for (points, label, colour) in &series {
-            let colour = *colour;
+        for (points, label, colour, width) in &series {
+            let (colour, width) = (*colour, *width);
             chart
                 .draw_series(LineSeries::new(
                     points.iter().copied(),
-                    colour.stroke_width(2),
+                    colour.stroke_width(width),
                 ))?
-                .label(*label)
+                .label(label.as_str())
                 .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+                    PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(width))
                 });
-            chart.draw_series(points.iter().map(|p| Circle::new(*p, 4, colour.filled())))?;
+            let dot = 2 + 2 * width;
+            chart.draw_series(points.iter().map(|p| Circle::new(*p, dot, colour.filled())))?;
         }
         chart
             .configure_series_labels()

@@ -127,6 +127,12 @@ pub struct ServeArgs {
     #[arg(long, env = "COLLECTOR_CGROUPFS_INTERVAL_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub cgroupfs_interval_ms: u64,
+    /// How old a cgroupfs reading a cgroup may keep on a full pass when the probes saw it idle
+    /// (no CPU time, faults or run-queue arrivals) since that reading; each record says when
+    /// it was read. At most the cgroupfs interval (or 0) reads every cgroup on every full pass.
+    #[arg(long, env = "COLLECTOR_CGROUPFS_IDLE_MAX_AGE_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub cgroupfs_idle_max_age_ms: u64,
     /// The Kubernetes node name reported to aggregators (in a DaemonSet: spec.nodeName via the
     /// downward API). Default: the hostname.
     #[arg(long, env = "NODE_NAME")]

@@ -68,6 +68,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cgroup2_mount: args.cgroup2_mount,
         base_period: Duration::from_millis(args.sample_interval_ms),
         cgroupfs_interval: Duration::from_millis(args.cgroupfs_interval_ms),
+        cgroupfs_idle_max_age: Duration::from_millis(args.cgroupfs_idle_max_age_ms),
         tls: args.tls.files(None),
         allow_insecure_listen: args.tls.allow_insecure_listen,
         node_name: args.node_name,
