@@ -48,7 +48,7 @@ fn count(ctx: &SkBuffContext, ingress: bool) {
         None => {
             // The first packet of this cgroup: zeros, then the add below. Another CPU may have
             // inserted it since (BPF_NOEXIST fails then): this CPU's value is there either way.
-            let _ = NET_COUNTERS.insert(cgroup_id, &NetCounters::default(), BPF_NOEXIST.into());
+            let _ = NET_COUNTERS.insert(cgroup_id, NetCounters::default(), BPF_NOEXIST.into());
             match NET_COUNTERS.get_ptr_mut(cgroup_id) {
                 Some(c) => c,
                 None => {
