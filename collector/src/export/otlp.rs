@@ -62,13 +62,23 @@ pub fn describe(level: Level, metric: Metric) -> Option<(String, &'static str, &
         Metric::EbpfMinorFaults | Metric::EbpfMajorFaults => (
             "ebpf.page_faults",
             "{fault}",
-            "Page faults seen by the perf probes since they attached, by type.",
+            "Page faults seen by the sched_switch probe since it attached, by type.",
         ),
         Metric::EbpfOomKills if level == Level::Node => return None,
         Metric::EbpfOomKills => (
             "ebpf.oom_kills",
             "{kill}",
             "OOM kills of the cgroup's own tasks seen by the mark_victim probe.",
+        ),
+        Metric::EbpfRxBytes | Metric::EbpfTxBytes => (
+            "ebpf.network.io",
+            "By",
+            "L3 bytes (IP header included) of the cgroup's sockets seen by the cgroup_skb probe since it attached, by direction.",
+        ),
+        Metric::EbpfRxPackets | Metric::EbpfTxPackets => (
+            "ebpf.network.packet.count",
+            "{packet}",
+            "Packets of the cgroup's sockets seen by the cgroup_skb probe since it attached, by direction.",
         ),
         Metric::RunqWait => (
             "runqueue.wait",
@@ -175,9 +185,11 @@ fn add(metrics: &mut Vec<otlp::Metric>, s: &Series) -> usize {
             metrics.len() - 1
         }
     };
-    let attributes = match s.metric {
-        Metric::EbpfMinorFaults => vec![string("type", "minor")],
-        Metric::EbpfMajorFaults => vec![string("type", "major")],
+    let attributes = match (s.metric, s.metric.direction()) {
+        (Metric::EbpfMinorFaults, _) => vec![string("type", "minor")],
+        (Metric::EbpfMajorFaults, _) => vec![string("type", "major")],
+        // The semantic conventions' attribute for k8s.pod.network.io and its kin.
+        (_, Some(direction)) => vec![string("network.io.direction", direction)],
         _ => Vec::new(),
     };
     let start = s.start_ns;

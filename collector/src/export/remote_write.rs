@@ -103,6 +103,8 @@ pub fn family(level: Level, metric: Metric) -> Option<&'static str> {
         (_, Metric::EbpfMinorFaults | Metric::EbpfMajorFaults) => ebpf.faults,
         (_, Metric::EbpfOomKills) => ebpf.oom?,
         (_, Metric::RunqWait) => ebpf.runq,
+        (_, Metric::EbpfRxBytes | Metric::EbpfTxBytes) => ebpf.network_bytes,
+        (_, Metric::EbpfRxPackets | Metric::EbpfTxPackets) => ebpf.network_packets,
     })
 }
 
@@ -131,6 +133,11 @@ fn identity<'a>(entity: &'a Entity, node: &'a str, metric: Metric) -> Vec<(&'sta
         Metric::EbpfMinorFaults => labels.push(("type", "minor")),
         Metric::EbpfMajorFaults => labels.push(("type", "major")),
         _ => {}
+    }
+    if let Some(direction) = metric.direction() {
+        // After "container", before the rest: keep the order the spec asks for.
+        let at = labels.partition_point(|&(name, _)| name < "direction");
+        labels.insert(at, ("direction", direction));
     }
     labels
 }
@@ -377,6 +384,39 @@ mod tests {
         let faults = &request.timeseries[1];
         assert_eq!(names(faults)[0].1, "container_ebpf_page_faults_total");
         assert_eq!(names(faults).last(), Some(&("type", "major")));
+    }
+
+    #[test]
+    fn socket_traffic_is_labelled_by_direction_in_label_order() {
+        let series = |metric| Series {
+            entity: container(),
+            metric,
+            start_ns: 0,
+            points: vec![point(1000, Value::Number(2_056.0))],
+        };
+        let batch = Batch {
+            series: vec![series(Metric::EbpfTxBytes), series(Metric::EbpfRxPackets)],
+        };
+        let request = decode(&encode(&batch, "node-1", Histograms::Classic)[0]);
+        assert_eq!(
+            names(&request.timeseries[0]),
+            [
+                ("__name__", "container_ebpf_network_bytes_total"),
+                ("container", "app"),
+                ("direction", "transmit"),
+                ("namespace", "ns"),
+                ("node", "node-1"),
+                ("pod", "web"),
+            ]
+        );
+        assert_eq!(
+            names(&request.timeseries[1])[..3],
+            [
+                ("__name__", "container_ebpf_network_packets_total"),
+                ("container", "app"),
+                ("direction", "receive"),
+            ]
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::{
 
 use crate::{
     http::{own::by_id, resource},
-    probes::RUNQ_VALUES,
+    probes::{RUNQ_VALUES, net},
     proto,
     sampler::EbpfValues,
     store::Snapshot,
@@ -101,10 +101,15 @@ pub enum Metric {
     EbpfOomKills,
     /// The run-queue wait histogram (kernel log2 buckets of ns).
     RunqWait,
+    /// L3 bytes and packets of the cgroup's sockets seen by the cgroup_skb probe.
+    EbpfRxBytes,
+    EbpfTxBytes,
+    EbpfRxPackets,
+    EbpfTxPackets,
 }
 
 /// How many [`Metric`]s there are (the length of per-entity state).
-const METRICS: usize = 9;
+const METRICS: usize = 13;
 
 impl Metric {
     fn index(self) -> usize {
@@ -121,6 +126,10 @@ impl Metric {
         Self::EbpfMajorFaults,
         Self::EbpfOomKills,
         Self::RunqWait,
+        Self::EbpfRxBytes,
+        Self::EbpfTxBytes,
+        Self::EbpfRxPackets,
+        Self::EbpfTxPackets,
     ];
 
     /// Whether every pass measures it anew (sent once per interval) rather than a cgroupfs
@@ -133,7 +142,20 @@ impl Metric {
             | Self::EbpfMinorFaults
             | Self::EbpfMajorFaults
             | Self::EbpfOomKills
-            | Self::RunqWait => true,
+            | Self::RunqWait
+            | Self::EbpfRxBytes
+            | Self::EbpfTxBytes
+            | Self::EbpfRxPackets
+            | Self::EbpfTxPackets => true,
+        }
+    }
+
+    /// The network direction a series counts (its `direction` label), for the net metrics.
+    pub fn direction(self) -> Option<&'static str> {
+        match self {
+            Self::EbpfRxBytes | Self::EbpfRxPackets => Some("receive"),
+            Self::EbpfTxBytes | Self::EbpfTxPackets => Some("transmit"),
+            _ => None,
         }
     }
 
@@ -146,6 +168,10 @@ impl Metric {
                 | Self::EbpfMinorFaults
                 | Self::EbpfMajorFaults
                 | Self::EbpfOomKills
+                | Self::EbpfRxBytes
+                | Self::EbpfTxBytes
+                | Self::EbpfRxPackets
+                | Self::EbpfTxPackets
         )
     }
 }
@@ -485,6 +511,10 @@ impl Seen<'_> {
             Metric::EbpfMinorFaults => ebpf(self.ebpf?.faults.map(|[minor, _]| minor), 1.0),
             Metric::EbpfMajorFaults => ebpf(self.ebpf?.faults.map(|[_, major]| major), 1.0),
             Metric::EbpfOomKills => ebpf(self.ebpf?.oom_kills, 1.0),
+            Metric::EbpfRxBytes => ebpf(self.ebpf?.network.map(|n| n[net::RX_BYTES]), 1.0),
+            Metric::EbpfTxBytes => ebpf(self.ebpf?.network.map(|n| n[net::TX_BYTES]), 1.0),
+            Metric::EbpfRxPackets => ebpf(self.ebpf?.network.map(|n| n[net::RX_PACKETS]), 1.0),
+            Metric::EbpfTxPackets => ebpf(self.ebpf?.network.map(|n| n[net::TX_PACKETS]), 1.0),
             Metric::RunqWait => {
                 let h = self.ebpf?.runq.clone()?;
                 Some((self.pass_ns, Value::Runq(h)))
@@ -500,7 +530,11 @@ impl Seen<'_> {
             | Metric::EbpfMinorFaults
             | Metric::EbpfMajorFaults
             | Metric::EbpfOomKills
-            | Metric::RunqWait => probes_since_ns.max(self.start_ns),
+            | Metric::RunqWait
+            | Metric::EbpfRxBytes
+            | Metric::EbpfTxBytes
+            | Metric::EbpfRxPackets
+            | Metric::EbpfTxPackets => probes_since_ns.max(self.start_ns),
             _ => self.start_ns,
         }
     }

@@ -237,3 +237,42 @@ fn missed_snapshots_are_counted_and_old_ones_ignored() {
         [0, 1000]
     );
 }
+
+#[test]
+fn socket_traffic_goes_out_as_four_counters_by_direction() {
+    let mut t = Tracker::new(Duration::from_secs(1), at(T0_MS - 5_000));
+    let c = container("c1", "app", 11, 1_000_000_000, T0_MS);
+    let mut s = snapshot(0, T0_MS, vec![pod("ns", vec![c], T0_MS)], 0);
+    for c in &mut s.sample.cgroups {
+        // rx bytes, rx packets, tx bytes, tx packets: the net probe's layout.
+        c.ebpf.network = Some([1_028, 1, 2_056, 2]);
+    }
+    t.observe(&s);
+    let b = t.take();
+    for (metric, value, direction) in [
+        (Metric::EbpfRxBytes, 1_028.0, "receive"),
+        (Metric::EbpfRxPackets, 1.0, "receive"),
+        (Metric::EbpfTxBytes, 2_056.0, "transmit"),
+        (Metric::EbpfTxPackets, 2.0, "transmit"),
+    ] {
+        let sent = series(&b, Level::Container, metric);
+        assert_eq!(sent.len(), 1, "{metric:?}");
+        assert_eq!(sent[0].points[0].value, Value::Number(value), "{metric:?}");
+        assert_eq!(
+            sent[0].start_ns,
+            (T0_MS - 5_000) * 1_000_000,
+            "since the probes attached"
+        );
+        assert_eq!(metric.direction(), Some(direction));
+        assert!(metric.is_counter());
+    }
+    // Without the net probe (no values), no network series.
+    let c = container("c1", "app", 11, 1_000_000_000, T0_MS);
+    t.observe(&snapshot(
+        1,
+        T0_MS + 1_000,
+        vec![pod("ns", vec![c], T0_MS)],
+        0,
+    ));
+    assert!(series(&t.take(), Level::Container, Metric::EbpfTxBytes).is_empty());
+}
