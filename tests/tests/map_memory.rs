@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use collector::probes::{ProbeConfig, Probes};
-use collector_integration_tests::can_run;
+use collector_integration_tests::{can_run, cgroup2_mount};
 
 /// The budget at the default `--max-cgroups` on a node with 128 possible CPUs.
 const BUDGET_128_CPUS: u64 = 64 << 20;
@@ -19,7 +19,11 @@ fn every_map_is_created_once_and_the_whole_fits_128_cpus() {
     if !can_run("every_map_is_created_once_and_the_whole_fits_128_cpus") {
         return;
     }
-    let probes = Probes::load(&ProbeConfig::default());
+    // Every family, the net probe's per-CPU counters too (they attach at the cgroup2 root).
+    let probes = Probes::load(&ProbeConfig {
+        cgroup2_root: Some(cgroup2_mount().expect("a cgroup2 mount")),
+        ..ProbeConfig::default()
+    });
     let inactive: Vec<_> = probes
         .statuses()
         .into_iter()

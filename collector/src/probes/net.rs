@@ -13,7 +13,7 @@ use std::{collections::HashMap, fs::File, path::Path};
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuHashMap},
+    maps::{HashMap as BpfHashMap, MapData},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
 use collector_common::{NetCounters, names};
@@ -33,20 +33,16 @@ pub type NetValues = [u64; NET_VALUES];
 const PERMISSION_HINT: &str = "cgroup_skb programs need CAP_NET_ADMIN (with CAP_BPF), or root";
 
 pub struct NetReader {
-    counters: PerCpuHashMap<MapData, u64, NetCounters>,
+    counters: BpfHashMap<MapData, u64, NetCounters>,
 }
 
 impl NetReader {
-    /// Each cgroup's own socket traffic (not its descendants'), summed over CPUs, and the number
-    /// of map entries.
+    /// Each cgroup's own socket traffic (not its descendants'), and the number of map entries.
     pub fn read(&self) -> Result<(HashMap<u64, NetValues>, usize), ProbeError> {
         let mut own = HashMap::new();
         for entry in self.counters.iter() {
-            let (id, per_cpu) = entry.map_err(ProbeError::map(names::NET_COUNTERS_MAP))?;
-            let v: &mut NetValues = own.entry(id).or_insert([0; NET_VALUES]);
-            for c in per_cpu.iter() {
-                add(v, c);
-            }
+            let (id, c) = entry.map_err(ProbeError::map(names::NET_COUNTERS_MAP))?;
+            add(own.entry(id).or_insert([0; NET_VALUES]), &c);
         }
         let entries = own.len();
         Ok((own, entries))
@@ -55,10 +51,8 @@ impl NetReader {
     /// Deletes a removed cgroup's entry and returns its final values.
     pub fn take(&mut self, id: u64) -> NetValues {
         let mut v = [0; NET_VALUES];
-        if let Ok(per_cpu) = self.counters.get(&id, 0) {
-            for c in per_cpu.iter() {
-                add(&mut v, c);
-            }
+        if let Ok(c) = self.counters.get(&id, 0) {
+            add(&mut v, &c);
         }
         // Already gone is fine: nothing to free.
         let _ = self.counters.remove(&id);
