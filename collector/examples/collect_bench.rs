@@ -299,7 +299,12 @@ fn measure(mode: &str, passes: u32) -> anyhow::Result<()> {
             row["pass_us"] = json!(per_pass);
         }
         "ebpf" => {
-            let probes = Probes::load(&ProbeConfig::default());
+            // Every family, as the daemon loads them (the net probe at the cgroup2 root).
+            let every_probe = || ProbeConfig {
+                cgroup2_root: Some(mount.clone()),
+                ..ProbeConfig::default()
+            };
+            let probes = Probes::load(&every_probe());
             anyhow::ensure!(
                 probes.sched.is_some() && probes.lifecycle_active(),
                 "eBPF probes not active: {:?}",
@@ -312,10 +317,7 @@ fn measure(mode: &str, passes: u32) -> anyhow::Result<()> {
             row["cgroups"] = json!(s.sample()?.cgroups.len());
             drop(s);
             // Never due within the run: every timed pass is probe-only.
-            let mut s = sampler(
-                Probes::load(&ProbeConfig::default()),
-                Duration::from_secs(3600),
-            );
+            let mut s = sampler(Probes::load(&every_probe()), Duration::from_secs(3600));
             let fast = timed_passes(passes * 10, || sampler_pass(&mut s, &node))?;
             let every = DEFAULT_CGROUPFS_INTERVAL.as_secs_f64();
             row["full_pass_us"] = json!(full);

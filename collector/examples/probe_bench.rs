@@ -167,8 +167,11 @@ impl Series {
 }
 
 fn load(run_stats: bool) -> anyhow::Result<Probes> {
+    // Every family, as the daemon loads them: the net probe attaches at the cgroup2 root.
+    let mounts = collector::cgroupfs::CgroupMounts::discover()?;
     let probes = Probes::load(&ProbeConfig {
         run_stats,
+        cgroup2_root: mounts.v2,
         ..ProbeConfig::default()
     });
     let inactive: Vec<_> = probes
