@@ -20,11 +20,24 @@ use collector::{
 
 use crate::args::{AggregateArgs, Cli, Command, ServeArgs};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before the runtime starts its threads (see the function).
+    if matches!(cli.command, None | Some(Command::Serve(_))) {
+        app::one_malloc_arena();
+    }
     logging::init(cli.log_format);
-    match run(cli).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Through the log, so that the last word is one line in the chosen format.
