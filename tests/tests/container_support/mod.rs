@@ -443,9 +443,11 @@ impl KernelCounter {
         let exact = samples
             .windows(2)
             .any(|w| w[0].2 <= reported && reported <= w[1].2);
+        // The two reads around `at_ns`: from the start of one to the end of the next, since a
+        // time can fall inside a read (HTTP's are whole milliseconds, a read takes ~0.1 ms).
         let around = samples
             .windows(2)
-            .find(|w| w[0].1 <= at_ns && at_ns <= w[1].0)
+            .find(|w| w[0].0 <= at_ns && at_ns <= w[1].1)
             .unwrap_or_else(|| {
                 panic!(
                     "{via}: no kernel reads around {at_ns}: {} reads of {}, from {:?} to {:?}",
@@ -457,7 +459,9 @@ impl KernelCounter {
             });
         let (t0, v0) = (around[0].1, around[0].2 as f64);
         let (t1, v1) = (around[1].0, around[1].2 as f64);
-        let kernel = v0 + (v1 - v0) * (at_ns - t0) as f64 / (t1 - t0).max(1) as f64;
+        // Inside a read: that read's value (clamped to the gap between the two reads).
+        let at = at_ns.clamp(t0, t1.max(t0));
+        let kernel = v0 + (v1 - v0) * (at - t0) as f64 / (t1 - t0).max(1) as f64;
         let off = (reported as f64 - kernel) / kernel;
         eprintln!(
             "{via}: reported {:.4} s, cpu.stat at the record's time {:.4} s ({:+.3} %), a value \
