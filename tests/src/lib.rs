@@ -294,6 +294,12 @@ pub mod cap {
 /// those; a capability the test process itself lacks stays absent (a sandbox may withhold
 /// CAP_SYS_RESOURCE, which kernels since 5.11 no longer need for BPF memory).
 pub fn keep_thread_capabilities(keep: &[u32]) -> io::Result<()> {
+    // aya probes the kernel's BPF features once per process, in whichever thread loads first.
+    // Probed from a thread without CAP_BPF, every feature reads as missing (no BTF, no global
+    // data), and every later load in the process, however privileged, goes wrong (task storage
+    // refused with EINVAL, "section not found" for the offsets). A collector's threads share
+    // one set of capabilities; a test that drops them per thread probes first, as root.
+    let _ = aya::features();
     #[repr(C)]
     struct Header {
         version: u32,
