@@ -21,7 +21,7 @@ use anyhow::Context as _;
 use plotters::prelude::*;
 use serde_json::Value;
 
-use crate::{cmd, debian, image::STATIC_RUSTFLAGS, vm::artifacts::TARGET};
+use crate::{cmd, debian, image::static_cargo, vm::artifacts::TARGET};
 
 /// "Flat": the last minute within this fraction of the second.
 const FLAT: f64 = 0.10;
@@ -80,23 +80,7 @@ pub fn run(minutes: u64, out: &Path) -> anyhow::Result<()> {
 fn build_soak_program() -> anyhow::Result<PathBuf> {
     cmd::timed(
         "build the soak program (release, static)",
-        crate::cargo()
-            .args([
-                "build",
-                "--release",
-                "--package",
-                "collector",
-                "--example",
-                "soak",
-            ])
-            .args(["--target", TARGET])
-            .env(
-                format!(
-                    "CARGO_TARGET_{}_RUSTFLAGS",
-                    TARGET.to_uppercase().replace('-', "_")
-                ),
-                STATIC_RUSTFLAGS,
-            ),
+        static_cargo("build").args(["--release", "--package", "collector", "--example", "soak"]),
     )?;
     Ok(PathBuf::from(format!(
         "target/{TARGET}/release/examples/soak"

@@ -22,8 +22,8 @@ use crate::{cmd, debian, vm::artifacts::TARGET};
 pub const OUT_DIR: &str = "target/image";
 /// The repository the manifests name; the archive's tag is the workspace version.
 pub const REPOSITORY: &str = "ghcr.io/collector-project/collector";
-/// The build flags of the VM suite's static binaries, so both share one build cache.
-pub const STATIC_RUSTFLAGS: &str = "-C target-feature=+crt-static";
+/// Static glibc for the image's binary, the soak program and the VM suite's tests alike.
+const STATIC_RUSTFLAGS: &str = "-C target-feature=+crt-static";
 const BINARY_IN_IMAGE: &str = "/usr/local/bin/collector";
 const CA_BUNDLE_IN_IMAGE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// gRPC, HTTP; the aggregator's gRPC and HTTPS (one image for both).
@@ -84,27 +84,27 @@ pub fn build_checked() -> anyhow::Result<Image> {
     Ok(image)
 }
 
+/// `cargo <subcommand>` building statically for [`TARGET`]. One set of flags for every static
+/// build (the image's binary, the soak program, the VM suite's tests), so they share one build
+/// cache; the explicit --target keeps the flags off build scripts and off the eBPF build, which
+/// aya-build runs for bpfel with its own.
+pub fn static_cargo(subcommand: &str) -> Command {
+    let mut cargo = crate::cargo();
+    cargo.arg(subcommand).args(["--target", TARGET]).env(
+        format!(
+            "CARGO_TARGET_{}_RUSTFLAGS",
+            TARGET.to_uppercase().replace('-', "_")
+        ),
+        STATIC_RUSTFLAGS,
+    );
+    cargo
+}
+
 /// `target/x86_64-unknown-linux-gnu/release/collector`, statically linked.
 pub fn build_static_binary() -> anyhow::Result<PathBuf> {
     cmd::timed(
         "build collector statically (release, glibc +crt-static, eBPF embedded)",
-        crate::cargo()
-            .args([
-                "build",
-                "--release",
-                "--package",
-                "collector",
-                "--bin",
-                "collector",
-            ])
-            .args(["--target", TARGET])
-            .env(
-                format!(
-                    "CARGO_TARGET_{}_RUSTFLAGS",
-                    TARGET.to_uppercase().replace('-', "_")
-                ),
-                STATIC_RUSTFLAGS,
-            ),
+        static_cargo("build").args(["--release", "--package", "collector", "--bin", "collector"]),
     )?;
     let binary = PathBuf::from(format!("target/{TARGET}/release/collector"));
     let bytes = fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;

@@ -4,7 +4,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     path::PathBuf,
-    process::{Command, Stdio},
+    process::Stdio,
 };
 
 use anyhow::{Context as _, bail};
@@ -23,23 +23,14 @@ pub struct Artifacts {
 
 pub fn build() -> anyhow::Result<Artifacts> {
     eprintln!("==> building the integration tests statically for the VM ({TARGET}, release)");
-    // An explicit --target keeps RUSTFLAGS off build scripts and off the eBPF build, which
-    // aya-build runs for bpfel with its own flags.
-    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut child = crate::image::static_cargo("test")
         .args([
-            "test",
             "--no-run",
             "--release",
             "--package",
             PACKAGE,
-            "--target",
-            TARGET,
             "--message-format=json-render-diagnostics",
         ])
-        .env(
-            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-            crate::image::STATIC_RUSTFLAGS,
-        )
         .stdout(Stdio::piped())
         .spawn()
         .context("running cargo")?;
