@@ -136,18 +136,17 @@ impl Metric {
     /// reading (sent once per reading).
     fn per_pass(self, level: Level) -> bool {
         match self {
-            Self::Cpu | Self::WorkingSet | Self::StartTime => false,
             Self::Swap => level == Level::Node,
-            Self::EbpfCpu
-            | Self::EbpfMinorFaults
-            | Self::EbpfMajorFaults
-            | Self::EbpfOomKills
-            | Self::RunqWait
-            | Self::EbpfRxBytes
-            | Self::EbpfTxBytes
-            | Self::EbpfRxPackets
-            | Self::EbpfTxPackets => true,
+            metric => metric.counted_by_probes(),
         }
+    }
+
+    /// What the probes count (since they attached), as opposed to a cgroupfs reading.
+    fn counted_by_probes(self) -> bool {
+        !matches!(
+            self,
+            Self::Cpu | Self::WorkingSet | Self::Swap | Self::StartTime
+        )
     }
 
     /// The network direction a series counts (its `direction` label), for the net metrics.
@@ -161,18 +160,7 @@ impl Metric {
 
     /// Counters (cumulative sums) as opposed to gauges; the histogram is cumulative too.
     pub fn is_counter(self) -> bool {
-        matches!(
-            self,
-            Self::Cpu
-                | Self::EbpfCpu
-                | Self::EbpfMinorFaults
-                | Self::EbpfMajorFaults
-                | Self::EbpfOomKills
-                | Self::EbpfRxBytes
-                | Self::EbpfTxBytes
-                | Self::EbpfRxPackets
-                | Self::EbpfTxPackets
-        )
+        self == Self::Cpu || (self.counted_by_probes() && self != Self::RunqWait)
     }
 }
 
@@ -525,17 +513,10 @@ impl Seen<'_> {
     /// Since when `metric` counts: eBPF counters from when the probes attached (or the
     /// cgroup appeared, if later), cgroupfs ones from the cgroup's start.
     fn start(&self, metric: Metric, probes_since_ns: u64) -> u64 {
-        match metric {
-            Metric::EbpfCpu
-            | Metric::EbpfMinorFaults
-            | Metric::EbpfMajorFaults
-            | Metric::EbpfOomKills
-            | Metric::RunqWait
-            | Metric::EbpfRxBytes
-            | Metric::EbpfTxBytes
-            | Metric::EbpfRxPackets
-            | Metric::EbpfTxPackets => probes_since_ns.max(self.start_ns),
-            _ => self.start_ns,
+        if metric.counted_by_probes() {
+            probes_since_ns.max(self.start_ns)
+        } else {
+            self.start_ns
         }
     }
 }
