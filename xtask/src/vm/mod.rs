@@ -176,7 +176,13 @@ fn pack(
         .iter()
         .map(|t| path_str(t))
         .collect::<anyhow::Result<_>>()?;
+    let hold_skb_keys = artifacts
+        .helpers
+        .iter()
+        .find(|h| h.file_name().is_some_and(|n| n == "hold_skb_keys"))
+        .context("the hold_skb_keys helper was not built")?;
     let init = include_str!("init.sh")
+        .replace("@HOLD_SKB_KEYS@", &path_str(hold_skb_keys)?)
         .replace("@MODULES@", &guest_modules.join(" "))
         .replace("@SCRATCH@", &path_str(guest.scratch_mount)?)
         .replace("@ROUNDS@", &guest.rounds.to_string())
