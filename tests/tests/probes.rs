@@ -2,6 +2,7 @@
 //! map bounds) streamed over gRPC, each compared with the kernel's own counters.
 
 use std::{
+    collections::HashMap,
     fs,
     time::{Duration, Instant},
 };
@@ -373,19 +374,49 @@ async fn a_process_running_before_the_collector_is_counted_from_its_start() {
         .start(&Workload::new(env!("CARGO_BIN_EXE_burn")).args(["--wall", "60000", "2"]))
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    burner.signal(libc::SIGSTOP).unwrap();
-    // A signal takes effect when each thread next runs: wait until both are stopped.
-    let stopped = || {
-        fs::read_dir(format!("/proc/{}/task", burner.id()))
+    // A thread shows 'T' as soon as it sets its state, a little before the switch that accounts
+    // the end of its run (a vCPU stalled there by a busy host made cpu.stat move after "frozen"
+    // was read). The switch bumps the thread's voluntary switch count in the same critical
+    // section as that accounting: a thread is stopped once it shows 'T' with a count above the
+    // one it had before the signal (the burner's threads never sleep on their own).
+    let task_dir = format!("/proc/{}/task", burner.id());
+    let threads = || -> Vec<(String, char, u64)> {
+        fs::read_dir(&task_dir)
             .unwrap()
             .flatten()
-            .all(|t| {
-                let stat = fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-                stat.rsplit_once(") ")
-                    .is_some_and(|(_, rest)| rest.starts_with('T'))
+            .filter_map(|t| {
+                let status = fs::read_to_string(t.path().join("status")).ok()?;
+                let field = |name: &str| {
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(str::trim)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let state = field("State:").chars().next().unwrap_or('?');
+                let switches = field("voluntary_ctxt_switches:").parse().ok()?;
+                Some((
+                    t.file_name().to_string_lossy().into_owned(),
+                    state,
+                    switches,
+                ))
             })
+            .collect()
     };
+    let before: HashMap<String, u64> = threads()
+        .into_iter()
+        .map(|(tid, _, switches)| (tid, switches))
+        .collect();
+    burner.signal(libc::SIGSTOP).unwrap();
+    let stopped = || {
+        threads().iter().all(|(tid, state, switches)| {
+            *state == 'T' && before.get(tid).is_some_and(|b| switches > b)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !stopped() {
+        assert!(Instant::now() < deadline, "the burner did not stop in 60 s");
         std::thread::sleep(Duration::from_millis(10));
     }
     let frozen = cgroup.cpu_stat_usage_ns().unwrap();
