@@ -1,9 +1,11 @@
 //! Probe overhead (run by `cargo xtask bench`; needs root and BPF).
 //!
-//! `probe_bench REPEATS ROUNDTRIPS PAGES`: two microbenchmarks, each run in three states: no
+//! `probe_bench REPEATS ROUNDTRIPS PAGES`: two microbenchmarks, each run in four states: no
 //! probes, every probe attached with bpf_stats on (`--bpf-stats`, for the per-program figures),
-//! and every probe attached with bpf_stats off (the default); the order rotates every repeat so
-//! machine noise hits all alike:
+//! every probe attached with bpf_stats off (the default), and the floor: only an empty program
+//! on `sched_switch` (the sched object's, with its offsets left unwritten, so it returns at its
+//! first check), what any program on that hook costs before doing anything; the order rotates
+//! every repeat so machine noise hits all alike:
 //! - context switches: this process and a child, both pinned to CPU 0, ping-pong one byte over
 //!   two pipes ROUNDTRIPS times (every round trip is two wake-ups and two context switches);
 //! - page faults: touching PAGES fresh 4 KiB pages of an anonymous mapping (huge pages off), ten
@@ -24,7 +26,8 @@ use std::{
 
 use anyhow::Context as _;
 use bench_util::{Process, spread};
-use collector::probes::{ProbeConfig, Probes};
+use collector::probes::{ProbeConfig, ProbeState, Probes, attach, family, object};
+use collector_common::names;
 use serde_json::json;
 
 const PAGE: usize = 4096;
@@ -133,24 +136,30 @@ enum State {
     Detached,
     Attached,
     AttachedNoStats,
+    EmptyProgram,
 }
 
-const STATES: [State; 3] = [State::Detached, State::Attached, State::AttachedNoStats];
+const STATES: [State; 4] = [
+    State::Detached,
+    State::Attached,
+    State::AttachedNoStats,
+    State::EmptyProgram,
+];
 
 #[derive(Default)]
 struct Series {
     /// ns per operation, indexed like STATES.
-    ns: [Vec<f64>; 3],
-    /// Each repeat's state / detached - 1, in percent, for the two attached states.
-    slowdown: [Vec<f64>; 2],
+    ns: [Vec<f64>; 4],
+    /// Each repeat's state / detached - 1, in percent, for the three other states.
+    slowdown: [Vec<f64>; 3],
 }
 
 impl Series {
-    fn push(&mut self, figures: [f64; 3]) {
+    fn push(&mut self, figures: [f64; 4]) {
         for (i, ns) in figures.into_iter().enumerate() {
             self.ns[i].push(ns);
         }
-        for i in 0..2 {
+        for i in 0..3 {
             self.slowdown[i].push((figures[i + 1] / figures[0] - 1.0) * 100.0);
         }
     }
@@ -162,6 +171,8 @@ impl Series {
             "attached_no_stats_ns": spread(&self.ns[2]),
             "slowdown_percent": spread(&self.slowdown[0]),
             "slowdown_no_stats_percent": spread(&self.slowdown[1]),
+            "empty_program_ns": spread(&self.ns[3]),
+            "slowdown_empty_program_percent": spread(&self.slowdown[2]),
         })
     }
 }
@@ -183,6 +194,17 @@ fn load(run_stats: bool) -> anyhow::Result<Probes> {
     Ok(probes)
 }
 
+/// What [`State::EmptyProgram`] attaches: the sched object's `sched_switch`, its offsets left
+/// unwritten, so that it returns at its first check (`ready()`).
+fn load_empty_program() -> anyhow::Result<aya::Ebpf> {
+    let btf = aya::Btf::from_sys_fs()?;
+    let (mut ebpf, _) = object::load(&family::SCHED, &btf, None::<&u64>, &[])?;
+    match attach::btf_tracepoint(&mut ebpf, names::SCHED_SWITCH_PROG, "sched_switch", &btf) {
+        ProbeState::Active { .. } => Ok(ebpf),
+        state => anyhow::bail!("the empty sched_switch program: {state:?}"),
+    }
+}
+
 fn run(repeats: usize, roundtrips: usize, pages: usize) -> anyhow::Result<()> {
     let (mut switches, mut faults) = (Series::default(), Series::default());
     // Per program: average ns per run over each bpf_stats window.
@@ -190,14 +212,18 @@ fn run(repeats: usize, roundtrips: usize, pages: usize) -> anyhow::Result<()> {
     let mut runs_total: BTreeMap<String, u64> = BTreeMap::new();
     let mut load_ms = Vec::new();
     for rep in 0..repeats {
-        let (mut switch_ns, mut fault_ns) = ([0.0; 3], [0.0; 3]);
+        let (mut switch_ns, mut fault_ns) = ([0.0; 4], [0.0; 4]);
         for k in 0..STATES.len() {
             let i = (k + rep) % STATES.len();
             let t0 = Instant::now();
             let probes = match STATES[i] {
-                State::Detached => None,
+                State::Detached | State::EmptyProgram => None,
                 State::Attached => Some(load(true)?),
                 State::AttachedNoStats => Some(load(false)?),
+            };
+            let empty_program = match STATES[i] {
+                State::EmptyProgram => Some(load_empty_program()?),
+                _ => None,
             };
             if probes.is_some() {
                 load_ms.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -220,6 +246,7 @@ fn run(repeats: usize, roundtrips: usize, pages: usize) -> anyhow::Result<()> {
                 }
             }
             drop(probes); // detaches every program
+            drop(empty_program);
         }
         switches.push(switch_ns);
         faults.push(fault_ns);
