@@ -13,6 +13,7 @@ use std::{
         unix::ffi::OsStrExt as _,
     },
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -288,9 +289,33 @@ impl Process {
         self.pid as u32
     }
 
-    /// Waits for the line the workload prints when its work is done (`hold`, `touch_file`).
+    /// Waits for the line the workload prints when its work is done (`hold`, `touch_file`), and
+    /// then until it is blocked reading its stdin, off its CPU: only from then on are its
+    /// counters final and its last switch-out accounted (between the print and the block, a busy
+    /// machine gave one more major fault, counted by the probe but not in the `/proc` read).
     pub fn ready(&mut self) -> anyhow::Result<()> {
-        self.read_line().map(drop)
+        self.read_line()?;
+        self.wait_until_blocked_reading()
+    }
+
+    /// `/proc/<pid>/syscall` names the system call a task sleeps in, and the kernel reads it
+    /// only once the task is off its CPU ("running" otherwise).
+    fn wait_until_blocked_reading(&self) -> anyhow::Result<()> {
+        let path = format!("/proc/{}/syscall", self.pid);
+        let read = libc::SYS_read.to_string();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+            if text.split_whitespace().next() == Some(read.as_str()) {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the workload did not block reading its stdin in 60 s ({path}: {})",
+                text.trim()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// The next line the workload prints, without its newline (`udp recv` prints its port).
