@@ -380,7 +380,13 @@ pub fn pin_this_process_to_cpus(cpus: &[usize]) -> anyhow::Result<()> {
         let tid: libc::pid_t = task?.file_name().to_string_lossy().parse()?;
         // SAFETY: plain syscall on a thread of ours.
         if unsafe { libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &set) } != 0 {
-            bail!("sched_setaffinity({tid}): {}", io::Error::last_os_error());
+            let error = io::Error::last_os_error();
+            // A thread that exited since the listing (a runtime's idle blocking thread) has
+            // nothing left to pin.
+            if error.raw_os_error() == Some(libc::ESRCH) {
+                continue;
+            }
+            bail!("sched_setaffinity({tid}): {error}");
         }
     }
     Ok(())

@@ -29,12 +29,20 @@ async fn a_cgroup_with_1500_processes_counts_1500() {
             .lines()
             .count() as u64
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while listed() < PROCESSES {
+    // A deadline on progress, not on the whole: 1,500 forks took over 60 s in a TCG guest whose
+    // host was busy, but a shell that still forks is not stuck.
+    let (mut seen, mut progress) = (0, std::time::Instant::now());
+    loop {
+        let now = listed();
+        if now >= PROCESSES {
+            break;
+        }
+        if now > seen {
+            (seen, progress) = (now, std::time::Instant::now());
+        }
         assert!(
-            std::time::Instant::now() < deadline,
-            "only {} processes started",
-            listed()
+            progress.elapsed() < Duration::from_secs(60),
+            "only {now} processes started, none in the last 60 s"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
