@@ -149,17 +149,17 @@ const STATES: [State; 4] = [
 #[derive(Default)]
 struct Series {
     /// ns per operation, indexed like STATES.
-    ns: [Vec<f64>; 4],
-    /// Each repeat's state / detached - 1, in percent, for the three other states.
-    slowdown: [Vec<f64>; 3],
+    ns: [Vec<f64>; STATES.len()],
+    /// Each repeat's state / detached - 1, in percent, for the other states (STATES[1..]).
+    slowdown: [Vec<f64>; STATES.len() - 1],
 }
 
 impl Series {
-    fn push(&mut self, figures: [f64; 4]) {
+    fn push(&mut self, figures: [f64; STATES.len()]) {
         for (i, ns) in figures.into_iter().enumerate() {
             self.ns[i].push(ns);
         }
-        for i in 0..3 {
+        for i in 0..STATES.len() - 1 {
             self.slowdown[i].push((figures[i + 1] / figures[0] - 1.0) * 100.0);
         }
     }
@@ -212,18 +212,15 @@ fn run(repeats: usize, roundtrips: usize, pages: usize) -> anyhow::Result<()> {
     let mut runs_total: BTreeMap<String, u64> = BTreeMap::new();
     let mut load_ms = Vec::new();
     for rep in 0..repeats {
-        let (mut switch_ns, mut fault_ns) = ([0.0; 4], [0.0; 4]);
+        let (mut switch_ns, mut fault_ns) = ([0.0; STATES.len()], [0.0; STATES.len()]);
         for k in 0..STATES.len() {
             let i = (k + rep) % STATES.len();
             let t0 = Instant::now();
-            let probes = match STATES[i] {
-                State::Detached | State::EmptyProgram => None,
-                State::Attached => Some(load(true)?),
-                State::AttachedNoStats => Some(load(false)?),
-            };
-            let empty_program = match STATES[i] {
-                State::EmptyProgram => Some(load_empty_program()?),
-                _ => None,
+            let (probes, empty_program) = match STATES[i] {
+                State::Detached => (None, None),
+                State::Attached => (Some(load(true)?), None),
+                State::AttachedNoStats => (Some(load(false)?), None),
+                State::EmptyProgram => (None, Some(load_empty_program()?)),
             };
             if probes.is_some() {
                 load_ms.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -245,8 +242,7 @@ fn run(repeats: usize, roundtrips: usize, pages: usize) -> anyhow::Result<()> {
                         .push(ns / runs as f64);
                 }
             }
-            drop(probes); // detaches every program
-            drop(empty_program);
+            drop((probes, empty_program)); // detaches every program
         }
         switches.push(switch_ns);
         faults.push(fault_ns);

@@ -346,6 +346,41 @@ pub fn schedstat(pid: u32) -> anyhow::Result<(u64, u64, u64)> {
     Ok((next()?, next()?, next()?))
 }
 
+/// One thread of a process, from `/proc/<pid>/task/<tid>/status`.
+#[derive(Debug, Clone, Copy)]
+pub struct ThreadState {
+    pub tid: u32,
+    /// The state letter: 'R', 'S', 'T', ...
+    pub state: char,
+    /// `voluntary_ctxt_switches`: bumped by the switch that takes a sleeping or stopping
+    /// thread off its CPU, in the same critical section that accounts the end of its run.
+    pub voluntary_switches: u64,
+}
+
+/// Every live thread of `pid` (a thread that exits while the list is read is left out).
+pub fn thread_states(pid: u32) -> anyhow::Result<Vec<ThreadState>> {
+    let mut threads = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?;
+        let Ok(status) = fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+                .with_context(|| format!("no {name} in {}", task.path().display()))
+        };
+        threads.push(ThreadState {
+            tid: task.file_name().to_string_lossy().parse()?,
+            state: field("State:")?.chars().next().unwrap_or('?'),
+            voluntary_switches: field("voluntary_ctxt_switches:")?.parse()?,
+        });
+    }
+    Ok(threads)
+}
+
 /// (minflt, majflt) of a live process, from /proc/<pid>/stat: the kernel's own fault counts.
 pub fn process_faults(pid: u32) -> anyhow::Result<(u64, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;

@@ -9,7 +9,7 @@ use std::{
 
 use collector::cgroupfs::CgroupMounts;
 use collector_integration_tests::{
-    TestCgroup, Workload, process_faults, relative_diff, uncached_file,
+    TestCgroup, Workload, process_faults, relative_diff, thread_states, uncached_file,
     watch::{View, catch_up, next, start_local, start_watching_with, subscribe},
 };
 use tonic::Streaming;
@@ -379,39 +379,18 @@ async fn a_process_running_before_the_collector_is_counted_from_its_start() {
     // was read). The switch bumps the thread's voluntary switch count in the same critical
     // section as that accounting: a thread is stopped once it shows 'T' with a count above the
     // one it had before the signal (the burner's threads never sleep on their own).
-    let task_dir = format!("/proc/{}/task", burner.id());
-    let threads = || -> Vec<(String, char, u64)> {
-        fs::read_dir(&task_dir)
-            .unwrap()
-            .flatten()
-            .filter_map(|t| {
-                let status = fs::read_to_string(t.path().join("status")).ok()?;
-                let field = |name: &str| {
-                    status
-                        .lines()
-                        .find_map(|l| l.strip_prefix(name))
-                        .map(str::trim)
-                        .unwrap_or_default()
-                        .to_owned()
-                };
-                let state = field("State:").chars().next().unwrap_or('?');
-                let switches = field("voluntary_ctxt_switches:").parse().ok()?;
-                Some((
-                    t.file_name().to_string_lossy().into_owned(),
-                    state,
-                    switches,
-                ))
-            })
-            .collect()
-    };
-    let before: HashMap<String, u64> = threads()
+    let before: HashMap<u32, u64> = thread_states(burner.id())
+        .unwrap()
         .into_iter()
-        .map(|(tid, _, switches)| (tid, switches))
+        .map(|t| (t.tid, t.voluntary_switches))
         .collect();
     burner.signal(libc::SIGSTOP).unwrap();
     let stopped = || {
-        threads().iter().all(|(tid, state, switches)| {
-            *state == 'T' && before.get(tid).is_some_and(|b| switches > b)
+        thread_states(burner.id()).unwrap().iter().all(|t| {
+            t.state == 'T'
+                && before
+                    .get(&t.tid)
+                    .is_some_and(|&b| t.voluntary_switches > b)
         })
     };
     let deadline = Instant::now() + Duration::from_secs(60);
