@@ -7,9 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use collector::cgroupfs::CgroupMounts;
+use collector::{app::ServeConfig, cgroupfs::CgroupMounts, probes::ProbeConfig};
 use collector_integration_tests::{
-    TestCgroup, Workload, process_faults, relative_diff, thread_states, uncached_file,
+    TestCgroup, Workload, can_run, cgroup2_mount, process_faults, relative_diff, thread_states,
+    uncached_file,
     watch::{View, catch_up, next, start_local, start_watching_with, subscribe},
 };
 use tonic::Streaming;
@@ -312,6 +313,87 @@ async fn map_entries_return_to_their_level_after_cgroup_churn() {
     assert!(peak > before, "the churn never showed in the map");
     assert!(after <= before + 2, "{before} -> {after}");
     running.stop().await.unwrap();
+}
+
+/// More cgroups come and go than the maps have rows: a removed cgroup's row goes back to the
+/// program once its final record is out, so every cgroup is charged (none finds the rows taken)
+/// and leaves a final record with its CPU time, which sums to what `cpu.stat` counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_removed_cgroups_are_given_to_new_ones() {
+    const BATCH: usize = 20;
+    let test = "rows_of_removed_cgroups_are_given_to_new_ones";
+    if !can_run(test) {
+        return;
+    }
+    // Every cgroup that exists now may take a row. Three batches more: the one running, the one
+    // whose rows are freed at the next pass, and room for the cgroups of tests running beside.
+    let existing = walkdir_count(&cgroup2_mount().unwrap());
+    let rows = existing + 3 * BATCH;
+    let (running, client) = start_local(ServeConfig {
+        cgroupfs_interval: Duration::ZERO,
+        probes: ProbeConfig {
+            max_cgroups: rows as u32,
+            ..ProbeConfig::default()
+        },
+        ..ServeConfig::default()
+    })
+    .await;
+    let needs = ["sched_switch", "cgroup_rmdir"];
+    let Some((mut stream, mut view)) = subscribe(test, client, 200, &needs).await else {
+        return;
+    };
+    let churned = rows + 3 * BATCH;
+    let (mut ebpf_total, mut stat_total) = (0u64, 0u64);
+    for batch in 0..churned.div_ceil(BATCH) {
+        let mut ids = Vec::new();
+        for i in 0..BATCH {
+            let cgroup = TestCgroup::create(&format!("rows{batch}-{i}")).unwrap();
+            let _ = cgroup
+                .start(&Workload::new(env!("CARGO_BIN_EXE_burn")).arg("5"))
+                .unwrap()
+                .wait()
+                .unwrap();
+            stat_total += cgroup.final_cpu_stat_usage_ns().unwrap();
+            ids.push(cgroup.id());
+        }
+        // Their rows are free again once their final records are out.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for id in ids {
+            let record = loop {
+                if let Some(t) = view.terminated.iter().find(|t| t.cgroup_id == id) {
+                    break t.clone();
+                }
+                assert!(Instant::now() < deadline, "no final record for cgroup {id}");
+                next(&mut stream, &mut view).await;
+            };
+            let cpu = record.ebpf_cpu_nano_seconds.unwrap_or(0);
+            assert!(cpu > 0, "{}: no CPU time charged", record.path);
+            ebpf_total += cpu;
+        }
+    }
+    let msg = stream.message().await.unwrap().unwrap();
+    let dropped = msg.collector.map(|c| c.ebpf_dropped_runs);
+    eprintln!(
+        "{churned} cgroups through {rows} rows: eBPF {ebpf_total} ns, cpu.stat {stat_total} ns, \
+         runs dropped {dropped:?}"
+    );
+    assert_eq!(dropped, Some(0), "a cgroup found every row taken");
+    let diff = relative_diff(ebpf_total, stat_total, stat_total);
+    assert!(diff < SAME_COUNTER, "off by {:.3} %", diff * 100.0);
+    running.stop().await.unwrap();
+}
+
+/// Directories under `dir`, itself included.
+fn walkdir_count(dir: &std::path::Path) -> usize {
+    1 + fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| walkdir_count(&e.path()))
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,11 +27,21 @@ pub mod names {
     /// existing tasks (`sched` object only).
     pub const SCHED_FORK_PROG: &str = "sched_fork";
     pub const SCHED_TASKS_ITER: &str = "sched_tasks";
-    /// Task storage of [`super::CgroupCounters`]: each task's counters at its last switch-out.
+    /// Task storage: each task's counters at its last switch-out, and the row of the cgroup it
+    /// was charged to then.
     pub const TASK_BASELINES_MAP: &str = "TASK_BASELINES";
-    /// Per-CPU hash: cgroup id (u64) -> [`super::CgroupCounters`] of that cgroup's own tasks.
+    /// Hash: cgroup id (u64) -> its row (u32), the index of its values in the arrays below.
+    /// The program gives a cgroup a row at its first charge; user space frees it with the
+    /// cgroup.
+    pub const CGROUP_ROWS_MAP: &str = "CGROUP_ROWS";
+    /// Array: row -> the cgroup id it belongs to (0 when free), so a row cached in a task's
+    /// storage is used only while it still names that cgroup.
+    pub const ROW_OWNERS_MAP: &str = "ROW_OWNERS";
+    /// Queue of free rows (u32): all of them at load, then each freed one, zeroed.
+    pub const FREE_ROWS_MAP: &str = "FREE_ROWS";
+    /// Per-CPU array: row -> [`super::CgroupCounters`] of that cgroup's own tasks.
     pub const CGROUP_COUNTERS_MAP: &str = "CGROUP_COUNTERS";
-    /// Hash (shared by all CPUs, atomic adds): cgroup id -> [`super::RunqBuckets`].
+    /// Array (shared by all CPUs, atomic adds): row -> [`super::RunqBuckets`].
     pub const RUNQ_HISTOGRAMS_MAP: &str = "RUNQ_HISTOGRAMS";
     /// Per-CPU array of one [`super::OnCpu`]: the task on each CPU and its counters at switch-in.
     pub const ON_CPU_MAP: &str = "ON_CPU";
@@ -71,10 +81,11 @@ pub mod names {
 
 /// Indexes into each object's `COUNTERS` per-CPU array.
 pub mod counter {
-    /// `sched`: a cgroup's first counts could not be inserted (map full): time, faults and
-    /// waits of that switch lost.
+    /// `sched`: a cgroup could not be given a row (every row taken): time, faults and waits
+    /// of that switch lost.
     pub const CGROUP_INSERT_FAILED: u32 = 0;
-    /// `sched`: a wait could not be put in a histogram (map full); its totals still count.
+    /// `sched`: a wait could not be put in a histogram (a row out of range: never expected);
+    /// its totals still count.
     pub const RUNQ_BUCKETS_INSERT_FAILED: u32 = 1;
     /// `oom`, `lifecycle`: the ring buffer was full, an event was lost.
     pub const EVENTS_DROPPED: u32 = 2;
@@ -141,6 +152,17 @@ impl Default for RunqBuckets {
     }
 }
 
+/// A cgroup's row as last resolved: a cache in front of the `CGROUP_ROWS` hash, kept in each
+/// task's storage and, for tasks without one, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RowRef {
+    pub cgroup_id: u64,
+    pub row: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<RowRef>() == 16);
+
 /// The task on one CPU, written at every switch-in: its cgroup and its counters at that moment,
 /// the baseline of the run in progress. User space tops that run up from `/proc/<tid>/schedstat`,
 /// so a CPU hog that never switches out is seen while it runs.
@@ -156,8 +178,11 @@ pub struct OnCpu {
     pub switches: u64,
     /// Its counters at switch-in.
     pub base: CgroupCounters,
+    /// The program's own: the row of the last cgroup charged on this CPU from this slot's
+    /// baseline (a one-entry cache for tasks without a baseline of their own).
+    pub resolved: RowRef,
 }
-const _: () = assert!(size_of::<OnCpu>() == 24 + size_of::<CgroupCounters>());
+const _: () = assert!(size_of::<OnCpu>() == 24 + size_of::<CgroupCounters>() + 16);
 
 /// Byte offsets of the kernel struct fields the `sched` program reads with direct BTF loads
 /// (there is no CO-RE for Rust eBPF): computed from the running kernel's BTF in user space and
@@ -264,6 +289,7 @@ mod user {
     unsafe impl aya::Pod for super::NetCounters {}
     unsafe impl aya::Pod for super::RunqBuckets {}
     unsafe impl aya::Pod for super::OnCpu {}
+    unsafe impl aya::Pod for super::RowRef {}
     unsafe impl aya::Pod for super::SchedOffsets {}
     unsafe impl aya::Pod for super::TaskOffsets {}
     unsafe impl aya::Pod for super::CgroupOffsets {}

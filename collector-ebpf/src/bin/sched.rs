@@ -8,7 +8,7 @@
 #![no_main]
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use collector_common::counter;
+use collector_common::{RowRef, counter};
 use collector_ebpf::{counters::bump, task_storage::TaskStorage};
 use sched::TaskCounters;
 
@@ -17,9 +17,16 @@ use sched::TaskCounters;
 #[path = "../sched.rs"]
 mod sched;
 
+/// A task's counters at its last switch-out, and the row of the cgroup charged then.
+#[repr(C)]
+struct Baseline {
+    counters: TaskCounters,
+    resolved: RowRef,
+}
+
 #[unsafe(link_section = ".maps")]
 #[unsafe(export_name = "TASK_BASELINES")]
-static TASK_BASELINES: TaskStorage<TaskCounters> = TaskStorage::new();
+static TASK_BASELINES: TaskStorage<Baseline> = TaskStorage::new();
 
 /// tp_btf sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next, ...).
 #[btf_tracepoint(function = "sched_switch")]
@@ -42,11 +49,13 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
                 // SAFETY: the task's own storage, valid for this program's run; only its own
                 // switch-out writes it.
                 let baseline = unsafe { &mut *baseline };
-                *baseline = unsafe { sched::charge_since(prev, baseline) };
+                baseline.counters = unsafe {
+                    sched::charge_since(prev, &baseline.counters, &mut baseline.resolved)
+                };
             }
             None => match sched::slot_baseline(slot, tid) {
                 Some(since) => {
-                    unsafe { sched::charge_since(prev, &since) };
+                    unsafe { sched::charge_since(prev, &since, &mut slot.resolved) };
                 }
                 None if tid != 0 => bump(counter::UNTRACKED_RUNS),
                 None => {}
@@ -95,7 +104,10 @@ pub unsafe extern "C" fn sched_tasks(ctx: *const u64) -> i32 {
 #[inline(always)]
 fn track(task: *const u8) {
     // SAFETY: `task` is a BTF task_struct * (fork's child or the iterator's task), not NULL.
-    let mut now = unsafe { sched::counters(task) };
+    let mut now = Baseline {
+        counters: unsafe { sched::counters(task) },
+        resolved: RowRef::default(),
+    };
     // SAFETY: `task` is a BTF task_struct *; allocating is safe here (no runqueue lock held).
     if unsafe { TASK_BASELINES.get_or_insert(task, &mut now) }.is_none() {
         bump(counter::TASK_BASELINE_FAILED);

@@ -30,7 +30,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
         let tid = unsafe { sched::tid(prev) };
         match sched::slot_baseline(slot, tid) {
             Some(since) => {
-                unsafe { sched::charge_since(prev, &since) };
+                unsafe { sched::charge_since(prev, &since, &mut slot.resolved) };
             }
             None if tid != 0 => bump(counter::UNTRACKED_RUNS),
             None => {}

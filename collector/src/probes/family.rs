@@ -82,6 +82,9 @@ pub struct Object {
 }
 
 const SCHED_MAPS: &[&str] = &[
+    names::CGROUP_ROWS_MAP,
+    names::ROW_OWNERS_MAP,
+    names::FREE_ROWS_MAP,
     names::CGROUP_COUNTERS_MAP,
     names::RUNQ_HISTOGRAMS_MAP,
     names::ON_CPU_MAP,
@@ -96,6 +99,9 @@ pub const SCHED: Object = Object {
         names::SCHED_TASKS_ITER,
     ],
     maps: &[
+        names::CGROUP_ROWS_MAP,
+        names::ROW_OWNERS_MAP,
+        names::FREE_ROWS_MAP,
         names::CGROUP_COUNTERS_MAP,
         names::RUNQ_HISTOGRAMS_MAP,
         names::ON_CPU_MAP,

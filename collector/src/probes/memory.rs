@@ -31,6 +31,7 @@ pub enum MapKind {
     Array,
     PerCpuArray,
     RingBuf,
+    Queue,
     Other,
 }
 
@@ -75,6 +76,8 @@ impl MapMemory {
             // The data pages, mapped twice but allocated once, plus the consumer and producer
             // pages and the page array.
             MapKind::RingBuf => entries + 2 * PAGE + (entries / PAGE + 2) * 8,
+            // One spare element (queue_stack_map_alloc).
+            MapKind::Queue => (entries + 1) * u64::from(self.value_size),
             MapKind::Other => self.kernel_bytes.unwrap_or(0),
         }
     }
@@ -92,6 +95,7 @@ pub fn of_object(object: &'static str, ebpf: &Ebpf) -> Vec<MapMemory> {
                 Ok(MapType::Array) => MapKind::Array,
                 Ok(MapType::PerCpuArray) => MapKind::PerCpuArray,
                 Ok(MapType::RingBuf) => MapKind::RingBuf,
+                Ok(MapType::Queue) => MapKind::Queue,
                 _ => MapKind::Other,
             };
             Some(MapMemory {
@@ -113,7 +117,8 @@ fn map_data(map: &Map) -> Option<&MapData> {
         | Map::PerCpuHashMap(d)
         | Map::Array(d)
         | Map::PerCpuArray(d)
-        | Map::RingBuf(d) => Some(d),
+        | Map::RingBuf(d)
+        | Map::Queue(d) => Some(d),
         _ => None,
     }
 }
@@ -150,8 +155,8 @@ mod tests {
 
     #[test]
     fn per_cpu_maps_grow_with_the_cpu_count_and_shared_ones_do_not() {
-        let percpu = map(MapKind::PerCpuHash, 8, 40, 8192);
-        let shared = map(MapKind::Hash, 8, 320, 8192);
+        let percpu = map(MapKind::PerCpuArray, 4, 40, 8192);
+        let shared = map(MapKind::Hash, 8, 8, 8192);
         let two = percpu.projected_bytes(2);
         let many = percpu.projected_bytes(128);
         // 40 B per cgroup per CPU dominates: about 40 MiB at 128 CPUs.
@@ -162,6 +167,14 @@ mod tests {
         assert_eq!(
             map(MapKind::RingBuf, 0, 0, 1 << 20).projected_bytes(64),
             (1 << 20) + 2 * PAGE + (256 + 2) * 8
+        );
+        assert_eq!(
+            map(MapKind::Queue, 0, 4, 8192).projected_bytes(128),
+            8193 * 4
+        );
+        assert_eq!(
+            map(MapKind::Array, 4, 320, 8192).projected_bytes(128),
+            8192 * 320
         );
     }
 

@@ -53,6 +53,9 @@ pub enum ProbeError {
     /// The object has no map of that name (a build that does not match this code).
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
+    /// `/sys/devices/system/cpu/possible` could not be read (per-CPU values need the count).
+    #[error("reading the possible CPUs")]
+    PossibleCpus(#[source] std::io::Error),
     /// The object's maps could not be created, or the object not parsed.
     #[error("creating the maps of the {object} object")]
     Load {
@@ -236,11 +239,11 @@ impl Probes {
             ProbeState::Unsupported(format!("needs kernel struct offsets: {}", error_text(&e)))
         })?;
         // Per-task baselines in task storage first (5.13+); per-CPU ones otherwise.
-        let (mut ebpf, memory, object_note) =
+        let (ebpf, memory, reader, object_note) =
             match self.load_sched_object(&family::SCHED, btf, &offsets, config) {
-                Ok((ebpf, memory)) => (ebpf, memory, None),
+                Ok((ebpf, memory, reader)) => (ebpf, memory, reader, None),
                 Err(with_tasks) => {
-                    let (ebpf, memory) =
+                    let (ebpf, memory, reader) =
                         self.load_sched_object(&family::SCHED_SLOT, btf, &offsets, config)?;
                     let why = match &with_tasks {
                         ProbeState::Active { .. } => String::new(),
@@ -249,6 +252,7 @@ impl Probes {
                     (
                         ebpf,
                         memory,
+                        reader,
                         Some(format!(
                             "per-CPU baselines only (per-task ones need task storage in tracing \
                          programs, Linux 5.13+: {why})"
@@ -256,16 +260,7 @@ impl Probes {
                     )
                 }
             };
-        let runq = offsets.has_sched_info != 0;
-        let reader = (|| {
-            Ok::<_, ProbeError>(SchedReader::new(
-                take_map(&mut ebpf, names::CGROUP_COUNTERS_MAP)?,
-                take_map(&mut ebpf, names::RUNQ_HISTOGRAMS_MAP)?,
-                take_map(&mut ebpf, names::ON_CPU_MAP)?,
-                runq,
-            ))
-        })()
-        .map_err(|e| ProbeState::Failed(error_text(&e)))?;
+        let runq = reader.counts_runq();
         self.sched = Some(reader);
         let runq_note = (!runq)
             .then_some("no run-queue latency: this kernel keeps no sched_info (CONFIG_SCHED_INFO)");
@@ -283,21 +278,28 @@ impl Probes {
         Ok((ebpf, memory))
     }
 
-    /// One `sched` object: maps, `sched_switch`, and where the object has them the fork hook
-    /// and the one-off task iterator that give tasks their baselines.
+    /// One `sched` object: maps (with every row free before any program runs), `sched_switch`,
+    /// and where the object has them the fork hook and the one-off task iterator that give tasks
+    /// their baselines.
     fn load_sched_object(
         &self,
         object: &family::Object,
         btf: &aya::Btf,
         offsets: &collector_common::SchedOffsets,
         config: &ProbeConfig,
-    ) -> Result<(Ebpf, Vec<MapMemory>), ProbeState> {
+    ) -> Result<(Ebpf, Vec<MapMemory>, SchedReader), ProbeState> {
         let sizes = [
-            (names::CGROUP_COUNTERS_MAP, config.max_cgroups),
-            (names::RUNQ_HISTOGRAMS_MAP, config.max_cgroups),
-        ];
+            names::CGROUP_ROWS_MAP,
+            names::ROW_OWNERS_MAP,
+            names::FREE_ROWS_MAP,
+            names::CGROUP_COUNTERS_MAP,
+            names::RUNQ_HISTOGRAMS_MAP,
+        ]
+        .map(|map| (map, config.max_cgroups));
         let (mut ebpf, memory) = object::load(object, btf, Some(offsets), &sizes)
             .map_err(|e| attach::classify(&e, "loading"))?;
+        let reader = SchedReader::new(&mut ebpf, offsets.has_sched_info != 0)
+            .map_err(|e| ProbeState::Failed(error_text(&e)))?;
         let state =
             attach::btf_tracepoint(&mut ebpf, names::SCHED_SWITCH_PROG, "sched_switch", btf);
         if !state.is_active() {
@@ -316,7 +318,7 @@ impl Probes {
             // After both hooks are in place: tasks born from now on have a baseline from birth.
             attach::run_task_iterator(&mut ebpf, names::SCHED_TASKS_ITER, btf)?;
         }
-        Ok((ebpf, memory))
+        Ok((ebpf, memory, reader))
     }
 
     fn load_oom(

@@ -92,7 +92,7 @@ mod tests {
                 );
             }
             // And nothing else: a map the object does not use is still created by the kernel,
-            // and its memory (per CPU for the per-CPU hashes) is charged to the collector.
+            // and its memory (per CPU for the per-CPU maps) is charged to the collector.
             let unused: Vec<&String> = parsed
                 .maps
                 .keys()

@@ -7,10 +7,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, Queue},
+};
 use collector_common::{CgroupCounters, OnCpu, RUNQ_BUCKETS, RunqBuckets, names};
 
-use super::ProbeError;
+use super::{ProbeError, take_map};
 
 /// One cgroup's own values in one flat array, so the hierarchy code treats them like any other
 /// counters: CPU ns, minor faults, major faults, then the run-queue histogram in the layout of
@@ -33,16 +36,26 @@ pub type SchedValues = [u64; SCHED_VALUES];
 pub struct SchedRead {
     /// Each cgroup's own values (its tasks only, not its descendants), live runs included.
     pub own: HashMap<u64, SchedValues>,
-    /// Entries of the per-cgroup map.
+    /// Cgroups holding a row of the per-cgroup maps.
     pub entries: usize,
     /// Running tasks whose run so far was added from `/proc/<tid>/schedstat`.
     pub live: usize,
 }
 
 pub struct SchedReader {
-    counters: PerCpuHashMap<MapData, u64, CgroupCounters>,
-    histograms: BpfHashMap<MapData, u64, RunqBuckets>,
+    /// cgroup id -> its row in `counters` and `histograms`.
+    rows: BpfHashMap<MapData, u64, u32>,
+    /// row -> the cgroup id it belongs to (0: free).
+    owners: Array<MapData, u64>,
+    free: Queue<MapData, u32>,
+    counters: PerCpuArray<MapData, CgroupCounters>,
+    histograms: Array<MapData, RunqBuckets>,
     on_cpu: PerCpuArray<MapData, OnCpu>,
+    /// Rows of cgroups taken since the last read: zeroed and handed back to the program at the
+    /// next read, once no program can still be adding to them (a run of one lasts microseconds).
+    freed: Vec<u32>,
+    /// Possible CPUs: the length of a per-CPU value.
+    cpus: usize,
     /// Whether this kernel times run-queue waits (`sched_info`).
     runq: bool,
     proc_root: PathBuf,
@@ -51,20 +64,27 @@ pub struct SchedReader {
 }
 
 impl SchedReader {
-    pub fn new(
-        counters: PerCpuHashMap<MapData, u64, CgroupCounters>,
-        histograms: BpfHashMap<MapData, u64, RunqBuckets>,
-        on_cpu: PerCpuArray<MapData, OnCpu>,
-        runq: bool,
-    ) -> Self {
-        Self {
-            counters,
-            histograms,
-            on_cpu,
+    /// Takes the family's maps out of a loaded (not yet attached) object and frees every row.
+    pub fn new(ebpf: &mut Ebpf, runq: bool) -> Result<Self, ProbeError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| ProbeError::PossibleCpus(e))?;
+        let mut free: Queue<MapData, u32> = take_map(ebpf, names::FREE_ROWS_MAP)?;
+        for row in 0..free.capacity() {
+            free.push(row, 0)
+                .map_err(ProbeError::map(names::FREE_ROWS_MAP))?;
+        }
+        Ok(Self {
+            rows: take_map(ebpf, names::CGROUP_ROWS_MAP)?,
+            owners: take_map(ebpf, names::ROW_OWNERS_MAP)?,
+            free,
+            counters: take_map(ebpf, names::CGROUP_COUNTERS_MAP)?,
+            histograms: take_map(ebpf, names::RUNQ_HISTOGRAMS_MAP)?,
+            on_cpu: take_map(ebpf, names::ON_CPU_MAP)?,
+            freed: Vec::new(),
+            cpus,
             runq,
             proc_root: PathBuf::from("/proc"),
             last_switches: Vec::new(),
-        }
+        })
     }
 
     /// Whether run-queue waits are counted on this kernel.
@@ -76,21 +96,13 @@ impl SchedReader {
     /// can only make this read a little low (never count a run twice), and the caller keeps
     /// counters monotonic.
     pub fn read(&mut self) -> Result<SchedRead, ProbeError> {
+        self.release_freed();
         let mut read = SchedRead::default();
-        for entry in self.counters.iter() {
-            let (id, per_cpu) = entry.map_err(ProbeError::map(names::CGROUP_COUNTERS_MAP))?;
+        for entry in self.rows.iter() {
+            let (id, row) = entry.map_err(ProbeError::map(names::CGROUP_ROWS_MAP))?;
             let v = read.own.entry(id).or_insert([0; SCHED_VALUES]);
-            for c in per_cpu.iter() {
-                add_counters(v, c);
-            }
+            self.add_row(v, row)?;
             read.entries += 1;
-        }
-        if self.runq {
-            for entry in self.histograms.iter() {
-                let (id, h) = entry.map_err(ProbeError::map(names::RUNQ_HISTOGRAMS_MAP))?;
-                let v = read.own.entry(id).or_insert([0; SCHED_VALUES]);
-                add_buckets(v, &h);
-            }
         }
         let slots = self
             .on_cpu
@@ -116,21 +128,70 @@ impl SchedReader {
         Ok(read)
     }
 
-    /// Deletes a removed cgroup's entries and returns its final committed values.
+    /// Adds the values at `row` to `v`.
+    fn add_row(&self, v: &mut SchedValues, row: u32) -> Result<(), ProbeError> {
+        let per_cpu = self
+            .counters
+            .get(&row, 0)
+            .map_err(ProbeError::map(names::CGROUP_COUNTERS_MAP))?;
+        for c in per_cpu.iter() {
+            add_counters(v, c);
+        }
+        if self.runq {
+            let h = self
+                .histograms
+                .get(&row, 0)
+                .map_err(ProbeError::map(names::RUNQ_HISTOGRAMS_MAP))?;
+            add_buckets(v, &h);
+        }
+        Ok(())
+    }
+
+    /// Deletes a removed cgroup's entry and returns its final committed values. Its row goes
+    /// back to the program at the next read.
     pub fn take(&mut self, id: u64) -> SchedValues {
         let mut v = [0; SCHED_VALUES];
-        if let Ok(per_cpu) = self.counters.get(&id, 0) {
-            for c in per_cpu.iter() {
-                add_counters(&mut v, c);
+        let Ok(row) = self.rows.get(&id, 0) else {
+            return v;
+        };
+        // What the row held is its final record; an error leaves it at what was read.
+        let _ = self.add_row(&mut v, row);
+        // Unowned first: a task still caching the row resolves again (to a fresh row, which the
+        // hierarchy then expires like any unknown cgroup's) instead of adding to this one.
+        let _ = self.owners.set(row, 0, 0);
+        // Already gone is fine: nothing to free.
+        let _ = self.rows.remove(&id);
+        self.freed.push(row);
+        v
+    }
+
+    /// Zeroes the rows freed at the last read and hands them back to the program. A row that
+    /// cannot be zeroed stays out of use (and is retried), never handed back dirty.
+    fn release_freed(&mut self) {
+        let mut kept = Vec::new();
+        for row in std::mem::take(&mut self.freed) {
+            let zeroed = PerCpuValues::try_from(vec![CgroupCounters::default(); self.cpus])
+                .map_err(ProbeError::PossibleCpus)
+                .and_then(|zero| {
+                    self.counters
+                        .set(row, zero, 0)
+                        .map_err(ProbeError::map(names::CGROUP_COUNTERS_MAP))
+                })
+                .and_then(|()| {
+                    self.histograms
+                        .set(row, RunqBuckets::default(), 0)
+                        .map_err(ProbeError::map(names::RUNQ_HISTOGRAMS_MAP))
+                })
+                .and_then(|()| {
+                    self.free
+                        .push(row, 0)
+                        .map_err(ProbeError::map(names::FREE_ROWS_MAP))
+                });
+            if zeroed.is_err() {
+                kept.push(row);
             }
         }
-        if let Ok(h) = self.histograms.get(&id, 0) {
-            add_buckets(&mut v, &h);
-        }
-        // Already gone is fine: nothing to free.
-        let _ = self.counters.remove(&id);
-        let _ = self.histograms.remove(&id);
-        v
+        self.freed = kept;
     }
 }
 
