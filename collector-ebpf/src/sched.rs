@@ -229,7 +229,7 @@ fn row_of(cgroup_id: u64, resolved: &mut RowRef) -> Option<u32> {
 #[inline(always)]
 fn resolve(cgroup_id: u64) -> Option<u32> {
     // SAFETY: a shared map value, read once.
-    if let Some(row) = unsafe { CGROUP_ROWS.get(&cgroup_id) } {
+    if let Some(row) = unsafe { CGROUP_ROWS.get(cgroup_id) } {
         return Some(*row);
     }
     let row = FREE_ROWS.pop().ok().flatten()?;
@@ -238,7 +238,7 @@ fn resolve(cgroup_id: u64) -> Option<u32> {
     // so any CPU that finds the row in the hash finds it owned.
     unsafe { *owner = cgroup_id };
     if CGROUP_ROWS
-        .insert(&cgroup_id, &row, BPF_NOEXIST.into())
+        .insert(cgroup_id, row, BPF_NOEXIST.into())
         .is_ok()
     {
         return Some(row);
@@ -248,7 +248,7 @@ fn resolve(cgroup_id: u64) -> Option<u32> {
     unsafe { *owner = 0 };
     let _ = FREE_ROWS.push(row, 0);
     // SAFETY: as above.
-    unsafe { CGROUP_ROWS.get(&cgroup_id) }.copied()
+    unsafe { CGROUP_ROWS.get(cgroup_id) }.copied()
 }
 
 /// Notes the incoming task, its cgroup and its counters in this CPU's slot.

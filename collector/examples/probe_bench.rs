@@ -7,7 +7,8 @@
 //! first check), what any program on that hook costs before doing anything; the order rotates
 //! every repeat so machine noise hits all alike:
 //! - context switches: this process and a child, both pinned to CPU 0, ping-pong one byte over
-//!   two pipes ROUNDTRIPS times (every round trip is two wake-ups and two context switches);
+//!   two pipes ROUNDTRIPS times (every round trip is two wake-ups and two context switches),
+//!   timed by the wall clock and by the two tasks' CPU time (`ping_pong_cpu`);
 //! - page faults: touching PAGES fresh 4 KiB pages of an anonymous mapping (huge pages off), ten
 //!   times over.
 //!
@@ -74,8 +75,22 @@ fn pong() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Nanoseconds per round trip.
-fn ping_pong(roundtrips: usize) -> anyhow::Result<f64> {
+/// `sum_exec_runtime` of one thread (`/proc/<pid>/task/<tid>/schedstat`, first field): its CPU
+/// time as the scheduler accounts it, without steal, IRQ time or other tasks' runs.
+fn thread_cpu_ns(pid: u32, tid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/task/{tid}/schedstat");
+    let text = std::fs::read_to_string(&path).with_context(|| path.clone())?;
+    text.split_ascii_whitespace()
+        .next()
+        .and_then(|f| f.parse().ok())
+        .with_context(|| format!("{path}: {text:?}"))
+}
+
+/// Per round trip: wall-clock nanoseconds, and CPU nanoseconds of the two tasks together. The
+/// CPU figure leaves out what a busy VM adds to the wall clock (steal, interrupts, other tasks
+/// on the CPU), which on this class of machine varies more from window to window than the
+/// probes cost; the probes' own time is in it (the switch path runs in the two tasks' time).
+fn ping_pong(roundtrips: usize) -> anyhow::Result<(f64, f64)> {
     let mut child = Process(
         Command::new(std::env::current_exe()?)
             .arg("pong")
@@ -91,12 +106,20 @@ fn ping_pong(roundtrips: usize) -> anyhow::Result<f64> {
         to.write_all(&byte)?;
         from.read_exact(&mut byte)?;
     }
+    // SAFETY: gettid has no preconditions.
+    let (me, thread) = (std::process::id(), unsafe { libc::gettid() } as u32);
+    let other = child.0.id();
+    let cpu =
+        || -> anyhow::Result<u64> { Ok(thread_cpu_ns(me, thread)? + thread_cpu_ns(other, other)?) };
+    let cpu_before = cpu()?;
     let started = Instant::now();
     for _ in 0..roundtrips {
         to.write_all(&byte)?;
         from.read_exact(&mut byte)?;
     }
-    Ok(started.elapsed().as_nanos() as f64 / roundtrips as f64)
+    let wall = started.elapsed().as_nanos() as f64;
+    let cpu = cpu()?.saturating_sub(cpu_before) as f64;
+    Ok((wall / roundtrips as f64, cpu / roundtrips as f64))
 }
 
 /// Nanoseconds per page fault (first touch of a fresh anonymous page).
@@ -206,13 +229,18 @@ fn load_empty_program() -> anyhow::Result<aya::Ebpf> {
 }
 
 fn run(repeats: usize, roundtrips: usize, pages: usize) -> anyhow::Result<()> {
-    let (mut switches, mut faults) = (Series::default(), Series::default());
+    let (mut switches, mut switches_cpu, mut faults) =
+        (Series::default(), Series::default(), Series::default());
     // Per program: average ns per run over each bpf_stats window.
     let mut programs: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut runs_total: BTreeMap<String, u64> = BTreeMap::new();
     let mut load_ms = Vec::new();
     for rep in 0..repeats {
-        let (mut switch_ns, mut fault_ns) = ([0.0; STATES.len()], [0.0; STATES.len()]);
+        let (mut switch_ns, mut switch_cpu_ns, mut fault_ns) = (
+            [0.0; STATES.len()],
+            [0.0; STATES.len()],
+            [0.0; STATES.len()],
+        );
         for k in 0..STATES.len() {
             let i = (k + rep) % STATES.len();
             let t0 = Instant::now();
@@ -226,7 +254,7 @@ fn run(repeats: usize, roundtrips: usize, pages: usize) -> anyhow::Result<()> {
                 load_ms.push(t0.elapsed().as_secs_f64() * 1e3);
             }
             let before = probes.as_ref().map(Probes::run_stats).unwrap_or_default();
-            switch_ns[i] = ping_pong(roundtrips)?;
+            (switch_ns[i], switch_cpu_ns[i]) = ping_pong(roundtrips)?;
             fault_ns[i] = page_faults(pages)?;
             for after in probes.as_ref().map(Probes::run_stats).unwrap_or_default() {
                 let Some(b) = before.iter().find(|b| b.name == after.name) else {
@@ -245,6 +273,7 @@ fn run(repeats: usize, roundtrips: usize, pages: usize) -> anyhow::Result<()> {
             drop((probes, empty_program)); // detaches every program
         }
         switches.push(switch_ns);
+        switches_cpu.push(switch_cpu_ns);
         faults.push(fault_ns);
     }
     let programs: serde_json::Map<String, serde_json::Value> = programs
@@ -269,7 +298,8 @@ fn run(repeats: usize, roundtrips: usize, pages: usize) -> anyhow::Result<()> {
         json!({
             "kind": "probes", "repeats": repeats, "roundtrips": roundtrips,
             "pages": pages * FAULT_ROUNDS,
-            "ping_pong": switches.json(), "page_fault": faults.json(),
+            "ping_pong": switches.json(), "ping_pong_cpu": switches_cpu.json(),
+            "page_fault": faults.json(),
             "program_ns": programs, "program_runs": runs_total, "load_ms": spread(&load_ms),
             "map_memory": map_memory,
         })

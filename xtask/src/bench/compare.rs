@@ -36,6 +36,10 @@ pub fn comparison(rev: &str, old: &Results, new: &Results) -> String {
             &pct("ping_pong", "slowdown_no_stats_percent") as &dyn Fn(&Value) -> String,
         ),
         (
+            "ping-pong slowdown %, bpf_stats off, by the two tasks' CPU time",
+            &pct("ping_pong_cpu", "slowdown_no_stats_percent"),
+        ),
+        (
             "ping-pong slowdown %, only an empty program on sched_switch (the floor)",
             &pct("ping_pong", "slowdown_empty_program_percent"),
         ),
