@@ -327,7 +327,9 @@ async fn rows_of_removed_cgroups_are_given_to_new_ones() {
     }
     // Every cgroup that exists now may take a row. Three batches more: the one running, the one
     // whose rows are freed at the next pass, and room for the cgroups of tests running beside.
-    let existing = walkdir_count(&cgroup2_mount().unwrap());
+    let existing = collector::cgroupfs::walk(&cgroup2_mount().unwrap())
+        .unwrap()
+        .len();
     let rows = existing + 3 * BATCH;
     let (running, client) = start_local(ServeConfig {
         cgroupfs_interval: Duration::ZERO,
@@ -381,19 +383,6 @@ async fn rows_of_removed_cgroups_are_given_to_new_ones() {
     let diff = relative_diff(ebpf_total, stat_total, stat_total);
     assert!(diff < SAME_COUNTER, "off by {:.3} %", diff * 100.0);
     running.stop().await.unwrap();
-}
-
-/// Directories under `dir`, itself included.
-fn walkdir_count(dir: &std::path::Path) -> usize {
-    1 + fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| walkdir_count(&e.path()))
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

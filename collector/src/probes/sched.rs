@@ -168,30 +168,24 @@ impl SchedReader {
     /// Zeroes the rows freed at the last read and hands them back to the program. A row that
     /// cannot be zeroed stays out of use (and is retried), never handed back dirty.
     fn release_freed(&mut self) {
-        let mut kept = Vec::new();
-        for row in std::mem::take(&mut self.freed) {
-            let zeroed = PerCpuValues::try_from(vec![CgroupCounters::default(); self.cpus])
-                .map_err(ProbeError::PossibleCpus)
-                .and_then(|zero| {
-                    self.counters
-                        .set(row, zero, 0)
-                        .map_err(ProbeError::map(names::CGROUP_COUNTERS_MAP))
-                })
-                .and_then(|()| {
-                    self.histograms
-                        .set(row, RunqBuckets::default(), 0)
-                        .map_err(ProbeError::map(names::RUNQ_HISTOGRAMS_MAP))
-                })
-                .and_then(|()| {
-                    self.free
-                        .push(row, 0)
-                        .map_err(ProbeError::map(names::FREE_ROWS_MAP))
-                });
-            if zeroed.is_err() {
-                kept.push(row);
-            }
-        }
-        self.freed = kept;
+        let mut freed = std::mem::take(&mut self.freed);
+        freed.retain(|&row| self.recycle(row).is_err());
+        self.freed = freed;
+    }
+
+    /// Zeroes one row's values and pushes it onto the free queue.
+    fn recycle(&mut self, row: u32) -> Result<(), ProbeError> {
+        let zero = PerCpuValues::try_from(vec![CgroupCounters::default(); self.cpus])
+            .map_err(ProbeError::PossibleCpus)?;
+        self.counters
+            .set(row, zero, 0)
+            .map_err(ProbeError::map(names::CGROUP_COUNTERS_MAP))?;
+        self.histograms
+            .set(row, RunqBuckets::default(), 0)
+            .map_err(ProbeError::map(names::RUNQ_HISTOGRAMS_MAP))?;
+        self.free
+            .push(row, 0)
+            .map_err(ProbeError::map(names::FREE_ROWS_MAP))
     }
 }
 
